@@ -1,0 +1,257 @@
+"""The ``lpclip-cache`` command line: thin click commands over the library functions.
+
+Heavy libraries (torch, open_clip, kornia, zarr, faiss) are imported inside the commands, so
+``--help`` is instant. A user error is one line on stderr and a documented exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import LpclipError
+
+EXIT_INTERRUPTED = 130
+
+
+def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn an LpclipError into one line and its exit code (``--debug`` shows the traceback)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        if not debug:
+            logging.getLogger().setLevel(logging.ERROR)
+        try:
+            return command(*args, **kwargs)
+        except LpclipError as exc:
+            if debug:
+                raise
+            click.echo(f"lpclip-cache: error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("lpclip-cache: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def emit(summary: dict[str, Any], as_json: bool, text: str | None = None) -> None:
+    """Print the human summary, or the machine-readable JSON summary with ``--json``."""
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    elif text is not None:
+        click.echo(text)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary.")
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only if it is ours).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lpclip-cache")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def main(debug: bool) -> None:
+    """LP-CLIP with a feature cache: extract once, train probes in seconds, evaluate robustness."""
+
+
+@main.command()
+@click.option("--data", required=True, help="ImageFolder path, or cifar10:ROOT / cifar100:ROOT.")
+@click.option("--split", default=None, help="Split: a sub-folder of an ImageFolder root, or train/test for CIFAR.")
+@click.option("--model", default="test-tiny", show_default=True, help="open_clip architecture name.")
+@click.option(
+    "--pretrained",
+    default="none",
+    show_default=True,
+    help="Pretrained tag (e.g. openai, laion2b_s34b_b79k), checkpoint file, or none (random init).",
+)
+@click.option("--weak-views", type=int, default=2, show_default=True, help="Weak (teacher) views per image.")
+@click.option("--strong-views", type=int, default=2, show_default=True, help="Strong (student) views per image.")
+@click.option("--out", required=True, type=click.Path(), help="Store to create (a Zarr v3 directory).")
+@click.option("--templates", default=None, help="Template set (cifar10, cifar100, imagenet, simple) or file.")
+@click.option("--classnames", default=None, help="Class-name set (cifar10, cifar100, imagenet) or file.")
+@click.option("--weak-policy", default="weak", show_default=True, help="Weak view policy: name or JSON file.")
+@click.option("--strong-policy", default="strong", show_default=True, help="Strong view policy: name or JSON file.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Teacher softmax temperature.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every augmentation.")
+@click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of writing).")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Encoder batch size.")
+@click.option("--workers", "num_workers", type=int, default=2, show_default=True, help="Decode workers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", default="auto", show_default=True, help="auto (bf16 on CUDA), fp32, bf16, fp16.")
+@click.option("--download", is_flag=True, help="Let torchvision download the dataset (connected machines).")
+@click.option("--skip-bad", is_flag=True, help="Record undecodable images as invalid instead of stopping.")
+@click.option("--cache-dir", default=None, help="Where open_clip caches downloaded weights.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@overwrite_option
+@json_option
+@report_errors
+def extract(as_json: bool, quiet: bool, **options: Any) -> None:
+    """Run CLIP once over clean, weak and strong views of a dataset and write a feature store."""
+    from .extract import ExtractConfig
+    from .extract import extract as run_extract
+
+    summary = run_extract(ExtractConfig(progress=not quiet, **options))
+    emit(
+        summary,
+        as_json,
+        f"wrote {summary['store']}: {summary['images']} images x {summary['views_per_image']} views, "
+        f"{summary['views_per_s']:.1f} views/s",
+    )
+
+
+@main.command()
+@click.option("--store", required=True, help="Feature store made by extract.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
+@click.option("--method", type=click.Choice(["lpclip", "supervised"]), default="lpclip", show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init", type=click.Choice(["zeroshot", "random"]), default="zeroshot", show_default=True,
+              help="Start from the zero-shot head (A = s W_t, b = 0) or at random.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@overwrite_option
+@json_option
+@report_errors
+def train(as_json: bool, quiet: bool, **options: Any) -> None:
+    """Train the linear probe from cached weak/strong pairs (LP-CLIP) or true labels (reference)."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    summary = run_train(TrainConfig(progress=not quiet, **options))
+    emit(
+        summary,
+        as_json,
+        f"wrote {summary['run']}: {summary['method']}, {summary['epochs']} epochs, final loss "
+        f"{summary['final_loss']:.4f}, teacher agreement {summary['teacher_agreement']:.3f}, "
+        f"{summary['samples_per_s']:,.0f} samples/s",
+    )
+
+
+def is_report(path: Path) -> bool:
+    """True when ``path`` is a JSON report written by this tool."""
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "lpclip-cache"
+
+
+def write_report(report: dict[str, Any], out: str, overwrite: bool) -> None:
+    """Write a report JSON atomically, refusing to replace what is not ours."""
+    from .evaluate import write_json_atomic
+    from .store import prepare_output
+
+    path = Path(out)
+    prepare_output(path, overwrite, is_report, "report")
+    write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report})
+
+
+@main.command()
+@click.option("--run", "run_path", required=True, help="Run directory made by train.")
+@click.option("--store", "stores", multiple=True, required=True, help="In-distribution store (repeatable).")
+@click.option("--ood", multiple=True, help="Out-of-distribution store (repeatable).")
+@click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
+@overwrite_option
+@json_option
+@report_errors
+def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str, overwrite: bool,
+             as_json: bool) -> None:
+    """Accuracy, NLL, Brier, ECE and OOD AUROC/FPR95 of the teacher and the probe on stores."""
+    from .evaluate import evaluate as run_evaluate
+    from .evaluate import format_table
+
+    report = run_evaluate(run_path, list(stores), list(ood))
+    write_report(report, out, overwrite)
+    emit(report, as_json, format_table(report) + f"\nwrote {out}")
+
+
+@main.group()
+def analyze() -> None:
+    """Analyses of the cached embedding spaces."""
+
+
+@analyze.group()
+def latent() -> None:
+    """Latent-space structure of CLIP's embeddings and of the probe's outputs."""
+
+
+@latent.command()
+@click.option("--store", required=True, help="Feature store to analyse (its clean view).")
+@click.option("--run", "run_path", default=None, help="Also analyse this run's probe output space.")
+@click.option("--k", type=int, required=True, help="Number of clusters.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
+@overwrite_option
+@json_option
+@report_errors
+def clusters(store: str, run_path: str | None, k: int, seed: int, out: str, overwrite: bool, as_json: bool) -> None:
+    """FAISS spherical k-means; purity, NMI and ARI against true labels and pseudo-labels."""
+    from .analyze import format_table, latent_clusters
+
+    report = latent_clusters(store, k, run_path, seed)
+    write_report(report, out, overwrite)
+    emit(report, as_json, format_table(report) + f"\nwrote {out}")
+
+
+@main.command()
+@click.argument("store")
+@json_option
+@report_errors
+def info(store: str, as_json: bool) -> None:
+    """Print a store's manifest and array shapes."""
+    from .store import FeatureStore
+
+    opened = FeatureStore(store, require_complete=False)
+    summary = {
+        "store": store,
+        "complete": bool(opened.meta.get("complete")),
+        "cache_key": opened.cache_key,
+        "format_version": opened.meta["format_version"],
+        "layout": opened.meta["layout"],
+        "arrays": {name: {"shape": list(s), "dtype": d} for name, (s, d) in opened.arrays().items()},
+        "manifest": opened.manifest,
+    }
+    if as_json:
+        emit(summary, True)
+        return
+    manifest = opened.manifest
+    model = manifest["model"]
+    lines = [
+        f"store       {store} ({'complete' if summary['complete'] else 'INCOMPLETE'})",
+        f"cache key   {opened.cache_key}",
+        f"model       {model['name']} pretrained={model['pretrained']['value'] or model['pretrained']['kind']} "
+        f"quick_gelu={model['quick_gelu']} dim={model['embed_dim']}",
+        f"teacher     logit_scale={manifest['teacher']['logit_scale']:.4g} "
+        f"temperature={manifest['teacher']['temperature']}",
+        f"classes     {len(manifest['classnames'])}: {', '.join(manifest['classnames'][:10])}"
+        + (" ..." if len(manifest["classnames"]) > 10 else ""),
+        f"templates   {len(manifest['templates'])}: {manifest['templates'][0]!r} ...",
+        f"dataset     {manifest['dataset']['spec']} split={manifest['dataset']['split']} n={manifest['dataset']['n']}",
+        f"views       weak={manifest['views']['weak']} strong={manifest['views']['strong']} "
+        f"seed={manifest['views']['seed']} shard_size={manifest['views']['shard_size']}",
+        f"precision   {manifest['precision']} on {manifest['device']}",
+        f"versions    {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}",
+        "arrays",
+    ]
+    lines += [f"  {name:<14} {str(tuple(s)):<18} {d}" for name, (s, d) in opened.arrays().items()]
+    click.echo("\n".join(lines))
+
+
+@main.command("models")
+@report_errors
+def list_models() -> None:
+    """List the open_clip architectures (the project's own included)."""
+    from .models import list_model_names
+
+    click.echo("\n".join(list_model_names()))

@@ -1,0 +1,228 @@
+"""Data sources: where images come from, decoded on the CPU to fixed-size uint8 tensors.
+
+A source is a small object with ``len``, ``keys``, ``labels``, ``classnames``, ``identity`` and
+``image(i)``; ``open_source(spec, split)`` picks one from a table of builders by the spec's prefix
+(``cifar10:ROOT``, ``cifar100:ROOT``, or a plain ImageFolder path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+from .prompts import prompt_name
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+class Source(Protocol):
+    """What extraction needs of a dataset."""
+
+    keys: list[str]
+    labels: np.ndarray
+    classnames: list[str] | None
+    identity: dict[str, Any]
+
+    def __len__(self) -> int: ...
+
+    def image(self, index: int) -> Image.Image:
+        """The image at ``index`` as a PIL image (any mode; it is converted to RGB later)."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A hash that changes when the dataset's content or order changes."""
+        ...
+
+
+@dataclass
+class FolderSource:
+    """An ImageFolder tree: ``root/<class>/<image>``; classes are the sorted folder names."""
+
+    root: Path
+    keys: list[str]
+    labels: np.ndarray
+    classnames: list[str]
+    identity: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: Path, spec: str, split: str | None) -> FolderSource:
+        """Scan the tree; the split, when given, is a sub-folder of the root."""
+        if not root.exists():
+            raise InputError(f"data path '{root}' does not exist: pass an ImageFolder root (class/xxx.jpg)")
+        if not root.is_dir():
+            raise InputError(f"data path '{root}' is not a directory: pass an ImageFolder root (class/xxx.jpg)")
+        if split:
+            if not (root / split).is_dir():
+                found = sorted(p.name for p in root.iterdir() if p.is_dir())[:8]
+                raise InputError(
+                    f"split '{split}' not found under '{root}' (sub-folders: {', '.join(found) or 'none'}): "
+                    "pass --split with one of them, or point --data at the split folder itself"
+                )
+            root = root / split
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        keys: list[str] = []
+        labels: list[int] = []
+        for index, class_dir in enumerate(class_dirs):
+            files = sorted(
+                f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            )
+            keys.extend(str(f.relative_to(root)) for f in files)
+            labels.extend([index] * len(files))
+        if not keys:
+            raise InputError(
+                f"no images found in '{root}': expected class folders holding "
+                f"{'/'.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))} files"
+            )
+        identity = {"kind": "folder", "spec": spec, "root": str(root.resolve()), "split": split}
+        return cls(root, keys, np.asarray(labels, np.int32), [d.name for d in class_dirs], identity)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, index: int) -> Image.Image:
+        """Open the file lazily; decoding errors surface when the pixels are read."""
+        return Image.open(self.root / self.keys[index])
+
+    def fingerprint(self) -> str:
+        """Hash of every relative path, label and file size, in order."""
+        digest = hashlib.sha256()
+        for key, label in zip(self.keys, self.labels.tolist()):
+            size = os.stat(self.root / key).st_size
+            digest.update(f"{key}\0{label}\0{size}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class ArraySource:
+    """Images held as one uint8 array (N x H x W x 3), e.g. CIFAR read through torchvision."""
+
+    pixels: np.ndarray
+    keys: list[str]
+    labels: np.ndarray
+    classnames: list[str] | None
+    identity: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, index: int) -> Image.Image:
+        """The pixels as a PIL image."""
+        return Image.fromarray(self.pixels[index])
+
+    def fingerprint(self) -> str:
+        """Hash of the pixel bytes and labels."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.pixels).data)
+        digest.update(np.ascontiguousarray(self.labels).data)
+        return digest.hexdigest()
+
+
+def torchvision_cifar(variant: str) -> Callable[[str, str, str | None, bool], ArraySource]:
+    """A builder for ``cifar10:ROOT`` / ``cifar100:ROOT`` read through torchvision from a local root."""
+
+    def build(spec: str, root: str, split: str | None, download: bool) -> ArraySource:
+        from torchvision import datasets
+
+        split = split or "train"
+        if split not in ("train", "test"):
+            raise InputError(f"{variant} has splits 'train' and 'test', not '{split}': pass --split train|test")
+        dataset_cls = datasets.CIFAR10 if variant == "cifar10" else datasets.CIFAR100
+        try:
+            dataset = dataset_cls(root=root, train=split == "train", download=download)
+        except RuntimeError as exc:
+            raise InputError(
+                f"{variant} not found under '{root}' ({str(exc).splitlines()[0]}): "
+                "add --download on a connected machine, or point at the folder holding the python version"
+            ) from exc
+        classnames = [prompt_name(name) for name in dataset.classes]
+        identity = {"kind": variant, "spec": spec, "root": str(Path(root).resolve()), "split": split}
+        keys = [f"{variant}/{split}/{i}" for i in range(len(dataset.data))]
+        return ArraySource(dataset.data, keys, np.asarray(dataset.targets, np.int32), classnames, identity)
+
+    return build
+
+
+BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
+    "cifar10": torchvision_cifar("cifar10"),
+    "cifar100": torchvision_cifar("cifar100"),
+}
+
+
+def open_source(spec: str, split: str | None = None, download: bool = False) -> Source:
+    """Open a dataset from a spec: ``PREFIX:ARGS`` for a registered builder, else a folder path."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in BUILDERS:
+        if not rest:
+            raise InputError(f"data spec '{spec}' has no root: write {prefix}:PATH")
+        return BUILDERS[prefix](spec, rest, split, download)
+    if sep and len(prefix) > 1 and not Path(spec).exists():
+        raise InputError(
+            f"unknown data source '{prefix}' in '{spec}': use one of {', '.join(sorted(BUILDERS))} "
+            "(as PREFIX:ROOT) or an ImageFolder path"
+        )
+    return FolderSource.open(Path(spec).expanduser(), spec, split)
+
+
+def resize_to_model(image: Image.Image, size: tuple[int, int], mode: str, interpolation: str) -> Image.Image:
+    """Resize and crop the way open_clip's evaluation preprocessing does (shortest/squash/longest)."""
+    height, width = size
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[interpolation]
+    if mode == "squash":
+        return image.resize((width, height), resample)
+    scale_fn = min if mode == "longest" else max
+    scale = scale_fn(height / image.height, width / image.width)
+    new_w, new_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), resample)
+    if mode == "longest":
+        canvas = Image.new("RGB", (width, height), (0, 0, 0))
+        canvas.paste(image, ((width - new_w) // 2, (height - new_h) // 2))
+        return canvas
+    left = int(round((new_w - width) / 2.0))
+    top = int(round((new_h - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+class DecodedDataset:
+    """A map-style dataset yielding ``(index, uint8 CHW tensor, ok, reason)`` for DataLoader workers.
+
+    A file that cannot be decoded yields zeros with ``ok`` False and the reason, so the main
+    process decides (a clear error, or ``--skip-bad``) instead of a worker traceback.
+    """
+
+    def __init__(self, source: Source, size: tuple[int, int], mode: str, interpolation: str) -> None:
+        self.source = source
+        self.size = size
+        self.mode = mode
+        self.interpolation = interpolation
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, bool, str]:
+        import torch
+
+        try:
+            with self.source.image(index) as image:
+                image = image.convert("RGB")
+                image = resize_to_model(image, self.size, self.mode, self.interpolation)
+                pixels = np.asarray(image, dtype=np.uint8).copy()
+            return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            blank = torch.zeros((3, *self.size), dtype=torch.uint8)
+            return index, blank, False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def default_collate_shard(items: list[tuple[int, Any, bool, str]]) -> tuple[Any, Any, Any, list[str]]:
+    """Stack one shard of decoded items: (indices, uint8 pixels, ok flags, reasons)."""
+    import torch
+
+    indices, pixels, ok, reasons = zip(*items)
+    return torch.tensor(indices), torch.stack(pixels), torch.tensor(ok, dtype=torch.bool), list(reasons)

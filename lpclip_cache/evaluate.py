@@ -1,0 +1,144 @@
+"""Score the zero-shot teacher and a trained probe on stores: accuracy, calibration, OOD.
+
+Every store is scored with the run's own head and probe on its clean view, so an OOD store's
+class names do not matter. In-distribution stores must share the run's embedding space and
+classes; OOD detection uses the maximum softmax probability, with the first ``--store`` as the
+in-distribution reference and OOD as the positive class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .errors import StoreError
+
+METHOD_NAMES = ("teacher", "probe")
+
+
+def check_compatible(run: Any, store: Any, role: str) -> None:
+    """A store must live in the run's embedding space; an ID store must also share its classes."""
+    run_model, store_model = run.info["model"], store.manifest["model"]
+    if store.layout.dim != run.weight.shape[1]:
+        raise StoreError(
+            f"{role} store '{store.path}' has {store.layout.dim}-d embeddings but run '{run.path}' expects "
+            f"{run.weight.shape[1]}-d: extract it with the run's model ({run_model['name']})"
+        )
+    if (store_model["name"], store_model["pretrained"]) != (run_model["name"], run_model["pretrained"]):
+        raise StoreError(
+            f"{role} store '{store.path}' was made by {store_model['name']} ({store_model['pretrained']['kind']}) "
+            f"but run '{run.path}' by {run_model['name']} ({run_model['pretrained']['kind']}): "
+            "extract it with the run's model and weights"
+        )
+    if role == "in-distribution" and store.classnames != run.classnames:
+        raise StoreError(
+            f"store '{store.path}' has classes {store.classnames[:3]}... ({len(store.classnames)}) but run "
+            f"'{run.path}' has {run.classnames[:3]}... ({len(run.classnames)}): pass it with --ood if it is "
+            "out-of-distribution, or re-extract it with the run's --classnames"
+        )
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, NLL, Brier, ECE (15 bins) and mean confidence."""
+    return {
+        "accuracy": metrics.accuracy(probs, labels),
+        "nll": metrics.nll(probs, labels),
+        "brier": metrics.brier(probs, labels),
+        "ece": metrics.ece(probs, labels, n_bins=15),
+        "confidence": float(metrics.max_softmax_probability(probs).mean()),
+    }
+
+
+def score_store(run: Any, store: Any) -> dict[str, np.ndarray]:
+    """Probabilities of each method on a store's valid clean embeddings."""
+    valid = store.read("valid")
+    emb = store.read("clean/emb")[valid]
+    return {"teacher": run.teacher_probs(emb), "probe": run.probe_probs(emb)}
+
+
+def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a run on in-distribution stores and OOD stores; return the report as a dict."""
+    from .probe import load_run
+    from .store import FeatureStore
+
+    ood = ood or []
+    if not stores:
+        raise StoreError("evaluate needs at least one --store (the in-distribution test set)")
+    run = load_run(run_path)
+    report: dict[str, Any] = {
+        "run": str(Path(run_path)),
+        "method": run.info["config"]["method"],
+        "metrics": {"ece_bins": 15, "ood_score": "max softmax probability", "ood_positive": True},
+        "stores": {},
+        "ood": {},
+    }
+    reference: dict[str, np.ndarray] | None = None
+    reference_name = ""
+    for path in stores:
+        store = FeatureStore(path)
+        check_compatible(run, store, "in-distribution")
+        probs = score_store(run, store)
+        labels = store.labels()[store.read("valid")]
+        entry: dict[str, Any] = {"samples": int(labels.size)}
+        known = labels >= 0
+        for method in METHOD_NAMES:
+            if known.any():
+                entry[method] = classification_metrics(probs[method][known], labels[known])
+            else:
+                entry[method] = {"confidence": float(metrics.max_softmax_probability(probs[method]).mean())}
+        report["stores"][path] = entry
+        if reference is None:
+            reference = {m: metrics.max_softmax_probability(p) for m, p in probs.items()}
+            reference_name = path
+    for path in ood:
+        store = FeatureStore(path)
+        check_compatible(run, store, "OOD")
+        probs = score_store(run, store)
+        entry = {"samples": int(next(iter(probs.values())).shape[0]), "reference": reference_name}
+        for method in METHOD_NAMES:
+            ood_conf = metrics.max_softmax_probability(probs[method])
+            entry[method] = {
+                "auroc": metrics.auroc(reference[method], ood_conf),
+                "fpr95": metrics.fpr_at_95_tpr(reference[method], ood_conf),
+                "confidence": float(ood_conf.mean()),
+            }
+        report["ood"][path] = entry
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A readable table: one row per (store, method)."""
+    lines = [f"{'set':<28} {'method':<8} {'acc':>7} {'nll':>7} {'brier':>7} {'ece':>7} {'auroc':>7} {'fpr95':>7}"]
+    lines.append("-" * len(lines[0]))
+
+    def cell(values: dict[str, float], key: str) -> str:
+        return f"{values[key]:7.4f}" if key in values else f"{'-':>7}"
+
+    for group in ("stores", "ood"):
+        for path, entry in report[group].items():
+            name = Path(path).name + (" (OOD)" if group == "ood" else "")
+            for method in METHOD_NAMES:
+                values = entry[method]
+                keys = ("accuracy", "nll", "brier", "ece", "auroc", "fpr95")
+                lines.append(f"{name[:28]:<28} {method:<8} " + " ".join(cell(values, k) for k in keys))
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2)
+            stream.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,213 @@
+"""Resolve and load open_clip models: built-in names, pretrained tags, checkpoint files.
+
+Resolution (what the user asked for), construction (open_clip) and the zero-shot head are
+separate steps. Importing this module registers the project's own model configurations
+(``lpclip_cache/model_configs/*.json``) with open_clip, so ``test-tiny`` is an ordinary name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+
+from .errors import ModelError
+
+CONFIG_DIR = Path(str(resources.files("lpclip_cache") / "model_configs"))
+open_clip.add_model_config(CONFIG_DIR)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """Where a model's weights come from: ``none`` (random init), a ``tag`` or a ``file``."""
+
+    kind: str
+    value: str | None = None
+    sha256: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The source as manifest fields."""
+        return {"kind": self.kind, "value": self.value, "sha256": self.sha256}
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model ready for inference, with what the manifest needs to know of it."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: Any
+    source: PretrainedSource
+    preprocess: dict[str, Any]
+    embed_dim: int
+    logit_scale: float
+    quick_gelu: bool
+    device: torch.device
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The model's identity as manifest fields: everything that changes an embedding."""
+        return {
+            "name": self.name,
+            "pretrained": self.source.describe(),
+            "quick_gelu": self.quick_gelu,
+            "embed_dim": self.embed_dim,
+            "logit_scale": self.logit_scale,
+            "preprocess": self.preprocess,
+            "open_clip_version": open_clip.__version__,
+        }
+
+
+def file_sha256(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
+    """The sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_model_names() -> list[str]:
+    """Every architecture name open_clip knows, the project's own included."""
+    return sorted(open_clip.list_models())
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The open_clip configuration of a model name, or a ModelError naming close matches."""
+    if name.startswith(SCHEMAS):
+        return {}
+    config = open_clip.get_model_config(name)
+    if config is None:
+        close = difflib.get_close_matches(name, list_model_names(), n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "run 'lpclip-cache models' to list them"
+        raise ModelError(f"unknown model name '{name}': it is not an open_clip architecture; {hint}")
+    return config
+
+
+def resolve_pretrained(name: str, pretrained: str | None) -> PretrainedSource:
+    """Decide what ``--pretrained`` means for ``name``: none, a known tag, or a checkpoint file."""
+    if name.startswith(SCHEMAS):
+        return PretrainedSource("schema", name)
+    if pretrained is None or pretrained.lower() in ("none", "random", ""):
+        return PretrainedSource("none")
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return PretrainedSource("file", str(path.resolve()), file_sha256(path))
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained in tags:
+        return PretrainedSource("tag", pretrained)
+    if path.suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained:
+        where = "a directory, not a file" if path.is_dir() else "not found"
+        raise ModelError(
+            f"checkpoint file '{pretrained}' is {where}: pass the path of an open_clip state dict "
+            f"(.pt/.bin/.safetensors), a pretrained tag of {name}, or 'none'"
+        )
+    known = ", ".join(tags) if tags else "none: this architecture has no published weights"
+    raise ModelError(
+        f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {name} "
+        f"(tags: {known}); pass a tag, a checkpoint path, or 'none' for random init"
+    )
+
+
+def fetch_tag(name: str, tag: str, cache_dir: str | None = None) -> str:
+    """Make sure the weights of a pretrained tag are in the local cache; return their path."""
+    config = open_clip.get_pretrained_cfg(name, tag)
+    try:
+        return open_clip.download_pretrained(config, cache_dir=cache_dir)
+    except Exception as exc:  # the hub client raises many types when offline
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ModelError(
+            f"weights for {name} pretrained='{tag}' are not in the local cache and could not be "
+            f"downloaded ({reason}); run once on a connected machine (cache: "
+            f"{cache_dir or '~/.cache/huggingface'}), or pass a checkpoint file with --pretrained PATH"
+        ) from exc
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' asked for, but no CUDA device is visible: use --device cpu")
+    return chosen
+
+
+def load_model(
+    name: str,
+    pretrained: str | None = None,
+    device: str = "auto",
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """Load an open_clip model for inference: resolve the weights, build, load, describe."""
+    config = model_config(name)
+    source = resolve_pretrained(name, pretrained)
+    if source.kind == "tag":
+        fetch_tag(name, source.value, cache_dir)
+    torch_device = pick_device(device)
+    weights = None if source.kind in ("none", "schema") else source.value
+    try:
+        model = open_clip.create_model(
+            name, pretrained=weights, device=torch_device, cache_dir=cache_dir, weights_only=True
+        )
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:300]
+        if source.kind == "file":
+            raise ModelError(
+                f"checkpoint '{source.value}' does not fit architecture {name} ({first}); "
+                "pass the architecture the checkpoint was trained with"
+            ) from exc
+        raise ModelError(f"could not build {name}: {first}") from exc
+    except Exception as exc:  # unpickling errors of untrusted or corrupt files
+        if source.kind == "file":
+            raise ModelError(
+                f"checkpoint '{source.value}' could not be read as weights only "
+                f"({type(exc).__name__}); pass an open_clip state dict saved with torch.save or safetensors"
+            ) from exc
+        raise
+    model.eval()
+    quick_gelu = bool(config.get("quick_gelu", False))
+    preprocess = dict(model.visual.preprocess_cfg)
+    size = preprocess["size"]
+    preprocess["size"] = list(size) if isinstance(size, (tuple, list)) else [size, size]
+    preprocess["mean"] = [float(v) for v in preprocess["mean"]]
+    preprocess["std"] = [float(v) for v in preprocess["std"]]
+    embed_dim = int(config.get("embed_dim") or model.visual.output_dim)
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=open_clip.get_tokenizer(name),
+        source=source,
+        preprocess=preprocess,
+        embed_dim=embed_dim,
+        logit_scale=float(model.logit_scale.exp().item()),
+        quick_gelu=quick_gelu,
+        device=torch_device,
+    )
+
+
+@torch.no_grad()
+def zero_shot_head(loaded: LoadedModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """The zero-shot head W_t (C x D, float32, unit rows): prompt-ensembled class text embeddings."""
+    head = open_clip.build_zero_shot_classifier(
+        loaded.model,
+        loaded.tokenizer,
+        classnames,
+        templates,
+        num_classes_per_batch=max(1, 2048 // len(templates)),
+        device=loaded.device,
+    )
+    return head.T.float().cpu().contiguous()

@@ -1,0 +1,131 @@
+"""Teacher and student as plain arrays: zero-shot probabilities, the linear probe, run files.
+
+A run directory holds ``probe.safetensors`` (``weight`` C x D, ``bias`` C, and the teacher's
+``head`` C x D) and ``run.json`` (configuration, teacher scale and temperature, class names,
+the store it was trained on, and the training curve).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+
+RUN_FORMAT_VERSION = 1
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, stable for large logits."""
+    shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=-1, keepdims=True)
+    return shifted
+
+
+def teacher_logits(emb: np.ndarray, head: np.ndarray, scale: float, temperature: float = 1.0) -> np.ndarray:
+    """Zero-shot logits ``s * z W_t^T / T`` for unit embeddings z (any leading shape)."""
+    return (emb.astype(np.float32) @ head.T.astype(np.float32)) * np.float32(scale / temperature)
+
+
+def teacher_outputs(
+    emb: np.ndarray, head: np.ndarray, scale: float, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-label and confidence: argmax and max of the teacher's softmax."""
+    probs = softmax(teacher_logits(emb, head, scale, temperature))
+    return probs.argmax(axis=-1).astype(np.int16), probs.max(axis=-1).astype(np.float32)
+
+
+@dataclass
+class Run:
+    """A trained probe with the teacher it was distilled from."""
+
+    path: Path
+    weight: np.ndarray
+    bias: np.ndarray
+    head: np.ndarray
+    info: dict[str, Any]
+
+    @property
+    def logit_scale(self) -> float:
+        """The teacher's logit scale."""
+        return float(self.info["teacher"]["logit_scale"])
+
+    @property
+    def temperature(self) -> float:
+        """The teacher's temperature."""
+        return float(self.info["teacher"]["temperature"])
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names in output order."""
+        return list(self.info["classnames"])
+
+    def probe_logits(self, emb: np.ndarray) -> np.ndarray:
+        """Student logits ``A z + b``."""
+        return emb.astype(np.float32) @ self.weight.T + self.bias
+
+    def probe_probs(self, emb: np.ndarray) -> np.ndarray:
+        """Student probabilities."""
+        return softmax(self.probe_logits(emb))
+
+    def teacher_probs(self, emb: np.ndarray) -> np.ndarray:
+        """Teacher (zero-shot) probabilities with the run's head, scale and temperature."""
+        return softmax(teacher_logits(emb, self.head, self.logit_scale, self.temperature))
+
+
+def is_run(path: Path) -> bool:
+    """True when ``path`` is a run directory written by this project."""
+    return (path / "run.json").is_file() and (path / "probe.safetensors").is_file()
+
+
+def save_run(path: Path, weight: np.ndarray, bias: np.ndarray, head: np.ndarray, info: dict[str, Any]) -> None:
+    """Write a run atomically: into a temporary sibling directory, then renamed into place."""
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tensors = {
+            "weight": np.ascontiguousarray(weight, np.float32),
+            "bias": np.ascontiguousarray(bias, np.float32),
+            "head": np.ascontiguousarray(head, np.float32),
+        }
+        save_file(tensors, str(staging / "probe.safetensors"), metadata={"format": "lpclip-cache-probe"})
+        record = {"format_version": RUN_FORMAT_VERSION, **info}
+        (staging / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_run(path: str | Path) -> Run:
+    """Read and validate a run directory."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"run '{path}' does not exist: pass the --out folder of 'lpclip-cache train'")
+    if not is_run(path):
+        raise StoreError(f"'{path}' is not an lpclip-cache run (needs run.json and probe.safetensors)")
+    try:
+        info = json.loads((path / "run.json").read_text())
+        tensors = load_file(str(path / "probe.safetensors"))
+    except (ValueError, SafetensorError, OSError) as exc:
+        raise StoreError(f"run '{path}' is damaged ({exc}): train it again") from exc
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
+        raise StoreError(f"run '{path}' has format version {version}, newer than this lpclip-cache reads")
+    weight, bias, head = tensors.get("weight"), tensors.get("bias"), tensors.get("head")
+    if weight is None or bias is None or head is None or weight.shape != head.shape or bias.shape != weight.shape[:1]:
+        raise StoreError(f"run '{path}' has a probe file with missing or inconsistent tensors: train it again")
+    return Run(path, weight, bias, head, info)

@@ -1,0 +1,206 @@
+"""The feature store: one Zarr v3 group per (dataset split, model, view policy).
+
+Layout (see docs/store-format.md)::
+
+    clean/emb  N x D      float16   L2-normalised embedding of the evaluation view
+    clean/label, clean/conf  N      int16 / float32   teacher pseudo-label and confidence
+    weak/emb   N x Kw x D float16   (only when Kw > 0), weak/label, weak/conf N x Kw
+    strong/emb N x Ks x D float16   (only when Ks > 0), strong/label, strong/conf N x Ks
+    head       C x D      float32   zero-shot head (unit rows)
+    labels     N          int32     ground truth, -1 where unknown
+    keys       N          string    file path or index of each sample
+    valid      N          bool      False where the image could not be decoded
+    done       S          uint8     1 for each shard written whole
+
+The group attribute ``lpclip_cache`` holds the format version, the manifest, its hash (the
+cache key) and whether the store is complete. Chunks along N are one shard long, so each shard
+is written by one owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from .errors import StoreError
+
+FORMAT_VERSION = 1
+ATTR = "lpclip_cache"
+VIEW_KINDS = ("clean", "weak", "strong")
+
+
+def cache_key(manifest: dict[str, Any]) -> str:
+    """The sha256 of the manifest's canonical JSON: two stores with equal keys hold equal numbers."""
+    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_store(path: Path) -> bool:
+    """True when ``path`` is a Zarr group written by this project."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return ATTR in json.loads(meta.read_text()).get("attributes", {})
+    except (ValueError, OSError):
+        return False
+
+
+def prepare_output(path: Path, overwrite: bool, is_ours: Any, what: str) -> None:
+    """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another --out")
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        return
+    if not is_ours(path):
+        raise StoreError(
+            f"'{path}' exists and is not a {what} written by lpclip-cache: refusing to delete it; "
+            "choose another --out"
+        )
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Sizes that fix a store's array shapes."""
+
+    n: int
+    dim: int
+    n_classes: int
+    weak_views: int
+    strong_views: int
+    shard_size: int
+
+    @property
+    def n_shards(self) -> int:
+        """How many shards cover the N samples."""
+        return -(-self.n // self.shard_size)
+
+    def views(self, kind: str) -> int:
+        """Views per sample of a kind (the clean view is one)."""
+        return {"clean": 1, "weak": self.weak_views, "strong": self.strong_views}[kind]
+
+
+def create_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
+    """Create an empty store with every array allocated (unwritten floats read as NaN)."""
+    prepare_output(path, overwrite, is_store, "store")
+    root = zarr.open_group(str(path), mode="w-")
+    rows = layout.shard_size
+
+    def array(name: str, shape: tuple[int, ...], dtype: str, fill: Any) -> None:
+        chunks = (min(rows, max(1, shape[0])), *shape[1:]) if shape else ()
+        root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=None)
+
+    for kind in VIEW_KINDS:
+        views = layout.views(kind)
+        if views == 0:
+            continue
+        lead = (layout.n,) if kind == "clean" else (layout.n, views)
+        array(f"{kind}/emb", (*lead, layout.dim), "float16", np.nan)
+        array(f"{kind}/label", lead, "int16", -1)
+        array(f"{kind}/conf", lead, "float32", np.nan)
+    root.create_array("head", shape=(layout.n_classes, layout.dim), dtype="float32", fill_value=np.nan)
+    array("labels", (layout.n,), "int32", -1)
+    array("valid", (layout.n,), "bool", False)
+    root.create_array("keys", shape=(layout.n,), chunks=(min(rows, layout.n),), dtype=str)
+    root.create_array("done", shape=(layout.n_shards,), chunks=(layout.n_shards,), dtype="uint8", fill_value=0)
+    root.attrs[ATTR] = {
+        "format_version": FORMAT_VERSION,
+        "manifest": manifest,
+        "cache_key": cache_key(manifest),
+        "layout": layout.__dict__,
+        "complete": False,
+    }
+    return root
+
+
+class FeatureStore:
+    """A store opened for reading, validated on open."""
+
+    def __init__(self, path: str | Path, require_complete: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(f"store '{self.path}' does not exist: run 'lpclip-cache extract' to make one")
+        if not is_store(self.path):
+            raise StoreError(
+                f"'{self.path}' is not an lpclip-cache store (no zarr.json with an '{ATTR}' attribute): "
+                "pass the --out folder of 'lpclip-cache extract'"
+            )
+        self.group = zarr.open_group(str(self.path), mode="r")
+        meta = dict(self.group.attrs[ATTR])
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise StoreError(
+                f"store '{self.path}' has format version {version}, newer than this lpclip-cache reads "
+                f"({FORMAT_VERSION}): upgrade lpclip-cache"
+            )
+        self.meta = meta
+        self.manifest: dict[str, Any] = meta["manifest"]
+        self.layout = Layout(**meta["layout"])
+        if require_complete and not meta.get("complete"):
+            done = int(np.asarray(self.group["done"][:]).sum())
+            raise StoreError(
+                f"store '{self.path}' is incomplete ({done} of {self.layout.n_shards} shards written): "
+                "rerun the same extract command to finish it"
+            )
+
+    @property
+    def cache_key(self) -> str:
+        """The manifest hash recorded at creation."""
+        return self.meta["cache_key"]
+
+    @property
+    def classnames(self) -> list[str]:
+        """Class names of the zero-shot head, in label order."""
+        return list(self.manifest["classnames"])
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's logit scale s (teacher logits are s * cos)."""
+        return float(self.manifest["teacher"]["logit_scale"])
+
+    @property
+    def temperature(self) -> float:
+        """The teacher's softmax temperature T."""
+        return float(self.manifest["teacher"]["temperature"])
+
+    def has(self, name: str) -> bool:
+        """True when the array ``name`` exists (weak/strong arrays exist only with views)."""
+        try:
+            self.group[name]
+        except KeyError:
+            return False
+        return True
+
+    def read(self, name: str) -> np.ndarray:
+        """A whole array as numpy."""
+        return np.asarray(self.group[name][...])
+
+    def head(self) -> np.ndarray:
+        """The zero-shot head W_t (C x D float32)."""
+        return self.read("head")
+
+    def labels(self) -> np.ndarray:
+        """Ground-truth labels, -1 where unknown."""
+        return self.read("labels")
+
+    def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every array's shape and dtype, by path."""
+        out: dict[str, tuple[tuple[int, ...], str]] = {}
+        for name, node in self.group.members(max_depth=None):
+            if isinstance(node, zarr.Array):
+                out[name] = (tuple(node.shape), str(node.dtype))
+        return dict(sorted(out.items()))
