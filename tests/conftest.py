@@ -1,0 +1,157 @@
+"""Shared fixtures: real CIFAR-10 JPEGs from ../shared/data, generated images, tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LPCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+CIFAR_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# No network here: make the hub client fail fast instead of retrying for a minute.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def extract_cifar_subset(dest: Path, split: str, per_class: int) -> Path:
+    """Extract the first ``per_class`` JPEGs of each class of a CIFAR-10 split into ``dest``."""
+    if not CIFAR_TAR.is_file():
+        pytest.fail(f"real test images missing: {CIFAR_TAR} (see ../shared/data/README.md)")
+    wanted = {f"{split}/{c}/{i:04d}.jpg" for c in CLASSES for i in range(per_class)}
+    with tarfile.open(CIFAR_TAR, "r:gz") as archive:
+        members = [m for m in archive if m.name.lstrip("./") in wanted]
+        archive.extractall(dest, members=members, filter="data")
+    root = dest / split if (dest / split).is_dir() else next(dest.rglob(split))
+    assert sum(1 for _ in root.rglob("*.jpg")) == per_class * len(CLASSES)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageFolder root with ``test/<class>/`` holding 20 real CIFAR-10 JPEGs per class."""
+    return extract_cifar_subset(tmp_path_factory.mktemp("cifar"), "test", 20)
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+    """A small ImageFolder of generated PNG/JPEG images of varied sizes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = size + int(rng.integers(0, 9)), size + int(rng.integers(0, 17))
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            pixels[..., c % 3] = np.clip(pixels[..., c % 3].astype(int) + 80, 0, 255)
+            suffix = ".png" if i % 2 else ".jpg"
+            Image.fromarray(pixels).save(folder / f"img_{i}{suffix}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Generated images in three classes."""
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init ``test-tiny`` state dict saved to a file (loaded via --pretrained PATH)."""
+    import torch
+
+    from lpclip_cache.models import load_model
+
+    torch.manual_seed(1234)
+    loaded = load_model("test-tiny", "none", device="cpu")
+    path = tmp_path_factory.mktemp("ckpt") / "test-tiny.pt"
+    torch.save(loaded.model.state_dict(), path)
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``lpclip-cache`` in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lpclip_cache", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm."""
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def write_store(
+    path: Path,
+    clean: np.ndarray,
+    head: np.ndarray,
+    labels: np.ndarray,
+    weak: np.ndarray | None = None,
+    strong: np.ndarray | None = None,
+    scale: float = 100.0,
+    temperature: float = 1.0,
+    model: str = "synthetic",
+    shard_size: int = 64,
+) -> Path:
+    """A complete store from given embeddings, written through the store API (teacher outputs computed)."""
+    from lpclip_cache.probe import teacher_outputs
+    from lpclip_cache.store import Layout, create_store
+
+    n, dim = clean.shape
+    layout = Layout(n, dim, head.shape[0], 0 if weak is None else weak.shape[1],
+                    0 if strong is None else strong.shape[1], shard_size)
+    manifest = {
+        "model": {"name": model, "pretrained": {"kind": "none", "value": None, "sha256": None}, "embed_dim": dim},
+        "classnames": [f"class {i}" for i in range(head.shape[0])],
+        "templates": ["a photo of a {}."],
+        "teacher": {"logit_scale": scale, "temperature": temperature},
+        "views": {"weak": layout.weak_views, "strong": layout.strong_views, "seed": 0, "shard_size": shard_size},
+        "dataset": {"kind": "synthetic", "spec": "synthetic", "split": None, "n": n},
+        "precision": "fp32",
+        "device": "cpu",
+        "versions": {},
+    }
+    root = create_store(path, layout, manifest)
+    root["head"][...] = head.astype(np.float32)
+    for kind, emb in (("clean", clean), ("weak", weak), ("strong", strong)):
+        if emb is None:
+            continue
+        emb16 = emb.astype(np.float16)
+        label, conf = teacher_outputs(emb16, head.astype(np.float32), scale, temperature)
+        root[f"{kind}/emb"][...] = emb16
+        root[f"{kind}/label"][...] = label
+        root[f"{kind}/conf"][...] = conf
+    root["labels"][...] = labels.astype(np.int32)
+    root["valid"][...] = np.ones(n, bool)
+    root["keys"][...] = np.array([f"sample/{i}" for i in range(n)])
+    root["done"][...] = 1
+    meta = dict(root.attrs["lpclip_cache"])
+    meta["complete"] = True
+    root.attrs["lpclip_cache"] = meta
+    return path
+
+
+def clustered_embeddings(
+    n: int, classes: int, dim: int, spread: float, seed: int = 0, views: int = 0, centres: np.ndarray | None = None
+):
+    """Unit embeddings around one centre per class (random unless given), and ``views`` noisy copies each."""
+    rng = np.random.default_rng(seed)
+    if centres is None:
+        centres = unit(rng.normal(size=(classes, dim)))
+    labels = rng.integers(0, classes, n)
+    clean = unit(centres[labels] + spread * rng.normal(size=(n, dim)))
+    extra = unit(clean[:, None] + spread * rng.normal(size=(n, views, dim))) if views else None
+    return centres, labels, clean, extra

@@ -1,0 +1,186 @@
+"""Stage one on real components: test-tiny over real CIFAR-10 JPEGs and generated images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpclip_cache.extract import ExtractConfig, extract
+from lpclip_cache.store import FeatureStore
+
+ARRAYS = ("clean/emb", "clean/label", "clean/conf", "weak/emb", "weak/label", "weak/conf",
+          "strong/emb", "strong/label", "strong/conf", "head", "labels", "keys", "valid", "done")
+
+
+def build(out: Path, data: Path, checkpoint: Path, **overrides) -> FeatureStore:
+    options = dict(
+        data=str(data), split="test", out=str(out), model="test-tiny", pretrained=str(checkpoint),
+        weak_views=2, strong_views=3, shard_size=64, batch_size=50, num_workers=0, device="cpu",
+        templates="cifar10", progress=False,
+    )
+    options.update(overrides)
+    extract(ExtractConfig(**options))
+    return FeatureStore(out)
+
+
+@pytest.fixture(scope="module")
+def store_pair(cifar_root, tiny_checkpoint, tmp_path_factory):
+    """The same extraction twice (seed 0, two decode workers once) and once with seed 1."""
+    base = tmp_path_factory.mktemp("stores")
+    first = build(base / "a.zarr", cifar_root, tiny_checkpoint, num_workers=2)
+    second = build(base / "b.zarr", cifar_root, tiny_checkpoint)
+    other = build(base / "c.zarr", cifar_root, tiny_checkpoint, seed=1)
+    return first, second, other
+
+
+def test_store_holds_every_array_with_the_right_shapes(store_pair):
+    store = store_pair[0]
+    shapes = {name: shape for name, (shape, _) in store.arrays().items()}
+    assert set(ARRAYS) <= set(shapes)
+    assert shapes["clean/emb"] == (200, 64)
+    assert shapes["weak/emb"] == (200, 2, 64)
+    assert shapes["strong/emb"] == (200, 3, 64)
+    assert shapes["head"] == (10, 64)
+    assert store.read("clean/emb").dtype == np.float16
+    assert store.read("done").tolist() == [1, 1, 1, 1]
+    assert store.read("valid").all()
+
+
+def test_embeddings_are_unit_norm_fp16(store_pair):
+    store = store_pair[0]
+    for kind in ("clean", "weak", "strong"):
+        norms = np.linalg.norm(store.read(f"{kind}/emb").astype(np.float32), axis=-1)
+        np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+
+
+def test_pseudo_labels_equal_an_independent_zero_shot_computation(store_pair):
+    store = store_pair[0]
+    head = store.head().astype(np.float64)
+    scale = store.logit_scale
+    for kind in ("clean", "weak", "strong"):
+        emb = store.read(f"{kind}/emb").astype(np.float64)
+        logits = scale * emb @ head.T
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        np.testing.assert_array_equal(store.read(f"{kind}/label"), probs.argmax(-1))
+        np.testing.assert_allclose(store.read(f"{kind}/conf"), probs.max(-1), rtol=1e-5)
+
+
+def test_clean_view_matches_open_clip_preprocessing_and_model(store_pair, cifar_root, tiny_checkpoint):
+    import open_clip
+    import torch
+    from PIL import Image
+
+    import lpclip_cache.models  # noqa: F401  (registers test-tiny)
+
+    store = store_pair[0]
+    model, _, preprocess = open_clip.create_model_and_transforms("test-tiny", pretrained=str(tiny_checkpoint))
+    model.eval()
+    keys = store.read("keys")[::37]
+    rows = np.arange(200)[::37]
+    images = torch.stack([preprocess(Image.open(cifar_root / "test" / k)) for k in keys])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.encode_image(images), dim=-1).numpy()
+    np.testing.assert_allclose(store.read("clean/emb")[rows].astype(np.float32), expected, atol=2e-3)
+
+
+def test_zero_shot_head_is_the_prompt_ensemble(store_pair, tiny_checkpoint):
+    import open_clip
+    import torch
+
+    from lpclip_cache.models import load_model
+    from lpclip_cache.prompts import load_templates
+
+    store = store_pair[0]
+    loaded = load_model("test-tiny", str(tiny_checkpoint), device="cpu")
+    tokenizer = open_clip.get_tokenizer("test-tiny")
+    templates = load_templates("cifar10")
+    rows = []
+    with torch.no_grad():
+        for name in store.classnames:
+            text = loaded.model.encode_text(tokenizer([t.format(name) for t in templates]))
+            mean = torch.nn.functional.normalize(text, dim=-1).mean(0)
+            rows.append(torch.nn.functional.normalize(mean, dim=0).numpy())
+    np.testing.assert_allclose(store.head(), np.stack(rows), atol=1e-5)
+    assert store.classnames[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_same_seed_gives_bit_identical_stores(store_pair):
+    first, second, _ = store_pair
+    for name in ARRAYS:
+        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
+    assert first.cache_key == second.cache_key
+
+
+def test_another_seed_changes_augmented_views_only(store_pair):
+    first, _, other = store_pair
+    np.testing.assert_array_equal(first.read("clean/emb"), other.read("clean/emb"))
+    for kind in ("weak", "strong"):
+        assert not np.array_equal(first.read(f"{kind}/emb"), other.read(f"{kind}/emb"))
+    assert first.cache_key != other.cache_key
+
+
+def test_views_differ_from_each_other_and_from_clean(store_pair):
+    store = store_pair[0]
+    clean = store.read("clean/emb").astype(np.float32)
+    strong = store.read("strong/emb").astype(np.float32)
+    weak = store.read("weak/emb").astype(np.float32)
+    assert not np.allclose(strong[:, 0], strong[:, 1])
+    assert not np.allclose(weak[:, 0], clean)
+    # strong views wander further from the clean view than weak ones, on average
+    assert np.mean(np.sum(strong * clean[:, None], -1)) < np.mean(np.sum(weak * clean[:, None], -1))
+
+
+def test_manifest_records_what_changes_the_numbers(store_pair, tiny_checkpoint):
+    from lpclip_cache.models import file_sha256
+
+    manifest = store_pair[0].manifest
+    assert manifest["model"]["name"] == "test-tiny"
+    assert manifest["model"]["pretrained"] == {
+        "kind": "file", "value": str(tiny_checkpoint.resolve()), "sha256": file_sha256(tiny_checkpoint)
+    }
+    assert manifest["model"]["quick_gelu"] is False
+    assert len(manifest["templates"]) == 18 and len(manifest["classnames"]) == 10
+    assert manifest["teacher"]["temperature"] == 1.0
+    assert manifest["teacher"]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
+    views = manifest["views"]
+    assert (views["weak"], views["strong"], views["seed"], views["shard_size"]) == (2, 3, 0, 64)
+    assert views["strong_policy"]["num_ops"] == 2
+    assert manifest["dataset"]["n"] == 200 and len(manifest["dataset"]["fingerprint"]) == 64
+    assert {"torch", "open_clip", "kornia", "zarr"} <= set(manifest["versions"])
+
+
+def test_labels_and_keys_follow_the_folder(store_pair):
+    store = store_pair[0]
+    keys = store.read("keys")
+    labels = store.labels()
+    assert keys[0] == "airplane/0000.jpg" and keys[-1] == "truck/0019.jpg"
+    assert np.bincount(labels).tolist() == [20] * 10
+    assert all(store.classnames[label] == key.split("/")[0] for key, label in zip(keys, labels))
+
+
+def test_views_can_be_zero_and_temperature_is_applied(image_folder, tiny_checkpoint, tmp_path):
+    store = build(tmp_path / "s.zarr", image_folder, tiny_checkpoint, split=None, weak_views=0, strong_views=0,
+                  temperature=0.5, templates="simple")
+    assert not store.has("weak/emb") and not store.has("strong/emb")
+    emb = store.read("clean/emb").astype(np.float64)
+    logits = store.logit_scale * emb @ store.head().T / 0.5
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(store.read("clean/conf"), probs.max(-1), rtol=1e-5)
+    assert store.classnames == ["class_0", "class_1", "class_2"]
+
+
+def test_undecodable_image_is_an_error_or_recorded_with_skip_bad(image_folder, tiny_checkpoint, tmp_path):
+    from lpclip_cache.errors import InputError
+
+    (image_folder / "class_1" / "broken.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(InputError, match="broken.jpg"):
+        build(tmp_path / "s.zarr", image_folder, tiny_checkpoint, split=None)
+    store = build(tmp_path / "t.zarr", image_folder, tiny_checkpoint, split=None, skip_bad=True)
+    keys = store.read("keys")
+    valid = store.read("valid")
+    assert keys[~valid].tolist() == ["class_1/broken.jpg"]
+    assert store.meta["invalid"][0]["key"] == "class_1/broken.jpg"

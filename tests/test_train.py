@@ -1,0 +1,155 @@
+"""Stage two: the loss, the probe, the run files, and that LP-CLIP never reads true labels."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings, write_store
+
+from lpclip_cache.errors import StoreError
+from lpclip_cache.probe import load_run
+from lpclip_cache.train import TrainConfig, train, weighted_cross_entropy
+
+
+def test_weighted_cross_entropy_matches_its_formula_by_hand():
+    import torch
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    targets = torch.tensor([0, 0, 1])
+    weights = torch.tensor([0.5, 1.0, 0.25])
+    # CE_1 = log(1 + e^-2), CE_2 = log(1 + e^1), CE_3 = log 2
+    ce = [math.log(1 + math.exp(-2)), math.log(1 + math.exp(1)), math.log(2)]
+    expected = (0.5 * ce[0] + 1.0 * ce[1] + 0.25 * ce[2]) / (0.5 + 1.0 + 0.25)
+    assert float(weighted_cross_entropy(logits, targets, weights)) == pytest.approx(expected, rel=1e-6)
+    # unit weights reduce to the plain mean cross-entropy
+    assert float(weighted_cross_entropy(logits, targets, torch.ones(3))) == pytest.approx(sum(ce) / 3, rel=1e-6)
+    # a zero-confidence sample does not count at all
+    zeroed = weighted_cross_entropy(logits, targets, torch.tensor([0.0, 1.0, 0.0]))
+    assert float(zeroed) == pytest.approx(ce[1], rel=1e-6)
+
+
+@pytest.fixture
+def separable(tmp_path):
+    """Train and test stores of 8 well-separated classes in 32-d, with 3 weak and 3 strong views."""
+    centres, labels, clean, views = clustered_embeddings(1200, 8, 32, spread=0.08, seed=0, views=6)
+    _, test_labels, test_clean, _ = clustered_embeddings(400, 8, 32, spread=0.08, seed=1, centres=centres)
+    rng = np.random.default_rng(5)
+    random_head = rng.normal(size=(8, 32))
+    random_head /= np.linalg.norm(random_head, axis=1, keepdims=True)
+    return {
+        "centres": centres,
+        "labels": labels,
+        "clean": clean,
+        "views": views,
+        "random_head": random_head,
+        "train_good": write_store(tmp_path / "good.zarr", clean, centres, labels, views[:, :3], views[:, 3:]),
+        "train_bad_teacher": write_store(tmp_path / "bad.zarr", clean, random_head, labels, views[:, :3], views[:, 3:]),
+        "test_labels": test_labels,
+        "test_clean": test_clean,
+    }
+
+
+def accuracy_of(run_path, emb, labels):
+    return float((load_run(run_path).probe_probs(emb).argmax(1) == labels).mean())
+
+
+def test_supervised_probe_separates_separable_embeddings(separable, tmp_path):
+    # the teacher head is random here: only true labels can teach this probe
+    train(TrainConfig(store=str(separable["train_bad_teacher"]), out=str(tmp_path / "sup"), method="supervised",
+                      init="random", epochs=15, lr=1e-2, progress=False))
+    assert accuracy_of(tmp_path / "sup", separable["test_clean"], separable["test_labels"]) > 0.98
+
+
+def test_lpclip_probe_learns_from_a_good_teacher_without_labels(separable, tmp_path):
+    summary = train(TrainConfig(store=str(separable["train_good"]), out=str(tmp_path / "lp"), init="random",
+                                epochs=15, lr=1e-2, progress=False))
+    assert accuracy_of(tmp_path / "lp", separable["test_clean"], separable["test_labels"]) > 0.98
+    assert summary["teacher_agreement"] > 0.98
+
+
+def test_lpclip_never_reads_true_labels(separable, tmp_path):
+    d = separable
+    scrambled = np.random.default_rng(9).permutation(d["labels"])
+    hidden = np.full_like(d["labels"], -1)
+    paths = []
+    for name, labels in (("true", d["labels"]), ("scrambled", scrambled), ("hidden", hidden)):
+        # a poor (random) teacher keeps the loss and its gradients far from zero
+        store = write_store(tmp_path / f"{name}.zarr", d["clean"], d["random_head"], labels,
+                            d["views"][:, :3], d["views"][:, 3:])
+        train(TrainConfig(store=str(store), out=str(tmp_path / f"run-{name}"), epochs=2, init="random",
+                          lr=1e-2, progress=False))
+        paths.append(tmp_path / f"run-{name}")
+    runs = [load_run(p) for p in paths]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(runs[0].weight, other.weight)
+        np.testing.assert_array_equal(runs[0].bias, other.bias)
+    # the supervised reference does read them, and refuses a store without them
+    with pytest.raises(StoreError, match="true labels"):
+        train(TrainConfig(store=str(tmp_path / "hidden.zarr"), out=str(tmp_path / "sup"), method="supervised",
+                          progress=False))
+
+
+def test_zero_shot_init_starts_from_the_teacher(separable, tmp_path):
+    store = separable["train_good"]
+    train(TrainConfig(store=str(store), out=str(tmp_path / "run"), epochs=1, lr=1e-12, progress=False))
+    run = load_run(tmp_path / "run")
+    np.testing.assert_allclose(run.weight, 100.0 * separable["centres"], rtol=1e-5, atol=1e-5)
+    emb = separable["clean"]
+    np.testing.assert_allclose(run.probe_probs(emb), run.teacher_probs(emb), atol=1e-4)
+
+
+def test_same_seed_same_probe_other_seed_other_probe(separable, tmp_path):
+    store = str(separable["train_bad_teacher"])
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(TrainConfig(store=store, out=str(tmp_path / name), seed=seed, epochs=2, init="random", progress=False))
+    a, b, c = (load_run(tmp_path / n) for n in "abc")
+    np.testing.assert_array_equal(a.weight, b.weight)
+    assert not np.array_equal(a.weight, c.weight)
+
+
+def test_run_directory_holds_probe_and_curve(separable, tmp_path):
+    from safetensors.numpy import load_file
+
+    train(TrainConfig(store=str(separable["train_bad_teacher"]), out=str(tmp_path / "run"), epochs=4, lr=1e-2,
+                      init="random", progress=False))
+    tensors = load_file(str(tmp_path / "run" / "probe.safetensors"))
+    assert tensors["weight"].shape == (8, 32) and tensors["bias"].shape == (8,)
+    np.testing.assert_allclose(tensors["head"], separable["random_head"], rtol=1e-6)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    losses = [point["loss"] for point in info["curve"]]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert info["pairs"] == {"samples": 1200, "teacher_side": "weak", "teacher_views": 3,
+                             "student_side": "strong", "student_views": 3}
+    assert info["store"]["cache_key"] and info["config"]["method"] == "lpclip"
+
+
+def test_missing_sides_fall_back_clean_teacher_weak_student(separable, tmp_path):
+    d = separable
+    only_weak = write_store(tmp_path / "w.zarr", d["clean"], d["centres"], d["labels"], weak=d["views"][:, :2])
+    only_clean = write_store(tmp_path / "c.zarr", d["clean"], d["centres"], d["labels"])
+    train(TrainConfig(store=str(only_weak), out=str(tmp_path / "rw"), epochs=1, progress=False))
+    train(TrainConfig(store=str(only_clean), out=str(tmp_path / "rc"), epochs=1, progress=False))
+    pairs_w = load_run(tmp_path / "rw").info["pairs"]
+    pairs_c = load_run(tmp_path / "rc").info["pairs"]
+    assert (pairs_w["teacher_side"], pairs_w["student_side"]) == ("weak", "weak")
+    assert (pairs_c["teacher_side"], pairs_c["student_side"]) == ("clean", "clean")
+
+
+def test_existing_out_is_refused_and_foreign_folders_never_deleted(separable, tmp_path):
+    store = str(separable["train_good"])
+    train(TrainConfig(store=store, out=str(tmp_path / "run"), epochs=1, progress=False))
+    before = (tmp_path / "run" / "probe.safetensors").read_bytes()
+    with pytest.raises(StoreError, match="already exists"):
+        train(TrainConfig(store=store, out=str(tmp_path / "run"), epochs=1, seed=3, progress=False))
+    assert (tmp_path / "run" / "probe.safetensors").read_bytes() == before
+    train(TrainConfig(store=store, out=str(tmp_path / "run"), epochs=1, seed=3, overwrite=True, progress=False))
+    assert (tmp_path / "run" / "probe.safetensors").read_bytes() != before
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.txt").write_text("precious")
+    with pytest.raises(StoreError, match="refusing to delete"):
+        train(TrainConfig(store=store, out=str(foreign), epochs=1, overwrite=True, progress=False))
+    assert (foreign / "thesis.txt").read_text() == "precious"
