@@ -15,8 +15,11 @@ from . import metrics
 from .errors import InputError
 
 
-def spherical_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 25) -> np.ndarray:
-    """Cluster unit vectors with FAISS spherical k-means (every point counts); return assignments."""
+def spherical_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 5) -> np.ndarray:
+    """Cluster unit vectors with FAISS spherical k-means (every point counts); return assignments.
+
+    ``nredo`` restarts keep the best of several initialisations (one can merge two clusters).
+    """
     import faiss
 
     data = np.ascontiguousarray(points, dtype=np.float32)
@@ -25,8 +28,8 @@ def spherical_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 25)
     if not 1 <= k <= n:
         raise InputError(f"--k must be between 1 and the number of samples ({n}), got {k}")
     kmeans = faiss.Kmeans(
-        dim, k, niter=niter, spherical=True, seed=seed, max_points_per_centroid=n, min_points_per_centroid=1,
-        verbose=False,
+        dim, k, niter=niter, nredo=nredo, spherical=True, seed=seed, max_points_per_centroid=n,
+        min_points_per_centroid=1, verbose=False,
     )
     kmeans.train(data)
     _, assignment = kmeans.index.search(data, 1)
@@ -70,6 +73,7 @@ def latent_clusters(store_path: str, k: int, run_path: str | None = None, seed: 
         "k": k,
         "samples": int(emb.shape[0]),
         "seed": seed,
+        "kmeans": {"library": "faiss", "spherical": True, "niter": 25, "nredo": 5},
         "references": sorted(references),
         "spaces": {"clip": score_space(emb, k, seed, references)},
     }

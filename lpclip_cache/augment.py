@@ -101,17 +101,22 @@ class PolicyViews(torch.nn.Module):
         if self.flip is not None:
             x = self.flip(x)
         for _ in range(self.num_ops):
-            choice = torch.randint(len(self.ops), (x.shape[0],), device=x.device)
-            x = x.clone()
-            for index, op in enumerate(self.ops):
-                if isinstance(op, torch.nn.Identity):
-                    continue
-                members = (choice == index).nonzero(as_tuple=True)[0]
-                if members.numel():
-                    x[members] = op(x[members]).clamp_(0.0, 1.0)
+            x = self.apply_ops(x, torch.randint(len(self.ops), (x.shape[0],), device=x.device))
         if self.erase is not None:
             x = self.erase(x)
         return x
+
+
+    def apply_ops(self, images: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+        """Apply op ``choice[i]`` to sample i: each op runs once on the samples that chose it."""
+        out = images.clone()
+        for index, op in enumerate(self.ops):
+            if isinstance(op, torch.nn.Identity):
+                continue
+            members = (choice == index).nonzero(as_tuple=True)[0]
+            if members.numel():
+                out[members] = op(images[members]).clamp_(0.0, 1.0)
+        return out
 
 
 class ViewMaker:

@@ -22,9 +22,9 @@ from .errors import StoreError
 RUN_FORMAT_VERSION = 1
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    shifted = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Row-wise softmax, stable for large logits (float64 keeps tiny probabilities for NLL)."""
+    shifted = logits.astype(dtype) - logits.max(axis=-1, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=-1, keepdims=True)
     return shifted
@@ -73,12 +73,12 @@ class Run:
         return emb.astype(np.float32) @ self.weight.T + self.bias
 
     def probe_probs(self, emb: np.ndarray) -> np.ndarray:
-        """Student probabilities."""
-        return softmax(self.probe_logits(emb))
+        """Student probabilities (float64)."""
+        return softmax(self.probe_logits(emb), np.float64)
 
     def teacher_probs(self, emb: np.ndarray) -> np.ndarray:
-        """Teacher (zero-shot) probabilities with the run's head, scale and temperature."""
-        return softmax(teacher_logits(emb, self.head, self.logit_scale, self.temperature))
+        """Teacher (zero-shot) probabilities with the run's head, scale and temperature (float64)."""
+        return softmax(teacher_logits(emb, self.head, self.logit_scale, self.temperature), np.float64)
 
 
 def is_run(path: Path) -> bool:

@@ -1,0 +1,107 @@
+"""evaluate and analyze: report values equal metrics recomputed from the stores by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings, unit, write_store
+
+from lpclip_cache import metrics
+from lpclip_cache.analyze import latent_clusters, spherical_kmeans
+from lpclip_cache.errors import StoreError
+from lpclip_cache.evaluate import evaluate
+from lpclip_cache.train import TrainConfig, train
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A noisy teacher (centres plus noise) over 6 classes, an ID test store and an OOD store."""
+    rng = np.random.default_rng(3)
+    centres, labels, clean, views = clustered_embeddings(900, 6, 24, spread=0.15, seed=0, views=4)
+    teacher = unit(centres + 0.15 * rng.normal(size=centres.shape))
+    _, test_labels, test_clean, _ = clustered_embeddings(300, 6, 24, spread=0.15, seed=1, centres=centres)
+    ood_clean = unit(rng.normal(size=(200, 24)))
+    paths = {
+        "train": write_store(tmp_path / "train.zarr", clean, teacher, labels, views[:, :2], views[:, 2:], scale=30),
+        "test": write_store(tmp_path / "test.zarr", test_clean, teacher, test_labels, scale=30),
+        "ood": write_store(tmp_path / "ood.zarr", ood_clean, teacher[:4], np.full(200, -1), scale=30),
+    }
+    train(TrainConfig(store=str(paths["train"]), out=str(tmp_path / "run"), epochs=5, progress=False))
+    paths["run"] = tmp_path / "run"
+    return {**paths, "teacher": teacher, "test_clean": test_clean, "test_labels": test_labels, "ood_clean": ood_clean}
+
+
+def softmax(x):
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_report_equals_metrics_recomputed_from_stored_embeddings(world):
+    from lpclip_cache.probe import load_run
+
+    report = evaluate(str(world["run"]), [str(world["test"])], [str(world["ood"])])
+    run = load_run(world["run"])
+    emb = world["test_clean"].astype(np.float16).astype(np.float64)
+    teacher = softmax(30.0 * emb @ world["teacher"].T)
+    probe = softmax(emb @ run.weight.T.astype(np.float64) + run.bias)
+    labels = world["test_labels"]
+    entry = report["stores"][str(world["test"])]
+    for name, probs in (("teacher", teacher), ("probe", probe)):
+        assert entry[name]["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
+        picked = np.maximum(probs[np.arange(300), labels], 1e-12)  # nll clips at eps=1e-12
+        assert entry[name]["nll"] == pytest.approx(float(-np.log(picked).mean()), rel=1e-4)
+        assert entry[name]["ece"] == pytest.approx(metrics.ece(probs, labels), abs=1e-5)
+        assert entry[name]["brier"] == pytest.approx(metrics.brier(probs, labels), rel=1e-4)
+    ood = report["ood"][str(world["ood"])]
+    ood_emb = world["ood_clean"].astype(np.float16).astype(np.float64)
+    ood_teacher = softmax(30.0 * ood_emb @ world["teacher"].T).max(1)
+    # float32 logits round a few near-1 confidences into ties: allow a handful of the 60,000 pairs
+    assert ood["teacher"]["auroc"] == pytest.approx(metrics.auroc(teacher.max(1), ood_teacher), abs=1e-4)
+    assert 0.0 <= ood["probe"]["fpr95"] <= 1.0
+    # the teacher is noisy but far better than chance on in-distribution data
+    assert entry["teacher"]["accuracy"] > 0.5
+
+
+def test_ood_store_scored_with_the_runs_head_even_with_other_classes(world):
+    report = evaluate(str(world["run"]), [str(world["test"])], [str(world["ood"])])
+    assert report["ood"][str(world["ood"])]["samples"] == 200
+
+
+def test_in_distribution_store_with_other_classes_is_refused(world):
+    with pytest.raises(StoreError, match="--ood"):
+        evaluate(str(world["run"]), [str(world["ood"])])
+
+
+def test_store_of_another_embedding_size_is_refused(world, tmp_path):
+    other = write_store(tmp_path / "o.zarr", unit(np.ones((10, 8))), unit(np.eye(6, 8)), np.zeros(10, int))
+    with pytest.raises(StoreError, match="8-d embeddings"):
+        evaluate(str(world["run"]), [str(world["test"])], [str(other)])
+
+
+def test_spherical_kmeans_recovers_well_separated_clusters():
+    from sklearn.metrics import adjusted_rand_score
+
+    _, labels, clean, _ = clustered_embeddings(600, 5, 16, spread=0.05, seed=4)
+    clusters = spherical_kmeans(clean, 5, seed=0)
+    assert adjusted_rand_score(labels, clusters) == pytest.approx(1.0)
+    np.testing.assert_array_equal(clusters, spherical_kmeans(clean, 5, seed=0))
+
+
+def test_latent_clusters_scores_clip_and_probe_spaces(world):
+    report = latent_clusters(str(world["test"]), 6, str(world["run"]), seed=0)
+    assert set(report["spaces"]) == {"clip", "probe"}
+    assert report["references"] == ["pseudo_labels", "true_labels"]
+    clip = report["spaces"]["clip"]
+    # recompute the CLIP-space scores independently from a fresh clustering with the same seed
+    emb = world["test_clean"].astype(np.float16).astype(np.float32)
+    clusters = spherical_kmeans(emb, 6, seed=0)
+    assert clip["vs_true_labels"]["nmi"] == pytest.approx(
+        metrics.normalized_mutual_info(clusters, world["test_labels"]))
+    assert clip["vs_true_labels"]["purity"] > 0.8
+    assert report["spaces"]["probe"]["dim"] == 6
+
+
+def test_latent_clusters_without_labels_uses_pseudo_labels_only(world):
+    report = latent_clusters(str(world["ood"]), 3)
+    assert report["references"] == ["pseudo_labels"]
+    assert "vs_true_labels" not in report["spaces"]["clip"]
