@@ -2,7 +2,7 @@
 
 A source is a small object with ``len``, ``keys``, ``labels``, ``classnames``, ``identity`` and
 ``image(i)``; ``open_source(spec, split)`` picks one from a table of builders by the spec's prefix
-(``cifar10:ROOT``, ``cifar100:ROOT``, or a plain ImageFolder path).
+(``cifar10:ROOT``, ``cifar100:ROOT``, ``shapes:SPLIT...`` or a plain ImageFolder path).
 """
 
 from __future__ import annotations
@@ -149,9 +149,17 @@ def torchvision_cifar(variant: str) -> Callable[[str, str, str | None, bool], Ar
     return build
 
 
+def generated_shapes(spec: str, rest: str, split: str | None, download: bool) -> Source:
+    """The project's procedural shapes world (``shapes:SPLIT[:STYLE|:CORRUPTION:SEVERITY]``)."""
+    from .world.shapes import open_shapes
+
+    return open_shapes(spec, rest, split, download)
+
+
 BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
     "cifar10": torchvision_cifar("cifar10"),
     "cifar100": torchvision_cifar("cifar100"),
+    "shapes": generated_shapes,
 }
 
 
@@ -159,7 +167,7 @@ def open_source(spec: str, split: str | None = None, download: bool = False) -> 
     """Open a dataset from a spec: ``PREFIX:ARGS`` for a registered builder, else a folder path."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in BUILDERS:
-        if not rest:
+        if not rest and prefix != "shapes":
             raise InputError(f"data spec '{spec}' has no root: write {prefix}:PATH")
         return BUILDERS[prefix](spec, rest, split, download)
     if sep and len(prefix) > 1 and not Path(spec).exists():

@@ -61,14 +61,15 @@ def check_config(config: ExtractConfig) -> None:
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise InputError(f"--precision must be auto, fp32, bf16 or fp16, got '{config.precision}'")
     out = Path(config.out).resolve()
-    data = Path(config.data.partition(":")[2] or config.data).expanduser().resolve()
+    prefix, _, rest = config.data.partition(":")
+    data = Path(rest if prefix in ("cifar10", "cifar100") else config.data).expanduser().resolve()
     if data.exists() and (out == data or data in out.parents):
         raise InputError(f"--out '{config.out}' lies inside the input data '{data}': write the store elsewhere")
 
 
 def default_templates(identity: dict[str, Any]) -> str:
     """The template set the CLIP literature uses for a dataset kind."""
-    return {"cifar10": "cifar10", "cifar100": "cifar100"}.get(identity["kind"], "imagenet")
+    return {"cifar10": "cifar10", "cifar100": "cifar100", "shapes": "shapes"}.get(identity["kind"], "imagenet")
 
 
 def library_versions() -> dict[str, str]:
@@ -204,7 +205,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
             key, reason = bad[0]
             raise InputError(
                 f"cannot decode image '{key}' ({reason}): remove or replace it, or pass --skip-bad "
-                f"to record it as invalid; store '{out}' is left incomplete"
+                f"to record it as invalid (store '{out}' is left incomplete: rerun with --overwrite)"
             )
         invalid.extend(bad)
         images = views.to_float(pixels)

@@ -184,8 +184,10 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.maximum(per_sample, 0.0)))
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Expected calibration error over ``n_bins`` equal-width bins (lo, hi] of conf."""
+def _bin_sums(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Per-bin (edges, count, summed confidence, summed correctness) and N."""
     p, y = _as_probs_labels(probs, labels)
     if (
         isinstance(n_bins, bool)
@@ -203,10 +205,34 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     # 1 are clipped into the last bin.
     edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
     bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
     sum_conf = np.bincount(bins, weights=conf, minlength=n_bins)
     sum_acc = np.bincount(bins, weights=correct, minlength=n_bins)
+    return edges, count, sum_conf, sum_acc, p.shape[0]
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error over ``n_bins`` equal-width bins (lo, hi] of conf."""
+    _, _, sum_conf, sum_acc, n = _bin_sums(probs, labels, n_bins)
     # (n_b / N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N; empty bins give 0.
-    return float(np.sum(np.abs(sum_acc - sum_conf)) / p.shape[0])
+    return float(np.sum(np.abs(sum_acc - sum_conf)) / n)
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict[str, list[float]]:
+    """The reliability diagram behind ``ece``: per bin its edges, count, accuracy and confidence.
+
+    Empty bins have NaN accuracy and confidence.
+    """
+    edges, count, sum_conf, sum_acc, _ = _bin_sums(probs, labels, n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy_per_bin = np.where(count > 0, sum_acc / count, np.nan)
+        confidence_per_bin = np.where(count > 0, sum_conf / count, np.nan)
+    return {
+        "edges": edges.tolist(),
+        "count": count.astype(int).tolist(),
+        "accuracy": accuracy_per_bin.tolist(),
+        "confidence": confidence_per_bin.tolist(),
+    }
 
 
 def max_softmax_probability(probs: np.ndarray) -> np.ndarray:

@@ -112,11 +112,16 @@ def create_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite
         array(f"{kind}/emb", (*lead, layout.dim), "float16", np.nan)
         array(f"{kind}/label", lead, "int16", -1)
         array(f"{kind}/conf", lead, "float32", np.nan)
-    root.create_array("head", shape=(layout.n_classes, layout.dim), dtype="float32", fill_value=np.nan)
+    root.create_array(
+        "head", shape=(layout.n_classes, layout.dim), chunks=(layout.n_classes, layout.dim), dtype="float32",
+        fill_value=np.nan, compressors=None,
+    )
     array("labels", (layout.n,), "int32", -1)
     array("valid", (layout.n,), "bool", False)
-    root.create_array("keys", shape=(layout.n,), chunks=(min(rows, layout.n),), dtype=str)
-    root.create_array("done", shape=(layout.n_shards,), chunks=(layout.n_shards,), dtype="uint8", fill_value=0)
+    root.create_array("keys", shape=(layout.n,), chunks=(min(rows, layout.n),), dtype=str, compressors=None)
+    root.create_array(
+        "done", shape=(layout.n_shards,), chunks=(layout.n_shards,), dtype="uint8", fill_value=0, compressors=None
+    )
     root.attrs[ATTR] = {
         "format_version": FORMAT_VERSION,
         "manifest": manifest,
@@ -154,7 +159,7 @@ class FeatureStore:
             done = int(np.asarray(self.group["done"][:]).sum())
             raise StoreError(
                 f"store '{self.path}' is incomplete ({done} of {self.layout.n_shards} shards written): "
-                "rerun the same extract command to finish it"
+                "extraction stopped before the end; run the same extract command again with --overwrite"
             )
 
     @property

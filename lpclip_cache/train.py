@@ -97,7 +97,7 @@ def load_pairs(store: Any, method: str) -> TrainingPairs:
         student_side=student_side,
     )
     if not np.isfinite(pairs.student_emb).all() or not np.isfinite(pairs.teacher_conf).all():
-        raise StoreError(f"store '{store.path}' holds NaN or infinite values: run 'lpclip-cache verify' and re-extract")
+        raise StoreError(f"store '{store.path}' holds NaN or infinite values: extract it again")
     return pairs
 
 

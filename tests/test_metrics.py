@@ -501,3 +501,19 @@ def test_error_messages_are_one_line() -> None:
         m.accuracy(PROBS, np.array([0, 1, 1]))
     assert "\n" not in info.value.message
     assert "labels" in info.value.message
+
+
+def test_reliability_bins_are_the_diagram_behind_ece():
+    # 4 samples, 2 bins: confidences 0.35 (argmax 1, right), 0.4 (argmax 0, wrong) in bin 1;
+    # 0.8 and 0.9 (both right) in bin 2
+    probs = np.array([[0.3, 0.35, 0.35], [0.4, 0.3, 0.3], [0.8, 0.1, 0.1], [0.05, 0.05, 0.9]])
+    labels = np.array([1, 1, 0, 2])
+    bins = m.reliability_bins(probs, labels, n_bins=2)
+    assert bins["edges"] == [0.0, 0.5, 1.0]
+    assert bins["count"] == [2, 2]
+    assert bins["accuracy"] == pytest.approx([0.5, 1.0])
+    assert bins["confidence"] == pytest.approx([0.375, 0.85])
+    # ECE = 2/4 * |0.5 - 0.375| + 2/4 * |1.0 - 0.85| = 0.0625 + 0.075
+    assert m.ece(probs, labels, n_bins=2) == pytest.approx(0.1375)
+    empty = m.reliability_bins(probs, labels, n_bins=10)
+    assert empty["count"][0] == 0 and np.isnan(empty["accuracy"][0])

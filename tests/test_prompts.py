@@ -20,7 +20,7 @@ from lpclip_cache.prompts import (
     prompt_name,
 )
 
-TEMPLATE_COUNTS = {"cifar10": 18, "cifar100": 18, "imagenet": 80, "simple": 1}
+TEMPLATE_COUNTS = {"cifar10": 18, "cifar100": 18, "imagenet": 80, "shapes": 4, "simple": 1}
 CLASSNAME_COUNTS = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 
@@ -56,7 +56,7 @@ def _error(loader: object, arg: object) -> str:
 
 
 def test_builtin_set_names() -> None:
-    assert list_template_sets() == ["cifar10", "cifar100", "imagenet", "simple"]
+    assert list_template_sets() == ["cifar10", "cifar100", "imagenet", "shapes", "simple"]
     assert list_classname_sets() == ["cifar10", "cifar100", "imagenet"]
     assert tuple(list_template_sets()) == BUILTIN_TEMPLATES
     assert tuple(list_classname_sets()) == BUILTIN_CLASSNAMES
@@ -217,7 +217,7 @@ def test_classnames_from_text_file(tmp_path: Path) -> None:
 def test_unknown_builtin_name_lists_choices() -> None:
     message = _error(load_templates, "cifar1000")
     assert "'cifar1000'" in message
-    assert "cifar10, cifar100, imagenet, simple" in message
+    assert "cifar10, cifar100, imagenet, shapes, simple" in message
     assert ".json/.txt" in message
 
 

@@ -1,0 +1,1 @@
+"""The offline world: a procedural shapes dataset, a small CLIP trained on it, and the demo."""

@@ -1,0 +1,302 @@
+"""A procedural image-caption world: coloured shapes with attributes, drawn by numpy.
+
+Every image is a function of (world seed, split, count): each shape is a polygon in its own
+coordinates, rotated, scaled and placed, filled by PIL on a 4x canvas and box-filtered down, so
+edges are antialiased and the result is the same on every machine.
+
+- Attributes: shape (the downstream classes), colour, size, position, rotation, background.
+- Captions name the attributes in varied phrasings: the small CLIP learns from these, not from
+  the zero-shot prompts it is later asked with.
+- Styles: ``filled`` (the teacher's pretraining style), ``outline`` (only a band along the edge)
+  and ``texture`` (the shape filled with stripes of its background): shifts the teacher never saw.
+- ``scribbles``: out-of-distribution images of random strokes, none of the shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
+COLOURS = {
+    "red": (0.9, 0.12, 0.1),
+    "green": (0.12, 0.72, 0.2),
+    "blue": (0.15, 0.3, 0.95),
+    "yellow": (0.95, 0.88, 0.12),
+    "purple": (0.58, 0.2, 0.8),
+    "orange": (1.0, 0.55, 0.05),
+    "white": (0.95, 0.95, 0.95),
+    "cyan": (0.1, 0.82, 0.88),
+}
+SIZES = {"small": 0.36, "medium": 0.5, "large": 0.64}
+BACKGROUNDS = ("dark", "gray", "noisy")
+STYLES = ("filled", "outline", "texture")
+SUPERSAMPLE = 4
+SPLIT_OFFSETS = {"pretrain": 0, "train": 1, "test": 2, "ood": 3}
+INNER_SCALE = 0.7  # the outline style keeps the band between the shape and its 70% copy
+
+
+def _polygon(radius: Callable[[np.ndarray], np.ndarray], points: int = 64) -> np.ndarray:
+    """Vertices of a star-shaped outline given its radius as a function of the angle."""
+    angle = np.linspace(0, 2 * np.pi, points, endpoint=False) + np.pi / 2
+    r = radius(angle)
+    return np.stack([r * np.cos(angle), -r * np.sin(angle)], axis=1)
+
+
+def _heart() -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, 72, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+    return np.stack([x / 17.0, -(y + 2.5) / 17.0], axis=1)
+
+
+# Unit-size outlines in the object's own coordinates (x right, y down), radius about 1.
+POLYGONS: dict[str, np.ndarray] = {
+    "circle": _polygon(lambda a: np.ones_like(a)),
+    "square": np.array([[-0.82, -0.82], [0.82, -0.82], [0.82, 0.82], [-0.82, 0.82]]),
+    "triangle": np.array([[0.0, -1.0], [np.sqrt(3) / 2, 0.5], [-np.sqrt(3) / 2, 0.5]]),
+    "star": _polygon(lambda a: np.where(np.round((a - np.pi / 2) / (np.pi / 5)) % 2 == 0, 1.0, 0.42), 10),
+    "cross": np.array([[-0.3, -0.95], [0.3, -0.95], [0.3, -0.3], [0.95, -0.3], [0.95, 0.3], [0.3, 0.3],
+                       [0.3, 0.95], [-0.3, 0.95], [-0.3, 0.3], [-0.95, 0.3], [-0.95, -0.3], [-0.3, -0.3]]),
+    "heart": _heart(),
+}
+
+
+@dataclass
+class Attributes:
+    """Per-image attributes of a split (arrays of length N)."""
+
+    shape: np.ndarray
+    colour: np.ndarray
+    size: np.ndarray
+    background: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    radius: np.ndarray
+    rotation: np.ndarray
+    colour_rgb: np.ndarray
+    background_level: np.ndarray
+    noise_seed: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.shape)
+
+
+def split_rng(seed: int, split: str, *extra: int) -> np.random.Generator:
+    """The random generator of one split of one world seed."""
+    return np.random.default_rng([seed, SPLIT_OFFSETS[split], *extra])
+
+
+def sample_attributes(n: int, rng: np.random.Generator) -> Attributes:
+    """Draw shape, colour, size, position, rotation and background for ``n`` images."""
+    shape = rng.integers(0, len(SHAPES), n)
+    colour = rng.integers(0, len(COLOURS), n)
+    size = rng.integers(0, len(SIZES), n)
+    background = rng.integers(0, len(BACKGROUNDS), n)
+    radius = np.array(list(SIZES.values()))[size] * rng.uniform(0.92, 1.08, n)
+    reach = np.maximum(0.0, 0.95 - radius)
+    cx = rng.uniform(-1, 1, n) * reach
+    cy = rng.uniform(-1, 1, n) * reach
+    rotation = np.deg2rad(rng.uniform(-25, 25, n))
+    palette = np.array(list(COLOURS.values()))
+    colour_rgb = np.clip(palette[colour] + rng.uniform(-0.06, 0.06, (n, 3)), 0, 1)
+    levels = np.array([0.06, 0.45, 0.3])
+    background_level = levels[background] + rng.uniform(-0.04, 0.04, n)
+    noise_seed = rng.integers(0, 2**31, n)
+    return Attributes(shape, colour, size, background, cx, cy, radius, rotation, colour_rgb, background_level,
+                      noise_seed)
+
+
+def _backgrounds(attrs: Attributes, rows: slice, size: int) -> np.ndarray:
+    out = np.empty((rows.stop - rows.start, size, size, 3))
+    for k, i in enumerate(range(rows.start, rows.stop)):
+        level = attrs.background_level[i]
+        if BACKGROUNDS[attrs.background[i]] == "noisy":
+            noise = np.random.default_rng(attrs.noise_seed[i]).uniform(-0.18, 0.18, (size, size, 1))
+            out[k] = np.clip(level + noise, 0, 1)
+        else:
+            out[k] = level
+    return out
+
+
+def _place(polygon: np.ndarray, cx: float, cy: float, radius: float, rotation: float, fine: int) -> list:
+    """Rotate, scale and move a unit polygon into pixel coordinates of the supersampled canvas."""
+    cos, sin = np.cos(rotation), np.sin(rotation)
+    x = polygon[:, 0] * cos - polygon[:, 1] * sin
+    y = polygon[:, 0] * sin + polygon[:, 1] * cos
+    px = (cx + radius * x + 1) / 2 * fine
+    py = (cy + radius * y + 1) / 2 * fine
+    return list(zip(px.tolist(), py.tolist()))
+
+
+def coverage(attrs: Attributes, size: int = 32, style: str = "filled") -> np.ndarray:
+    """Fraction of each pixel covered by the shape (N x size x size float32), antialiased."""
+    from PIL import Image, ImageDraw
+
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}")
+    fine = size * SUPERSAMPLE
+    stripes = None
+    if style == "texture":
+        grid = np.arange(fine)
+        stripes = (np.sin(2 * np.pi * (grid[:, None] + grid[None, :]) / (3.0 * SUPERSAMPLE)) > 0).astype(np.uint8)
+    out = np.empty((len(attrs), size, size), np.float32)
+    for i in range(len(attrs)):
+        canvas = Image.new("L", (fine, fine), 0)
+        draw = ImageDraw.Draw(canvas)
+        polygon = POLYGONS[SHAPES[attrs.shape[i]]]
+        place = (attrs.cx[i], attrs.cy[i], attrs.radius[i], attrs.rotation[i], fine)
+        draw.polygon(_place(polygon, *place), fill=255)
+        if style == "outline":
+            inner = (attrs.cx[i], attrs.cy[i], attrs.radius[i] * INNER_SCALE, attrs.rotation[i], fine)
+            draw.polygon(_place(polygon, *inner), fill=0)
+        if stripes is not None:
+            canvas = Image.fromarray(np.asarray(canvas) * stripes)
+        out[i] = np.asarray(canvas.reduce(SUPERSAMPLE), np.float32) / 255.0
+    return out
+
+
+def render(attrs: Attributes, size: int = 32, style: str = "filled") -> np.ndarray:
+    """Draw the shapes of ``attrs`` in a style over their backgrounds; uint8 N x size x size x 3."""
+    cover = coverage(attrs, size, style)[..., None]
+    background = _backgrounds(attrs, slice(0, len(attrs)), size)
+    image = background * (1 - cover) + attrs.colour_rgb[:, None, None, :] * cover
+    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+
+
+def position_phrase(cx: float, cy: float) -> str:
+    """Where the shape sits, in words (image y grows downwards)."""
+    horizontal = "left" if cx < -0.2 else "right" if cx > 0.2 else ""
+    vertical = "top" if cy < -0.2 else "bottom" if cy > 0.2 else ""
+    if horizontal and vertical:
+        return f"in the {vertical} {horizontal}"
+    if horizontal or vertical:
+        return f"on the {horizontal or vertical}"
+    return "in the center"
+
+
+def captions(attrs: Attributes, rng: np.random.Generator) -> list[str]:
+    """One caption per image, phrasing and dropped attributes varied at random."""
+    colour_names = list(COLOURS)
+    size_names = list(SIZES)
+    out = []
+    for i in range(len(attrs)):
+        shape = SHAPES[attrs.shape[i]]
+        colour = colour_names[attrs.colour[i]] if rng.random() < 0.5 else ""
+        size = size_names[attrs.size[i]] if rng.random() < 0.4 else ""
+        where = position_phrase(attrs.cx[i], attrs.cy[i]) if rng.random() < 0.3 else ""
+        background = f"on a {BACKGROUNDS[attrs.background[i]]} background" if rng.random() < 0.2 else ""
+        form = rng.integers(0, 3)
+        noun = " ".join(w for w in (size, colour, shape) if w)
+        if form == 0:
+            text = " ".join(w for w in (f"a {noun}", where, background) if w)
+        elif form == 1:
+            text = ", ".join(w for w in (f"{shape}", colour, size, where) if w)
+        else:
+            text = " ".join(w for w in (f"there is a {noun}", where) if w)
+        out.append(text)
+    return out
+
+
+def render_scribbles(n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Out-of-distribution images: a few random strokes on the same backgrounds, no closed shape."""
+    from PIL import Image, ImageDraw
+
+    attrs = sample_attributes(n, rng)
+    backgrounds = _backgrounds(attrs, slice(0, n), size)
+    fine = size * SUPERSAMPLE
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        canvas = Image.fromarray(np.zeros((fine, fine), np.uint8))
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(2, 5))):
+            points = [tuple(p) for p in rng.uniform(0.1, 0.9, (int(rng.integers(2, 4)), 2)) * fine]
+            draw.line(points, fill=255, width=int(rng.integers(SUPERSAMPLE, 3 * SUPERSAMPLE)))
+        cover = np.asarray(canvas, np.float64).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) / 255
+        image = backgrounds[i] * (1 - cover[..., None]) + attrs.colour_rgb[i] * cover[..., None]
+        out[i] = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+DEFAULT_SIZES = {"pretrain": 20000, "train": 4000, "test": 1000, "ood": 1000}
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    """A parsed ``shapes:SPLIT[:STYLE | :CORRUPTION:SEVERITY][:n=N][:seed=S]`` data spec."""
+
+    split: str
+    style: str = "filled"
+    corruption: str | None = None
+    severity: int = 0
+    n: int = 0
+    seed: int = 0
+
+    @property
+    def domain(self) -> str:
+        """A short name of the domain: filled, outline, texture or CORRUPTION-SEVERITY."""
+        return f"{self.corruption}-{self.severity}" if self.corruption else self.style
+
+
+def parse_spec(spec: str, rest: str, split: str | None) -> ShapesSpec:
+    """Parse the part of a data spec after ``shapes:``; ``--split`` fills in a missing split."""
+    from ..corruptions import CORRUPTIONS
+    from ..errors import InputError
+
+    tokens = [t for t in rest.split(":") if t]
+    if tokens and tokens[0] in SPLIT_OFFSETS:
+        split = tokens.pop(0)
+    if split not in SPLIT_OFFSETS:
+        raise InputError(f"data spec '{spec}' needs a split: write shapes:{'|'.join(SPLIT_OFFSETS)}[...]")
+    fields: dict[str, object] = {"split": split, "n": DEFAULT_SIZES[split]}
+    while tokens:
+        token = tokens.pop(0)
+        key, eq, value = token.partition("=")
+        if eq and key in ("n", "seed") and value.isdigit():
+            fields[key] = int(value)
+        elif token in STYLES:
+            fields["style"] = token
+        elif token in CORRUPTIONS:
+            if not tokens or not tokens[0].isdigit() or not 1 <= int(tokens[0]) <= 5:
+                raise InputError(f"data spec '{spec}': corruption '{token}' needs a severity 1-5, e.g. {token}:3")
+            fields["corruption"], fields["severity"] = token, int(tokens.pop(0))
+        else:
+            raise InputError(
+                f"data spec '{spec}': unknown part '{token}'; use a style ({', '.join(STYLES)}), a corruption "
+                f"({', '.join(CORRUPTIONS)}) with a severity, n=N or seed=S"
+            )
+    if fields["n"] < 1:
+        raise InputError(f"data spec '{spec}': n must be at least 1")
+    return ShapesSpec(**fields)
+
+
+def split_pixels(parsed: ShapesSpec, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The images (uint8 N x size x size x 3) and labels of a parsed spec (-1 for ood)."""
+    from ..corruptions import corrupt
+
+    rng = split_rng(parsed.seed, parsed.split)
+    if parsed.split == "ood":
+        pixels = render_scribbles(parsed.n, rng, size)
+        labels = np.full(parsed.n, -1, np.int32)
+    else:
+        attrs = sample_attributes(parsed.n, rng)
+        pixels = render(attrs, size, parsed.style)
+        labels = attrs.shape.astype(np.int32)
+    if parsed.corruption:
+        pixels = corrupt(pixels, parsed.corruption, parsed.severity, seed=parsed.seed)
+    return pixels, labels
+
+
+def open_shapes(spec: str, rest: str, split: str | None, download: bool):
+    """Data-source builder for ``shapes:...`` (generated in memory; ``download`` is not needed)."""
+    from ..data import ArraySource
+
+    parsed = parse_spec(spec, rest, split)
+    pixels, labels = split_pixels(parsed)
+    identity = {"kind": "shapes", "spec": spec, "split": parsed.split, "domain": parsed.domain,
+                "style": parsed.style, "corruption": parsed.corruption, "severity": parsed.severity,
+                "n": parsed.n, "seed": parsed.seed}
+    keys = [f"shapes/{parsed.split}/{parsed.domain}/{i}" for i in range(parsed.n)]
+    return ArraySource(pixels, keys, labels, list(SHAPES), identity)

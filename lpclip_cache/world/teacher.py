@@ -1,0 +1,146 @@
+"""A small CLIP trained by the project on the shapes world's captions, with open_clip's own loss.
+
+The model is the ``lpclip-shapes`` open_clip configuration. It learns from captions that
+describe shape, colour, size, position and background in varied phrasings; the demo then asks
+it zero-shot "a photo of a {shape}." style questions it never saw as such. Training is
+deterministic for a given configuration on a given machine, and its result is cached under a
+name derived from the configuration's hash, as a safetensors state dict that loads through the
+ordinary ``--pretrained PATH`` path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..progress import Progress
+
+MODEL_NAME = "lpclip-shapes"
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Everything that decides the trained weights."""
+
+    seed: int = 0
+    pool: int = 20000
+    captions_per_image: int = 3
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    threads: int = 2
+
+    def key(self) -> str:
+        """A short hash of the configuration (and of the model configuration file)."""
+        import hashlib
+
+        from ..models import CONFIG_DIR
+
+        text = json.dumps(asdict(self), sort_keys=True) + (CONFIG_DIR / f"{MODEL_NAME}.json").read_text()
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where trained teachers are kept: ``$LPCLIP_CACHE_DIR`` or ``~/.cache/lpclip-cache``."""
+    return Path(os.environ.get("LPCLIP_CACHE_DIR", Path.home() / ".cache" / "lpclip-cache")).expanduser()
+
+
+def checkpoint_path(config: TeacherConfig) -> Path:
+    """The cache file of a configuration's weights."""
+    return cache_dir() / "teachers" / f"{MODEL_NAME}-{config.key()}.safetensors"
+
+
+def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train the small CLIP contrastively on generated image-caption pairs; save and describe it."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from ..models import load_model
+    from .shapes import captions, render, sample_attributes, split_rng
+
+    torch.manual_seed(config.seed)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        loaded = load_model(MODEL_NAME, "none", device="cpu")
+        model = loaded.model.train()
+        rng = split_rng(config.seed, "pretrain")
+        attrs = sample_attributes(config.pool, rng)
+        images = torch.from_numpy(render(attrs)).permute(0, 3, 1, 2).contiguous()
+        tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        texts = torch.stack([tokenizer(captions(attrs, rng)) for _ in range(config.captions_per_image)], dim=1)
+        mean = torch.tensor(loaded.preprocess["mean"]).view(1, 3, 1, 1)
+        std = torch.tensor(loaded.preprocess["std"]).view(1, 3, 1, 1)
+        loss_fn = open_clip.ClipLoss()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+
+        def lr_at(step: int) -> float:
+            if step < config.warmup:
+                return config.lr * (step + 1) / config.warmup
+            done = (step - config.warmup) / max(1, config.steps - config.warmup)
+            return config.lr * 0.5 * (1 + np.cos(np.pi * done))
+
+        bar = Progress(config.steps, "train teacher", "steps", enabled=progress)
+        started = time.perf_counter()
+        losses = []
+        for step in range(config.steps):
+            rows = torch.from_numpy(rng.choice(config.pool, config.batch_size, replace=False))
+            variant = torch.from_numpy(rng.integers(0, config.captions_per_image, config.batch_size))
+            batch = (images[rows].float() / 255.0 - mean) / std
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            image_features = model.encode_image(batch, normalize=True)
+            text_features = model.encode_text(texts[rows, variant], normalize=True)
+            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, np.log(100))
+            losses.append(loss.item())
+            bar.update()
+        seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    path = out or checkpoint_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(staging), metadata={"model": MODEL_NAME, "config": json.dumps(asdict(config))})
+    os.replace(staging, path)
+    record = {
+        "model": MODEL_NAME,
+        "checkpoint": str(path),
+        "config": asdict(config),
+        "key": config.key(),
+        "seconds": round(seconds, 1),
+        "loss_first": float(np.mean(losses[:10])),
+        "loss_last": float(np.mean(losses[-10:])),
+        "logit_scale": float(model.logit_scale.detach().exp()),
+    }
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def ensure_teacher(config: TeacherConfig | None = None, progress: bool = True) -> Path:
+    """The cached checkpoint of ``config``, trained first if it is not there yet."""
+    config = config or TeacherConfig()
+    path = checkpoint_path(config)
+    if not path.is_file():
+        train_teacher(config, progress=progress)
+    return path
