@@ -20,6 +20,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check lpclip_cache tests benchmarks pipelines
 
+demo: setup
+	$(BIN)/lpclip-cache demo --out demo-out --overwrite
+
 quickstart: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash pipelines/cifar10_quickstart.sh
 

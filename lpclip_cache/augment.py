@@ -87,11 +87,16 @@ class PolicyViews(torch.nn.Module):
             else None
         )
         self.flip = K.RandomHorizontalFlip(p=float(policy["flip"])) if policy.get("flip") else None
+        shift = float(policy.get("translate", 0.0))
+        self.translate = (
+            K.RandomAffine(degrees=0.0, translate=(shift, shift), padding_mode="reflection", p=1.0) if shift else None
+        )
         self.num_ops = int(policy.get("num_ops", 0))
         self.ops = torch.nn.ModuleList(
             [m if (m := OPS[op["op"]](op)) is not None else torch.nn.Identity() for op in policy.get("ops", [])]
         )
-        self.erase = K.RandomErasing(p=float(policy["erase"]), scale=(0.02, 0.25)) if policy.get("erase") else None
+        erase_scale = tuple(policy.get("erase_scale", (0.02, 0.25)))
+        self.erase = K.RandomErasing(p=float(policy["erase"]), scale=erase_scale) if policy.get("erase") else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Augment a float batch (B x 3 x H x W in [0, 1]); each sample draws its own parameters."""
@@ -100,6 +105,8 @@ class PolicyViews(torch.nn.Module):
             x = self.crop(x)
         if self.flip is not None:
             x = self.flip(x)
+        if self.translate is not None:
+            x = self.translate(x)
         for _ in range(self.num_ops):
             x = self.apply_ops(x, torch.randint(len(self.ops), (x.shape[0],), device=x.device))
         if self.erase is not None:

@@ -255,3 +255,36 @@ def list_models() -> None:
     from .models import list_model_names
 
     click.echo("\n".join(list_model_names()))
+
+
+@main.command()
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the world, the views and the probes.")
+@click.option("--train-n", type=int, default=4000, show_default=True, help="Images in the adaptation split.")
+@click.option("--test-n", type=int, default=1000, show_default=True, help="Images in each evaluation set.")
+@click.option("--views", type=int, default=4, show_default=True, help="Weak and strong views per training image.")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Probe training epochs.")
+@click.option("--lr", type=float, default=1e-2, show_default=True, help="Probe learning rate (AdamW).")
+@click.option("--teacher-steps", type=int, default=1000, show_default=True, help="Training steps of the small CLIP.")
+@click.option("--teacher-pool", type=int, default=20000, show_default=True, help="Image-caption pairs it learns from.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@overwrite_option
+@json_option
+@report_errors
+def demo(out: str, seed: int, train_n: int, test_n: int, views: int, epochs: int, lr: float, teacher_steps: int,
+         teacher_pool: int, quiet: bool, overwrite: bool, as_json: bool) -> None:
+    """The whole method offline: a small CLIP trained here, shapes world with shifts and OOD, one table."""
+    from .errors import InputError
+    from .world.demo import DemoConfig, format_table, run_demo
+    from .world.teacher import TeacherConfig
+
+    if min(train_n, test_n, views, epochs, teacher_steps) < 1 or not lr > 0:
+        raise InputError("--train-n, --test-n, --views, --epochs and --teacher-steps must be at least 1, --lr > 0")
+    if teacher_pool < TeacherConfig.batch_size:
+        raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
+    teacher = TeacherConfig(seed=seed, steps=teacher_steps, pool=teacher_pool)
+    config = DemoConfig(out=out, seed=seed, train_n=train_n, test_n=test_n, weak_views=views, strong_views=views,
+                        epochs=epochs, lr=lr, teacher=teacher, overwrite=overwrite, progress=not quiet)
+    results = run_demo(config)
+    emit(results, as_json, f"{format_table(results)}\nwrote {out}/results.json, results.md, reliability.png, "
+         f"severity.png in {results['timings_s']['total']:.0f} s")

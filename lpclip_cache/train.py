@@ -6,9 +6,9 @@ minimises the confidence-weighted cross-entropy::
 
     L = sum_i c_i * CE(A z_strong_i + b, y_hat_i) / sum_i c_i
 
-``supervised`` is the same probe on true labels with unit weights (a reference, not the method).
-A store without strong views trains the student on weak views; without weak views the teacher
-side is the clean view.
+``supervised`` is the same probe on true labels with unit weights, fed the weak views (a
+linear-probe reference trained the usual way, not the method). A store without strong views
+trains the student on weak views; without weak views the teacher side is the clean view.
 """
 
 from __future__ import annotations
@@ -78,9 +78,12 @@ class TrainingPairs:
 
 
 def load_pairs(store: Any, method: str) -> TrainingPairs:
-    """Read the teacher side and the student side of a store (the ``labels`` array is not read)."""
+    """Read the teacher side and the student side of a store (the ``labels`` array is not read).
+
+    LP-CLIP's student reads strong views; the supervised reference reads the teacher's views.
+    """
     teacher_side = "weak" if store.layout.weak_views else "clean"
-    student_side = "strong" if store.layout.strong_views else teacher_side
+    student_side = "strong" if store.layout.strong_views and method == "lpclip" else teacher_side
     valid = store.read("valid")
 
     def per_view(name: str, side: str) -> np.ndarray:

@@ -43,8 +43,10 @@ class TeacherConfig:
         import hashlib
 
         from ..models import CONFIG_DIR
+        from .shapes import WORLD_VERSION
 
-        text = json.dumps(asdict(self), sort_keys=True) + (CONFIG_DIR / f"{MODEL_NAME}.json").read_text()
+        text = json.dumps({**asdict(self), "world": WORLD_VERSION}, sort_keys=True)
+        text += (CONFIG_DIR / f"{MODEL_NAME}.json").read_text()
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
