@@ -57,22 +57,18 @@ class Progress:
         )
 
     def update(self, amount: int = 1) -> None:
-        """Add ``amount`` of finished work; redraw when due."""
+        """Add ``amount`` of finished work; redraw when due, and finish the line at the total."""
         self.done += amount
         now = time.perf_counter()
         if self.enabled and (now - self.last >= self.interval or self.done >= self.total):
             self.last = now
-            self._draw()
-
-    def _draw(self) -> None:
-        end = "\r" if self.tty and self.done < self.total else "\n"
-        self.stream.write(self.line() + end)
-        self.stream.flush()
+            finished = self.done >= self.total
+            suffix = f" done in {format_seconds(now - self.start)}" if finished else ""
+            self.stream.write(self.line() + suffix + ("\n" if finished or not self.tty else "\r"))
+            self.stream.flush()
 
     def close(self) -> None:
-        """Finish with a final line (elapsed time included)."""
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        self.stream.write(f"{self.line()} done in {format_seconds(elapsed)}\n" if self.done < self.total else "")
-        self.stream.flush()
+        """End a line left open on a terminal when the work stopped short of the total."""
+        if self.enabled and self.tty and self.done < self.total:
+            self.stream.write("\n")
+            self.stream.flush()
