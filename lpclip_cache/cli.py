@@ -288,3 +288,32 @@ def demo(out: str, seed: int, train_n: int, test_n: int, views: int, epochs: int
     results = run_demo(config)
     emit(results, as_json, f"{format_table(results)}\nwrote {out}/results.json, results.md, reliability.png, "
          f"severity.png in {results['timings_s']['total']:.0f} s")
+
+
+@main.command()
+@click.argument("store")
+@json_option
+@report_errors
+def verify(store: str, as_json: bool) -> None:
+    """Check a store: completeness, NaN or non-unit embeddings, labels, manifest consistency."""
+    from .verify import check_ok, format_verify
+    from .verify import verify as run_verify
+
+    report = run_verify(store)
+    emit(report, as_json, format_verify(report))
+    check_ok(report)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="File to write (.h5).")
+@overwrite_option
+@json_option
+@report_errors
+def export(store: str, fmt: str, out: str, overwrite: bool, as_json: bool) -> None:
+    """Copy a store into another format for tools that cannot read Zarr (HDF5)."""
+    from .verify import export_hdf5
+
+    summary = export_hdf5(store, out, overwrite)
+    emit(summary, as_json, f"wrote {summary['out']} ({summary['bytes']:,} bytes)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,16 +104,32 @@ def autocast_dtype(precision: str, device_type: str) -> Any:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def extract(config: ExtractConfig) -> dict[str, Any]:
-    """Run stage one and return a summary (store path, counts, throughput, invalid samples)."""
+def resolve_device(config: ExtractConfig) -> str:
+    """The device to load on: under torchrun with CUDA, each rank takes its LOCAL_RANK's GPU."""
+    import os
+
     import torch
 
-    from .augment import ViewMaker, load_policy
-    from .data import DecodedDataset, default_collate_shard, open_source
+    wants_cuda = config.device == "auto" and torch.cuda.is_available()
+    if wants_cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return config.device
+
+
+def extract(config: ExtractConfig) -> dict[str, Any]:
+    """Run stage one and return a summary; resumes a store left incomplete by the same configuration.
+
+    Under torchrun every rank runs this function: rank 0 creates (or checks) the store and holds
+    its lock, each rank writes only the shards it owns, rank 0 marks the store complete.
+    """
+    import zarr
+
+    from . import distributed
+    from .augment import load_policy
+    from .data import open_source
     from .models import load_model, zero_shot_head
-    from .probe import teacher_outputs
     from .prompts import load_classnames, load_templates
-    from .store import Layout, cache_key, create_store
+    from .store import Layout, StoreLock, cache_key, start_store
 
     check_config(config)
     source = open_source(config.data, config.split, config.download)
@@ -131,10 +148,9 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         )
     weak_policy = load_policy(config.weak_policy)
     strong_policy = load_policy(config.strong_policy)
-    loaded = load_model(config.model, config.pretrained, config.device, config.cache_dir)
-    device = loaded.device
-    cast = autocast_dtype(config.precision, device.type)
-
+    loaded = load_model(config.model, config.pretrained, resolve_device(config), config.cache_dir)
+    ranks = distributed.from_environment(loaded.device.type)
+    cast = autocast_dtype(config.precision, loaded.device.type)
     head = zero_shot_head(loaded, classnames, templates)
     manifest = {
         "model": loaded.describe(),
@@ -151,7 +167,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         },
         "dataset": {**source.identity, "n": len(source), "fingerprint": source.fingerprint()},
         "precision": str(cast).replace("torch.", "") if cast else "fp32",
-        "device": device.type,
+        "device": loaded.device.type,
         "versions": library_versions(),
         **config.extra_manifest,
     }
@@ -164,24 +180,116 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         shard_size=config.shard_size,
     )
     out = Path(config.out)
-    root = create_store(out, layout, manifest, overwrite=config.overwrite)
-    head_np = head.numpy()
-    root["head"][...] = head_np
-    keys = np.array(source.keys, dtype=str)
+    lock = StoreLock(out) if ranks.is_main else None
+    try:
+        if lock is not None:
+            lock.__enter__()
+        if ranks.is_main:
+            state = start_store(out, layout, manifest, config.overwrite)
+            if state == "new":
+                zarr.open_group(str(out), mode="r+")["head"][...] = head.numpy()
+        else:
+            state = None
+        state = ranks.gather(state)[0]
+        written = 0
+        started = time.perf_counter()
+        if state != "complete":
+            policies = (weak_policy, strong_policy)
+            written = write_shards(config, source, loaded, head.numpy(), layout, policies, cast, ranks)
+        ranks.barrier()
+        seconds = time.perf_counter() - started
+        invalid = finish_store(out, ranks) if ranks.is_main else []
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+        ranks.close()
+    views_per_image = 1 + config.weak_views + config.strong_views
+    rate = written / seconds if seconds > 0 else 0.0
+    if invalid:
+        sys.stderr.write(f"{len(invalid)} image(s) could not be decoded and are marked invalid:\n")
+        for key, reason in invalid:
+            sys.stderr.write(f"  {key}: {reason}\n")
+    return {
+        "store": str(out),
+        "state": state,
+        "cache_key": cache_key(manifest),
+        "images": len(source),
+        "written": written,
+        "views_per_image": views_per_image,
+        "images_per_s": round(rate, 2),
+        "views_per_s": round(rate * views_per_image, 2),
+        "invalid": [k for k, _ in invalid],
+        "classes": len(classnames),
+        "embed_dim": layout.dim,
+        "ranks": ranks.world,
+    }
 
+
+def finish_store(out: Path, ranks: Any) -> list[tuple[str, str]]:
+    """Rank 0: check every shard is done, list invalid samples, mark the store complete."""
+    import zarr
+
+    from .store import ATTR, StoreError
+
+    root = zarr.open_group(str(out), mode="r+")
+    done = np.asarray(root["done"][:])
+    if not done.all():
+        raise StoreError(f"store '{out}': {int((done == 0).sum())} shard(s) missing after extraction; run it again")
+    valid = np.asarray(root["valid"][:])
+    bad = np.flatnonzero(~valid)
+    keys, reasons = root["keys"], root["reason"]
+    invalid = [(str(keys[i]), str(reasons[i])) for i in bad.tolist()]
+    meta = dict(root.attrs[ATTR])
+    meta["complete"] = True
+    meta["invalid"] = [{"key": k, "reason": r} for k, r in invalid]
+    root.attrs[ATTR] = meta
+    return invalid
+
+
+def write_shards(
+    config: ExtractConfig,
+    source: Any,
+    loaded: Any,
+    head: np.ndarray,
+    layout: Any,
+    policies: tuple[dict[str, Any], dict[str, Any]],
+    cast: Any,
+    ranks: Any,
+) -> int:
+    """Extract this rank's shards that are not done yet; return how many images it wrote.
+
+    Decoding runs in DataLoader workers, views and the encoder on the device, and writing in a
+    background thread, so the device does not wait for the disk.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import zarr
+
+    from .augment import ViewMaker
+    from .data import DecodedDataset, default_collate_shard
+    from .probe import teacher_outputs
+
+    out = Path(config.out)
+    root = zarr.open_group(str(out), mode="r+")
+    done = np.asarray(root["done"][:])
+    todo = [s for s in range(layout.n_shards) if ranks.owns(s) and not done[s]]
+    n = layout.n
+    batches = [list(range(s * layout.shard_size, min(n, (s + 1) * layout.shard_size))) for s in todo]
+    device = loaded.device
     size = tuple(loaded.preprocess["size"])
     decoded = DecodedDataset(source, size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"])
     loader = torch.utils.data.DataLoader(
         decoded,
-        batch_size=config.shard_size,
-        shuffle=False,
+        batch_sampler=batches,
         num_workers=config.num_workers,
         collate_fn=default_collate_shard,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
     )
-    views = ViewMaker(loaded.preprocess, weak_policy, strong_policy, config.seed, device)
+    views = ViewMaker(loaded.preprocess, *policies, config.seed, device)
     model = loaded.model
+    scale, temperature = loaded.logit_scale, config.temperature
+    keys = np.array(source.keys, dtype=str)
 
     @torch.no_grad()
     def encode(images: torch.Tensor) -> np.ndarray:
@@ -194,60 +302,44 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
             parts.append(features.half().cpu().numpy())
         return np.concatenate(parts)
 
-    views_per_image = 1 + config.weak_views + config.strong_views
-    progress = Progress(len(source), f"extract {out.name}", "img", enabled=config.progress)
-    invalid: list[tuple[str, str]] = []
-    scale, temperature = loaded.logit_scale, config.temperature
-    for shard, (indices, pixels, ok, reasons) in enumerate(loader):
-        start, stop = int(indices[0]), int(indices[-1]) + 1
-        bad = [(source.keys[i], r) for i, good, r in zip(indices.tolist(), ok.tolist(), reasons) if not good]
-        if bad and not config.skip_bad:
-            key, reason = bad[0]
-            raise InputError(
-                f"cannot decode image '{key}' ({reason}): remove or replace it, or pass --skip-bad "
-                f"to record it as invalid (store '{out}' is left incomplete: rerun with --overwrite)"
-            )
-        invalid.extend(bad)
-        images = views.to_float(pixels)
-        with torch.no_grad():
-            emb = encode(views.clean(images))
-        label, conf = teacher_outputs(emb, head_np, scale, temperature)
-        root["clean/emb"][start:stop] = emb
-        root["clean/label"][start:stop] = label
-        root["clean/conf"][start:stop] = conf
-        for kind, count in (("weak", config.weak_views), ("strong", config.strong_views)):
-            if count == 0:
-                continue
-            stacked = np.stack([encode(views.view(images, kind, shard, v)) for v in range(count)], axis=1)
-            label, conf = teacher_outputs(stacked, head_np, scale, temperature)
-            root[f"{kind}/emb"][start:stop] = stacked
-            root[f"{kind}/label"][start:stop] = label
-            root[f"{kind}/conf"][start:stop] = conf
-        root["labels"][start:stop] = source.labels[start:stop]
-        root["valid"][start:stop] = ok.numpy()
-        root["keys"][start:stop] = keys[start:stop]
+    def write(shard: int, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
+        for name, value in arrays.items():
+            root[name][start:stop] = value
         root["done"][shard] = 1
-        progress.update(stop - start)
-    progress.close()
 
-    meta = dict(root.attrs["lpclip_cache"])
-    meta["complete"] = True
-    meta["invalid"] = [{"key": k, "reason": r} for k, r in invalid]
-    root.attrs["lpclip_cache"] = meta
-    elapsed = max(progress.rate(), 1e-9)
-    summary = {
-        "store": str(out),
-        "cache_key": cache_key(manifest),
-        "images": len(source),
-        "views_per_image": views_per_image,
-        "images_per_s": round(elapsed, 2),
-        "views_per_s": round(elapsed * views_per_image, 2),
-        "invalid": [k for k, _ in invalid],
-        "classes": len(classnames),
-        "embed_dim": layout.dim,
-    }
-    if invalid:
-        sys.stderr.write(f"{len(invalid)} image(s) could not be decoded and are marked invalid:\n")
-        for key, reason in invalid:
-            sys.stderr.write(f"  {key}: {reason}\n")
-    return summary
+    progress = Progress(sum(len(b) for b in batches), f"extract {out.name}", "img", enabled=config.progress)
+    pending = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for indices, pixels, ok, reasons in loader:
+            start, stop = int(indices[0]), int(indices[-1]) + 1
+            shard = start // layout.shard_size
+            bad = [(source.keys[i], r) for i, good, r in zip(indices.tolist(), ok.tolist(), reasons) if not good]
+            if bad and not config.skip_bad:
+                key, reason = bad[0]
+                raise InputError(
+                    f"cannot decode image '{key}' ({reason}): remove or replace it and run the same command "
+                    "again (finished shards are kept), or pass --skip-bad to record it as invalid"
+                )
+            images = views.to_float(pixels)
+            with torch.no_grad():
+                emb = encode(views.clean(images))
+            arrays: dict[str, np.ndarray] = {"clean/emb": emb}
+            arrays["clean/label"], arrays["clean/conf"] = teacher_outputs(emb, head, scale, temperature)
+            for kind, count in (("weak", config.weak_views), ("strong", config.strong_views)):
+                if count == 0:
+                    continue
+                stacked = np.stack([encode(views.view(images, kind, shard, v)) for v in range(count)], axis=1)
+                arrays[f"{kind}/emb"] = stacked
+                arrays[f"{kind}/label"], arrays[f"{kind}/conf"] = teacher_outputs(stacked, head, scale, temperature)
+            arrays["labels"] = source.labels[start:stop]
+            arrays["valid"] = ok.numpy()
+            arrays["keys"] = keys[start:stop]
+            arrays["reason"] = np.array(reasons, dtype=str)
+            pending.append(writer.submit(write, shard, start, stop, arrays))
+            if len(pending) > 2:  # at most two shards wait for the disk; errors surface here
+                pending.pop(0).result()
+            progress.update(stop - start)
+        for future in pending:
+            future.result()
+    progress.close()
+    return sum(len(b) for b in batches)

@@ -10,7 +10,8 @@ Layout (see docs/store-format.md)::
     labels     N          int32     ground truth, -1 where unknown
     keys       N          string    file path or index of each sample
     valid      N          bool      False where the image could not be decoded
-    done       S          uint8     1 for each shard written whole
+    reason     N          string    why it could not be decoded ("" where valid)
+    done       S          uint8     1 for each shard written whole (one chunk per shard)
 
 The group attribute ``lpclip_cache`` holds the format version, the manifest, its hash (the
 cache key) and whether the store is complete. Chunks along N are one shard long, so each shard
@@ -94,6 +95,75 @@ class Layout:
         return {"clean": 1, "weak": self.weak_views, "strong": self.strong_views}[kind]
 
 
+def manifest_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the manifest fields that differ between two manifests."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += manifest_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    same = json.dumps(old, sort_keys=True, default=str) == json.dumps(new, sort_keys=True, default=str)
+    return [] if same else [prefix.rstrip(".")]
+
+
+class StoreLock:
+    """An exclusive lock beside a store (``STORE.lock``), held while one extraction writes it.
+
+    It is an OS file lock, released by the kernel when the holder dies (SIGKILL included), so a
+    crashed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(f"{path}.lock")
+        self.handle: Any = None
+
+    def __enter__(self) -> StoreLock:
+        import fcntl
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "another process"
+            self.handle.close()
+            raise StoreError(
+                f"store '{str(self.path)[:-5]}' is being written by {holder}: wait for it to finish, "
+                "or write another --out"
+            ) from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"pid {os.getpid()}")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.path.unlink(missing_ok=True)
+        self.handle.close()
+
+
+def start_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> str:
+    """Make ``path`` ready for extraction; returns ``new``, ``resume`` or ``complete``.
+
+    A store with the same cache key is resumed (its done shards are kept); one with another key
+    is refused, naming the fields that differ, unless ``overwrite``.
+    """
+    if is_store(path) and not overwrite:
+        meta = dict(zarr.open_group(str(path), mode="r").attrs[ATTR])
+        if meta.get("cache_key") != cache_key(manifest):
+            fields = manifest_diff(meta.get("manifest", {}), manifest)
+            raise StoreError(
+                f"store '{path}' was made with another configuration (differs in: {', '.join(fields[:8])}"
+                f"{' ...' if len(fields) > 8 else ''}): use the same options to resume it, --overwrite to "
+                "replace it, or another --out"
+            )
+        return "complete" if meta.get("complete") else "resume"
+    create_store(path, layout, manifest, overwrite)
+    return "new"
+
+
 def create_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
     """Create an empty store with every array allocated (unwritten floats read as NaN)."""
     prepare_output(path, overwrite, is_store, "store")
@@ -118,10 +188,10 @@ def create_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite
     )
     array("labels", (layout.n,), "int32", -1)
     array("valid", (layout.n,), "bool", False)
-    root.create_array("keys", shape=(layout.n,), chunks=(min(rows, layout.n),), dtype=str, compressors=None)
-    root.create_array(
-        "done", shape=(layout.n_shards,), chunks=(layout.n_shards,), dtype="uint8", fill_value=0, compressors=None
-    )
+    for name in ("keys", "reason"):
+        root.create_array(name, shape=(layout.n,), chunks=(min(rows, layout.n),), dtype=str, compressors=None)
+    # one chunk per shard: each shard's owner marks it done without touching another's chunk
+    root.create_array("done", shape=(layout.n_shards,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None)
     root.attrs[ATTR] = {
         "format_version": FORMAT_VERSION,
         "manifest": manifest,

@@ -110,10 +110,12 @@ def test_existing_outputs_are_refused_and_kept(pipeline, tiny_checkpoint, cifar_
     result = invoke("evaluate", "--run", str(work / "lpclip"), "--store", str(work / "eval.zarr"), "--out", str(report))
     assert_one_line_error(result, 5, "already exists", "--overwrite")
     assert report.read_bytes() == before
+    before = (work / "eval.zarr" / "clean" / "emb" / "c" / "0" / "0").read_bytes()
+    # another configuration (2 + 2 views instead of none) on an existing store: refused, fields named
     result = invoke("extract", "--data", str(cifar_root), "--split", "test", "--pretrained", str(tiny_checkpoint),
-                    "--out", str(work / "eval.zarr"), "--quiet")
-    assert_one_line_error(result, 5, "already exists")
-    assert (work / "eval.zarr" / "zarr.json").is_file()
+                    "--templates", "cifar10", "--out", str(work / "eval.zarr"), "--quiet")
+    assert_one_line_error(result, 5, "another configuration", "views.strong", "views.weak", "--overwrite")
+    assert (work / "eval.zarr" / "clean" / "emb" / "c" / "0" / "0").read_bytes() == before
     result = invoke("train", "--store", str(work / "adapt.zarr"), "--out", str(work / "lpclip"))
     assert_one_line_error(result, 5, "already exists")
 
