@@ -146,6 +146,10 @@ class ViewMaker:
         }
         self.seed = seed
         self.device = device
+        for module in self.augment.values():
+            for op in module.modules():
+                if hasattr(op, "set_rng_device_and_dtype"):  # draw random parameters on the device
+                    op.set_rng_device_and_dtype(device, torch.float32)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Standardise float images in [0, 1] with the model's mean and std."""

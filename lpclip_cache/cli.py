@@ -89,6 +89,8 @@ def main(debug: bool) -> None:
 @click.option("--precision", default="auto", show_default=True, help="auto (bf16 on CUDA), fp32, bf16, fp16.")
 @click.option("--download", is_flag=True, help="Let torchvision download the dataset (connected machines).")
 @click.option("--skip-bad", is_flag=True, help="Record undecodable images as invalid instead of stopping.")
+@click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True,
+              help="Codec of the embedding arrays (uncompressed reads fastest).")
 @click.option("--cache-dir", default=None, help="Where open_clip caches downloaded weights.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @overwrite_option

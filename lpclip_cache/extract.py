@@ -43,6 +43,7 @@ class ExtractConfig:
     precision: str = "auto"
     download: bool = False
     skip_bad: bool = False
+    compression: str = "none"
     overwrite: bool = False
     cache_dir: str | None = None
     progress: bool = True
@@ -59,6 +60,8 @@ def check_config(config: ExtractConfig) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if not config.temperature > 0:
         raise InputError(f"--temperature must be positive, got {config.temperature}")
+    if config.compression not in ("none", "zstd"):
+        raise InputError(f"--compression must be none or zstd, got '{config.compression}'")
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise InputError(f"--precision must be auto, fp32, bf16 or fp16, got '{config.precision}'")
     out = Path(config.out).resolve()
@@ -169,6 +172,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         "precision": str(cast).replace("torch.", "") if cast else "fp32",
         "device": loaded.device.type,
         "versions": library_versions(),
+        "storage": {"compression": config.compression},
         **config.extra_manifest,
     }
     layout = Layout(

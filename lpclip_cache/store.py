@@ -165,14 +165,21 @@ def start_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite:
 
 
 def create_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
-    """Create an empty store with every array allocated (unwritten floats read as NaN)."""
+    """Create an empty store with every array allocated (unwritten floats read as NaN).
+
+    Embeddings are uncompressed unless ``manifest["storage"]["compression"]`` is ``zstd``: fp16
+    embeddings compress about 1.09x while zstd cuts chunk reads several-fold.
+    """
     prepare_output(path, overwrite, is_store, "store")
     root = zarr.open_group(str(path), mode="w-")
     rows = layout.shard_size
+    compression = manifest.get("storage", {}).get("compression", "none")
+    emb_codecs = [zarr.codecs.ZstdCodec(level=3)] if compression == "zstd" else None
 
     def array(name: str, shape: tuple[int, ...], dtype: str, fill: Any) -> None:
         chunks = (min(rows, max(1, shape[0])), *shape[1:]) if shape else ()
-        root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=None)
+        codecs = emb_codecs if name.endswith("/emb") else None
+        root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=codecs)
 
     for kind in VIEW_KINDS:
         views = layout.views(kind)

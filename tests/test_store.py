@@ -50,3 +50,10 @@ def test_cache_key_depends_on_every_manifest_field():
 def test_embeddings_are_stored_uncompressed(tmp_path):
     create_store(tmp_path / "s.zarr", Layout(8, 4, 2, 0, 2, 8), manifest())
     assert zarr.open_array(str(tmp_path / "s.zarr" / "strong" / "emb")).compressors == ()
+
+
+def test_embeddings_can_be_compressed_on_request(tmp_path):
+    create_store(tmp_path / "s.zarr", Layout(8, 4, 2, 0, 2, 8), manifest(storage={"compression": "zstd"}))
+    codecs = zarr.open_array(str(tmp_path / "s.zarr" / "strong" / "emb")).compressors
+    assert len(codecs) == 1 and type(codecs[0]).__name__ == "ZstdCodec"
+    assert zarr.open_array(str(tmp_path / "s.zarr" / "labels")).compressors == ()
