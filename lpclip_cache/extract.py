@@ -64,6 +64,8 @@ def check_config(config: ExtractConfig) -> None:
         raise InputError(f"--compression must be none or zstd, got '{config.compression}'")
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise InputError(f"--precision must be auto, fp32, bf16 or fp16, got '{config.precision}'")
+    if "://" in config.out:
+        return
     out = Path(config.out).resolve()
     prefix, _, rest = config.data.partition(":")
     data = Path(rest if prefix in ("cifar10", "cifar100") else config.data).expanduser().resolve()
@@ -125,14 +127,13 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     Under torchrun every rank runs this function: rank 0 creates (or checks) the store and holds
     its lock, each rank writes only the shards it owns, rank 0 marks the store complete.
     """
-    import zarr
 
     from . import distributed
     from .augment import load_policy
     from .data import open_source
     from .models import load_model, zero_shot_head
     from .prompts import load_classnames, load_templates
-    from .store import Layout, StoreLock, cache_key, start_store
+    from .store import Layout, StoreLock, cache_key, is_url, open_group, start_store
 
     check_config(config)
     source = open_source(config.data, config.split, config.download)
@@ -183,15 +184,16 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         strong_views=config.strong_views,
         shard_size=config.shard_size,
     )
-    out = Path(config.out)
-    lock = StoreLock(out) if ranks.is_main else None
+    out = config.out if is_url(config.out) else Path(config.out)
+    # an OS lock needs a local file; on an fsspec URL the user keeps writers apart
+    lock = StoreLock(out) if ranks.is_main and not is_url(out) else None
     try:
         if lock is not None:
             lock.__enter__()
         if ranks.is_main:
             state = start_store(out, layout, manifest, config.overwrite)
             if state == "new":
-                zarr.open_group(str(out), mode="r+")["head"][...] = head.numpy()
+                open_group(out, mode="r+")["head"][...] = head.numpy()
         else:
             state = None
         state = ranks.gather(state)[0]
@@ -229,13 +231,11 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     }
 
 
-def finish_store(out: Path, ranks: Any) -> list[tuple[str, str]]:
+def finish_store(out: str | Path, ranks: Any) -> list[tuple[str, str]]:
     """Rank 0: check every shard is done, list invalid samples, mark the store complete."""
-    import zarr
+    from .store import ATTR, StoreError, open_group
 
-    from .store import ATTR, StoreError
-
-    root = zarr.open_group(str(out), mode="r+")
+    root = open_group(out, mode="r+")
     done = np.asarray(root["done"][:])
     if not done.all():
         raise StoreError(f"store '{out}': {int((done == 0).sum())} shard(s) missing after extraction; run it again")
@@ -268,14 +268,13 @@ def write_shards(
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
-    import zarr
 
     from .augment import ViewMaker
     from .data import DecodedDataset, default_collate_shard
     from .probe import teacher_outputs
+    from .store import open_group, store_name
 
-    out = Path(config.out)
-    root = zarr.open_group(str(out), mode="r+")
+    root = open_group(config.out, mode="r+")
     done = np.asarray(root["done"][:])
     todo = [s for s in range(layout.n_shards) if ranks.owns(s) and not done[s]]
     n = layout.n
@@ -311,7 +310,8 @@ def write_shards(
             root[name][start:stop] = value
         root["done"][shard] = 1
 
-    progress = Progress(sum(len(b) for b in batches), f"extract {out.name}", "img", enabled=config.progress)
+    progress = Progress(sum(len(b) for b in batches), f"extract {store_name(config.out)}", "img",
+                        enabled=config.progress)
     pending = []
     with ThreadPoolExecutor(max_workers=1) as writer:
         for indices, pixels, ok, reasons in loader:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,35 +42,54 @@ def cache_key(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def is_store(path: Path) -> bool:
-    """True when ``path`` is a Zarr group written by this project."""
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return False
+def is_url(target: str | Path) -> bool:
+    """True for an fsspec URL (``s3://...``, ``gs://...``, ``file://...``), False for a plain path."""
+    return "://" in str(target)
+
+
+def filesystem(target: str | Path) -> tuple[Any, str]:
+    """The fsspec filesystem of a path or URL, and the path within it."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(target))
+
+
+def store_name(target: str | Path) -> str:
+    """The last component of a store's path or URL (for progress lines)."""
+    return str(target).rstrip("/").rsplit("/", 1)[-1]
+
+
+def open_group(target: str | Path, mode: str) -> zarr.Group:
+    """Open a store's Zarr group at a local path or an fsspec URL (``file://`` URLs create folders)."""
+    options = {"auto_mkdir": True} if str(target).startswith("file://") else None
+    return zarr.open_group(str(target), mode=mode, storage_options=options)
+
+
+def is_store(path: str | Path) -> bool:
+    """True when ``path`` (a local path or an fsspec URL) is a Zarr group written by this project."""
+    fs, inner = filesystem(path)
     try:
-        return ATTR in json.loads(meta.read_text()).get("attributes", {})
-    except (ValueError, OSError):
+        return ATTR in json.loads(fs.cat_file(f"{inner}/zarr.json")).get("attributes", {})
+    except (FileNotFoundError, ValueError, OSError):
         return False
 
 
-def prepare_output(path: Path, overwrite: bool, is_ours: Any, what: str) -> None:
+def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str) -> None:
     """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours."""
-    if not path.exists():
+    fs, inner = filesystem(path)
+    if not fs.exists(inner):
         return
     if not overwrite:
         raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another --out")
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
+    if fs.isdir(inner) and not fs.ls(inner):
+        fs.rm(inner, recursive=True)
         return
     if not is_ours(path):
         raise StoreError(
             f"'{path}' exists and is not a {what} written by lpclip-cache: refusing to delete it; "
             "choose another --out"
         )
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    fs.rm(inner, recursive=True)
 
 
 @dataclass(frozen=True)
@@ -144,14 +162,14 @@ class StoreLock:
         self.handle.close()
 
 
-def start_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> str:
+def start_store(path: str | Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> str:
     """Make ``path`` ready for extraction; returns ``new``, ``resume`` or ``complete``.
 
     A store with the same cache key is resumed (its done shards are kept); one with another key
     is refused, naming the fields that differ, unless ``overwrite``.
     """
     if is_store(path) and not overwrite:
-        meta = dict(zarr.open_group(str(path), mode="r").attrs[ATTR])
+        meta = dict(open_group(path, mode="r").attrs[ATTR])
         if meta.get("cache_key") != cache_key(manifest):
             fields = manifest_diff(meta.get("manifest", {}), manifest)
             raise StoreError(
@@ -164,14 +182,14 @@ def start_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite:
     return "new"
 
 
-def create_store(path: Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
+def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
     """Create an empty store with every array allocated (unwritten floats read as NaN).
 
     Embeddings are uncompressed unless ``manifest["storage"]["compression"]`` is ``zstd``: fp16
     embeddings compress about 1.09x while zstd cuts chunk reads several-fold.
     """
     prepare_output(path, overwrite, is_store, "store")
-    root = zarr.open_group(str(path), mode="w-")
+    root = open_group(path, mode="w-")
     rows = layout.shard_size
     compression = manifest.get("storage", {}).get("compression", "none")
     emb_codecs = [zarr.codecs.ZstdCodec(level=3)] if compression == "zstd" else None
@@ -213,15 +231,16 @@ class FeatureStore:
     """A store opened for reading, validated on open."""
 
     def __init__(self, path: str | Path, require_complete: bool = True) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
+        self.path = str(path) if is_url(path) else Path(path)
+        fs, inner = filesystem(path)
+        if not fs.exists(inner):
             raise StoreError(f"store '{self.path}' does not exist: run 'lpclip-cache extract' to make one")
         if not is_store(self.path):
             raise StoreError(
                 f"'{self.path}' is not an lpclip-cache store (no zarr.json with an '{ATTR}' attribute): "
                 "pass the --out folder of 'lpclip-cache extract'"
             )
-        self.group = zarr.open_group(str(self.path), mode="r")
+        self.group = open_group(self.path, mode="r")
         meta = dict(self.group.attrs[ATTR])
         version = meta.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:

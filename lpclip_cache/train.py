@@ -109,7 +109,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     from .probe import is_run, save_run
-    from .store import FeatureStore, prepare_output
+    from .store import FeatureStore, is_url, prepare_output
 
     check_config(config)
     out = Path(config.out)
@@ -173,7 +173,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     info = {
         "config": asdict(config),
-        "store": {"path": str(Path(config.store).resolve()), "cache_key": store.cache_key},
+        "store": {"path": config.store if is_url(config.store) else str(Path(config.store).resolve()),
+                  "cache_key": store.cache_key},
         "model": store.manifest["model"],
         "classnames": store.classnames,
         "teacher": {"logit_scale": store.logit_scale, "temperature": store.temperature},

@@ -165,3 +165,18 @@ def test_export_hdf5_holds_the_same_arrays(reference, tmp_path):
         assert json.loads(handle.attrs["lpclip_cache"])["cache_key"] == store.cache_key
     again = CliRunner().invoke(main, ["export", str(reference), "--out", str(out)])
     assert again.exit_code == 5 and "already exists" in again.stderr
+
+
+def test_a_store_on_an_fsspec_url_works_end_to_end(reference, tiny_checkpoint, tmp_path):
+    from lpclip_cache.train import TrainConfig, train
+    from lpclip_cache.verify import verify
+
+    url = f"file://{tmp_path}/remote/s.zarr"
+    summary = extract(ExtractConfig(**options(url, tiny_checkpoint)))
+    assert summary["state"] == "new" and summary["store"] == url
+    assert_same_store(reference, url)
+    assert verify(url)["ok"]
+    train(TrainConfig(store=url, out=str(tmp_path / "run"), epochs=1, progress=False))
+    assert extract(ExtractConfig(**options(url, tiny_checkpoint)))["state"] == "complete"
+    with pytest.raises(StoreError, match="another configuration"):
+        extract(ExtractConfig(**options(url, tiny_checkpoint, seed=9)))
