@@ -121,6 +121,17 @@ def extract(as_json: bool, quiet: bool, **options: Any) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init", type=click.Choice(["zeroshot", "random"]), default="zeroshot", show_default=True,
               help="Start from the zero-shot head (A = s W_t, b = 0) or at random.")
+@click.option("--weighting", type=click.Choice(["confidence", "none"]), default="confidence", show_default=True,
+              help="Weight each sample's loss by the teacher's confidence, or not.")
+@click.option("--targets", type=click.Choice(["hard", "soft"]), default="hard", show_default=True,
+              help="Teacher's argmax, or its whole distribution.")
+@click.option("--threshold", type=float, default=0.0, show_default=True,
+              help="Drop samples whose teacher confidence is below this.")
+@click.option("--student", type=click.Choice(["strong", "weak"]), default="strong", show_default=True,
+              help="Views the student sees (weak: no consistency between views).")
+@click.option("--max-views", type=int, default=None, help="Use only the first K cached views of each kind.")
+@click.option("--ensemble", type=int, default=1, show_default=True,
+              help="Train M probes in one pass (different seeds and view samples).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @overwrite_option
 @json_option
@@ -134,7 +145,7 @@ def train(as_json: bool, quiet: bool, **options: Any) -> None:
     emit(
         summary,
         as_json,
-        f"wrote {summary['run']}: {summary['method']}, {summary['epochs']} epochs, final loss "
+        f"wrote {summary['run']}: {summary['method']} x{summary['ensemble']}, {summary['epochs']} epochs, final loss "
         f"{summary['final_loss']:.4f}, teacher agreement {summary['teacher_agreement']:.3f}, "
         f"{summary['samples_per_s']:,.0f} samples/s",
     )

@@ -25,10 +25,10 @@ METHOD_NAMES = ("teacher", "probe")
 def check_compatible(run: Any, store: Any, role: str) -> None:
     """A store must live in the run's embedding space; an ID store must also share its classes."""
     run_model, store_model = run.info["model"], store.manifest["model"]
-    if store.layout.dim != run.weight.shape[1]:
+    if store.layout.dim != run.weight.shape[-1]:
         raise StoreError(
             f"{role} store '{store.path}' has {store.layout.dim}-d embeddings but run '{run.path}' expects "
-            f"{run.weight.shape[1]}-d: extract it with the run's model ({run_model['name']})"
+            f"{run.weight.shape[-1]}-d: extract it with the run's model ({run_model['name']})"
         )
     if (store_model["name"], store_model["pretrained"]) != (run_model["name"], run_model["pretrained"]):
         raise StoreError(
@@ -74,6 +74,7 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
     report: dict[str, Any] = {
         "run": str(Path(run_path)),
         "method": run.info["config"]["method"],
+        "ensemble": run.members,
         "metrics": {"ece_bins": 15, "ood_score": "max softmax probability", "ood_positive": True},
         "stores": {},
         "ood": {},
@@ -96,6 +97,8 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
         if reference is None:
             reference = {m: metrics.max_softmax_probability(p) for m, p in probs.items()}
             reference_name = path
+            if run.members > 1:
+                reference_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])
     for path in ood:
         store = FeatureStore(path)
         check_compatible(run, store, "OOD")
@@ -108,6 +111,11 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
                 "fpr95": metrics.fpr_at_95_tpr(reference[method], ood_conf),
                 "confidence": float(ood_conf.mean()),
             }
+        if run.members > 1:
+            # the ensemble's mutual information as a second score: higher means OOD, so negate it
+            ood_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])
+            entry["probe"]["auroc_mutual_information"] = metrics.auroc(-reference_mi, -ood_mi)
+            entry["probe"]["fpr95_mutual_information"] = metrics.fpr_at_95_tpr(-reference_mi, -ood_mi)
         report["ood"][path] = entry
     return report
 

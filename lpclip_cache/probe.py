@@ -1,8 +1,9 @@
 """Teacher and student as plain arrays: zero-shot probabilities, the linear probe, run files.
 
-A run directory holds ``probe.safetensors`` (``weight`` C x D, ``bias`` C, and the teacher's
-``head`` C x D) and ``run.json`` (configuration, teacher scale and temperature, class names,
-the store it was trained on, and the training curve).
+A run directory holds ``probe.safetensors`` (``weight`` C x D and ``bias`` C, or M x C x D and
+M x C for an ensemble of M probes, and the teacher's ``head`` C x D) and ``run.json``
+(configuration, teacher scale and temperature, class names, the store it was trained on, and
+the training curve).
 """
 
 from __future__ import annotations
@@ -68,13 +69,36 @@ class Run:
         """Class names in output order."""
         return list(self.info["classnames"])
 
+    @property
+    def members(self) -> int:
+        """How many probes the run holds (an ensemble has more than one)."""
+        return 1 if self.weight.ndim == 2 else self.weight.shape[0]
+
+    def member_logits(self, emb: np.ndarray) -> np.ndarray:
+        """Logits ``A_m z + b_m`` of every member: M x N x C."""
+        weight = self.weight.reshape(self.members, *self.weight.shape[-2:])
+        bias = self.bias.reshape(self.members, -1)
+        return np.einsum("nd,mcd->mnc", emb.astype(np.float32), weight) + bias[:, None, :]
+
     def probe_logits(self, emb: np.ndarray) -> np.ndarray:
-        """Student logits ``A z + b``."""
-        return emb.astype(np.float32) @ self.weight.T + self.bias
+        """Student logits ``A z + b`` (an ensemble: the log of its averaged probabilities)."""
+        if self.members == 1:
+            return self.member_logits(emb)[0]
+        return np.log(np.maximum(self.probe_probs(emb), 1e-30))
 
     def probe_probs(self, emb: np.ndarray) -> np.ndarray:
-        """Student probabilities (float64)."""
-        return softmax(self.probe_logits(emb), np.float64)
+        """Student probabilities (float64), averaged over the members of an ensemble."""
+        return softmax(self.member_logits(emb), np.float64).mean(axis=0)
+
+    def mutual_information(self, emb: np.ndarray) -> np.ndarray:
+        """The ensemble's disagreement: H(mean_m p_m) - mean_m H(p_m), per sample (0 for one probe)."""
+        member = softmax(self.member_logits(emb), np.float64)
+        mean = member.mean(axis=0)
+
+        def entropy(p: np.ndarray) -> np.ndarray:
+            return -(p * np.log(np.maximum(p, 1e-30))).sum(axis=-1)
+
+        return entropy(mean) - entropy(member).mean(axis=0)
 
     def teacher_probs(self, emb: np.ndarray) -> np.ndarray:
         """Teacher (zero-shot) probabilities with the run's head, scale and temperature (float64)."""
@@ -126,6 +150,9 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
         raise StoreError(f"run '{path}' has format version {version}, newer than this lpclip-cache reads")
     weight, bias, head = tensors.get("weight"), tensors.get("bias"), tensors.get("head")
-    if weight is None or bias is None or head is None or weight.shape != head.shape or bias.shape != weight.shape[:1]:
+    if (
+        weight is None or bias is None or head is None or weight.ndim not in (2, 3)
+        or weight.shape[-2:] != head.shape or bias.shape != weight.shape[:-1]
+    ):
         raise StoreError(f"run '{path}' has a probe file with missing or inconsistent tensors: train it again")
     return Run(path, weight, bias, head, info)

@@ -4,11 +4,15 @@ Each step takes, for each image in the batch, one cached weak view (the teacher 
 pseudo-label and confidence) and one cached strong view (the student side: its embedding), and
 minimises the confidence-weighted cross-entropy::
 
-    L = sum_i c_i * CE(A z_strong_i + b, y_hat_i) / sum_i c_i
+    L = sum_i w_i * CE(A z_strong_i + b, y_hat_i) / sum_i w_i,   w_i = c_i * [c_i >= tau]
 
-``supervised`` is the same probe on true labels with unit weights, fed the weak views (a
-linear-probe reference trained the usual way, not the method). A store without strong views
-trains the student on weak views; without weak views the teacher side is the clean view.
+Variants (for ablations): unit weights, soft targets (cross-entropy to the teacher's whole
+distribution), a confidence threshold tau, weak views on the student side (no consistency), fewer
+cached views, random instead of zero-shot initialisation, and ensembles of M probes trained in
+one pass on different view samples. ``supervised`` is the same probe on true labels with unit
+weights, fed the weak views (a linear-probe reference, not the method); it is the only path that
+reads the store's ``labels`` array. A store without strong views trains the student on weak
+views; without weak views the teacher side is the clean view.
 """
 
 from __future__ import annotations
@@ -39,8 +43,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     init: str = "zeroshot"
+    weighting: str = "confidence"
+    targets: str = "hard"
+    threshold: float = 0.0
+    student: str = "strong"
+    max_views: int | None = None
+    ensemble: int = 1
     overwrite: bool = False
     progress: bool = True
+    memory_budget: int | None = None
 
 
 def weighted_cross_entropy(logits: Any, targets: Any, weights: Any) -> Any:
@@ -62,142 +73,193 @@ def check_config(config: TrainConfig) -> None:
         raise InputError("--epochs and --batch-size must be at least 1")
     if not config.lr > 0 or config.weight_decay < 0:
         raise InputError("--lr must be positive and --weight-decay non-negative")
+    choices = {"weighting": ("confidence", "none"), "targets": ("hard", "soft"), "student": ("strong", "weak")}
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise InputError(f"--{name} must be one of {', '.join(allowed)}, got '{getattr(config, name)}'")
+    if not 0.0 <= config.threshold < 1.0:
+        raise InputError(f"--threshold must be in [0, 1), got {config.threshold}")
+    if config.ensemble < 1 or (config.max_views is not None and config.max_views < 1):
+        raise InputError("--ensemble and --max-views must be at least 1")
 
 
-@dataclass
-class TrainingPairs:
-    """The cached arrays one training run samples from, held in memory."""
+def soft_cross_entropy(logits: Any, target_probs: Any, weights: Any) -> Any:
+    """``sum_i w_i H(p_i, softmax(logits_i)) / sum_i w_i``: cross-entropy to a whole distribution."""
+    import torch
 
-    teacher_label: np.ndarray  # N x Kt int
-    teacher_conf: np.ndarray  # N x Kt float32
-    student_emb: np.ndarray  # N x Ks x D float16
-    clean_emb: np.ndarray  # N x D float16
-    clean_label: np.ndarray  # N teacher pseudo-label of the clean view
-    teacher_side: str
-    student_side: str
+    per_sample = -(target_probs * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
+    total = weights.sum()
+    return (weights * per_sample).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 
-def load_pairs(store: Any, method: str) -> TrainingPairs:
-    """Read the teacher side and the student side of a store (the ``labels`` array is not read).
+def sides(store: Any, config: TrainConfig) -> tuple[str, str]:
+    """Which views feed the teacher and the student for a configuration."""
+    teacher = "weak" if store.layout.weak_views else "clean"
+    if config.method == "supervised" or config.student == "weak" or not store.layout.strong_views:
+        return teacher, teacher
+    return teacher, "strong"
 
-    LP-CLIP's student reads strong views; the supervised reference reads the teacher's views.
-    """
-    teacher_side = "weak" if store.layout.weak_views else "clean"
-    student_side = "strong" if store.layout.strong_views and method == "lpclip" else teacher_side
-    valid = store.read("valid")
 
-    def per_view(name: str, side: str) -> np.ndarray:
-        data = store.read(f"{side}/{name}")
-        return data[:, None] if side == "clean" else data
+def member_batches(
+    buffer: Any, config: TrainConfig, rng: np.random.Generator, head: np.ndarray, scale: float, temperature: float
+) -> tuple[Any, Any, Any]:
+    """Per ensemble member: student inputs, targets and weights for every row of a buffer (torch)."""
+    import torch
 
-    pairs = TrainingPairs(
-        teacher_label=per_view("label", teacher_side)[valid].astype(np.int64),
-        teacher_conf=per_view("conf", teacher_side)[valid].astype(np.float32),
-        student_emb=per_view("emb", student_side)[valid],
-        clean_emb=store.read("clean/emb")[valid],
-        clean_label=store.read("clean/label")[valid].astype(np.int64),
-        teacher_side=teacher_side,
-        student_side=student_side,
-    )
-    if not np.isfinite(pairs.student_emb).all() or not np.isfinite(pairs.teacher_conf).all():
-        raise StoreError(f"store '{store.path}' holds NaN or infinite values: extract it again")
-    return pairs
+    from .probe import softmax, teacher_logits
+
+    n = buffer.student_emb.shape[0]
+    rows = np.arange(n)
+    inputs, targets, weights = [], [], []
+    for _ in range(config.ensemble):
+        teacher_pick = rng.integers(0, buffer.teacher_label.shape[1], n)
+        student_pick = rng.integers(0, buffer.student_emb.shape[1], n)
+        inputs.append(buffer.student_emb[rows, student_pick].astype(np.float32))
+        if config.method == "supervised":
+            targets.append(buffer.truth)
+            weights.append(np.ones(n, np.float32))
+            continue
+        conf = buffer.teacher_conf[rows, teacher_pick]
+        weight = conf if config.weighting == "confidence" else np.ones(n, np.float32)
+        weights.append(np.where(conf >= config.threshold, weight, 0.0).astype(np.float32))
+        if config.targets == "soft":
+            emb = buffer.teacher_emb[rows, teacher_pick]
+            targets.append(softmax(teacher_logits(emb, head, scale, temperature)))
+        else:
+            targets.append(buffer.teacher_label[rows, teacher_pick])
+    return (torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets)),
+            torch.from_numpy(np.stack(weights)))
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train one probe from a store and save it as a run; return a summary."""
+    """Train one probe (or an ensemble) from a store and save it as a run; return a summary."""
     import torch
 
     from .probe import is_run, save_run
+    from .sampling import MEMORY_BUDGET_BYTES, PairSource
     from .store import FeatureStore, is_url, prepare_output
 
     check_config(config)
     out = Path(config.out)
     store = FeatureStore(config.store)
     prepare_output(out, config.overwrite, is_run, "run")
-    pairs = load_pairs(store, config.method)
-    n, student_views, dim = pairs.student_emb.shape
-    teacher_views = pairs.teacher_label.shape[1]
+    teacher_side, student_side = sides(store, config)
+    source = PairSource(
+        store, teacher_side, student_side, config.max_views,
+        need_teacher_emb=config.targets == "soft" and config.method == "lpclip",
+        need_truth=config.method == "supervised",
+        memory_budget=MEMORY_BUDGET_BYTES if config.memory_budget is None else config.memory_budget,
+    )
     head = store.head()
-    n_classes = head.shape[0]
+    n_classes, dim = head.shape
+    scale = store.logit_scale
+    n = source.valid_count()
     if config.method == "supervised":
         truth = store.labels()[store.read("valid")]
         if (truth < 0).any():
             raise StoreError(
                 f"store '{store.path}' has samples without true labels: --method supervised needs every label"
             )
-        targets_all = torch.from_numpy(truth.astype(np.int64))
 
-    generator = torch.Generator().manual_seed(config.seed)
+    members = config.ensemble
     torch.manual_seed(config.seed)
-    probe = torch.nn.Linear(dim, n_classes)
-    if config.init == "zeroshot":
-        with torch.no_grad():
-            probe.weight.copy_(torch.from_numpy(head) * store.logit_scale)
-            probe.bias.zero_()
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    t_label = torch.from_numpy(pairs.teacher_label)
-    t_conf = torch.from_numpy(pairs.teacher_conf)
-    s_emb = torch.from_numpy(pairs.student_emb)
-    clean = torch.from_numpy(pairs.clean_emb.astype(np.float32))
-    clean_label = torch.from_numpy(pairs.clean_label)
+    weight = torch.empty(members, n_classes, dim)
+    bias = torch.zeros(members, n_classes)
+    for m in range(members):
+        if config.init == "zeroshot":
+            weight[m] = torch.from_numpy(head) * scale
+        else:
+            layer = torch.nn.Linear(dim, n_classes)
+            weight[m], bias[m] = layer.weight.detach(), layer.bias.detach()
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    optimizer = torch.optim.AdamW([weight, bias], lr=config.lr, weight_decay=config.weight_decay)
+    # label-free progress signal: agreement with the teacher on the clean views of the first rows
+    head_rows = min(store.layout.n, 4096)
+    kept = np.asarray(store.group["valid"][:head_rows])
+    monitor = torch.from_numpy(np.asarray(store.group["clean/emb"][:head_rows])[kept].astype(np.float32))
+    monitor_label = torch.from_numpy(np.asarray(store.group["clean/label"][:head_rows])[kept].astype(np.int64))
 
-    steps_per_epoch = -(-n // config.batch_size)
     progress = Progress(config.epochs * n, f"train {out.name}", "samples", enabled=config.progress)
     curve: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
-        teacher_pick = torch.randint(teacher_views, (n,), generator=generator)
-        student_pick = torch.randint(student_views, (n,), generator=generator)
-        total_loss = 0.0
-        for step in range(steps_per_epoch):
-            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-            inputs = s_emb[rows, student_pick[rows]].float()
-            if config.method == "supervised":
-                targets, weights = targets_all[rows], torch.ones(rows.numel())
-            else:
-                targets = t_label[rows, teacher_pick[rows]]
-                weights = t_conf[rows, teacher_pick[rows]]
-            loss = weighted_cross_entropy(probe(inputs), targets, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * rows.numel()
-            progress.update(rows.numel())
+        rng = np.random.default_rng([config.seed, epoch, 1])
+        total_loss, seen = 0.0, 0
+        for buffer in source.epoch(config.seed, epoch):
+            inputs, targets, weights = member_batches(buffer, config, rng, head, scale, store.temperature)
+            rows = inputs.shape[1]
+            for start in range(0, rows, config.batch_size):
+                batch = slice(start, start + config.batch_size)
+                logits = torch.baddbmm(bias[:, None, :], inputs[:, batch], weight.transpose(1, 2))
+                flat_logits = logits.reshape(-1, n_classes)
+                flat_weights = weights[:, batch].reshape(-1)
+                if config.targets == "soft" and config.method == "lpclip":
+                    loss = soft_cross_entropy(flat_logits, targets[:, batch].reshape(-1, n_classes), flat_weights)
+                else:
+                    loss = weighted_cross_entropy(flat_logits, targets[:, batch].reshape(-1), flat_weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                size = min(config.batch_size, rows - start)
+                total_loss += loss.item() * size
+                seen += size
+                progress.update(size)
         with torch.no_grad():
-            agreement = float((probe(clean).argmax(1) == clean_label).float().mean())
-        curve.append({"epoch": epoch + 1, "loss": total_loss / n, "teacher_agreement": agreement})
+            probs = torch.softmax(monitor @ weight.transpose(1, 2) + bias[:, None, :], dim=-1).mean(0)
+            agreement = float((probs.argmax(1) == monitor_label).float().mean()) if monitor.shape[0] else 0.0
+        curve.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "teacher_agreement": agreement})
     elapsed = time.perf_counter() - started
     progress.close()
 
+    record = asdict(config)
+    record.pop("memory_budget")
     info = {
-        "config": asdict(config),
+        "config": record,
         "store": {"path": config.store if is_url(config.store) else str(Path(config.store).resolve()),
                   "cache_key": store.cache_key},
         "model": store.manifest["model"],
         "classnames": store.classnames,
-        "teacher": {"logit_scale": store.logit_scale, "temperature": store.temperature},
+        "teacher": {"logit_scale": scale, "temperature": store.temperature},
         "pairs": {
             "samples": n,
-            "teacher_side": pairs.teacher_side,
-            "teacher_views": teacher_views,
-            "student_side": pairs.student_side,
-            "student_views": student_views,
+            "teacher_side": teacher_side,
+            "teacher_views": source.teacher_views,
+            "student_side": student_side,
+            "student_views": source.student_views,
+            "streamed": source.streaming,
         },
-        "loss": "sum_i c_i CE(g(z_i), y_i) / sum_i c_i" if config.method == "lpclip" else "mean CE on true labels",
+        "ensemble": members,
+        "loss": loss_description(config),
         "curve": curve,
         "seconds": elapsed,
         "samples_per_s": config.epochs * n / max(elapsed, 1e-9),
     }
-    save_run(out, probe.weight.detach().numpy(), probe.bias.detach().numpy(), head, info)
+    final_weight = weight.detach().numpy()
+    final_bias = bias.detach().numpy()
+    if members == 1:
+        final_weight, final_bias = final_weight[0], final_bias[0]
+    save_run(out, final_weight, final_bias, head, info)
     return {
         "run": str(out),
         "method": config.method,
         "epochs": config.epochs,
         "samples": n,
+        "ensemble": members,
+        "streamed": source.streaming,
         "final_loss": curve[-1]["loss"],
         "teacher_agreement": curve[-1]["teacher_agreement"],
         "seconds": round(elapsed, 3),
         "samples_per_s": round(info["samples_per_s"], 1),
     }
+
+
+def loss_description(config: TrainConfig) -> str:
+    """The loss a configuration minimises, in words."""
+    if config.method == "supervised":
+        return "mean CE(g(z_weak), true label)"
+    weight = "c_i" if config.weighting == "confidence" else "1"
+    if config.threshold:
+        weight += f" * [c_i >= {config.threshold}]"
+    target = "p_teacher" if config.targets == "soft" else "argmax p_teacher"
+    return f"sum_i w_i CE(g(z_{config.student}_i), {target}) / sum_i w_i, w_i = {weight}"

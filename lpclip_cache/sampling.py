@@ -1,0 +1,107 @@
+"""Where training pairs come from: the cached views of a store, in memory or streamed by shard.
+
+One epoch's order is a function of (seed, epoch) alone: the shards are shuffled, taken
+``buffer_shards`` at a time, and the rows of each buffer shuffled together; each row then draws
+its teacher view and its student view(s). Streaming reads exactly those shards from the store
+when their buffer comes up; in memory, the same slices come from arrays read once. Both produce
+the same batches, so they train the same probe, and streaming holds only one buffer at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BUFFER_SHARDS = 8
+MEMORY_BUDGET_BYTES = 2 << 30  # stores whose training arrays fit are read whole
+
+
+@dataclass
+class Buffer:
+    """The rows of a few shards, shuffled, with every view a row may be sampled from."""
+
+    teacher_label: np.ndarray  # n x Kt int64
+    teacher_conf: np.ndarray  # n x Kt float32
+    teacher_emb: np.ndarray | None  # n x Kt x D float16 (only for soft targets)
+    student_emb: np.ndarray  # n x Ks x D float16
+    truth: np.ndarray | None  # n int64 (only for the supervised reference)
+
+
+class PairSource:
+    """The arrays of one store that training reads, by shard (the ``labels`` array only if asked)."""
+
+    def __init__(
+        self,
+        store: Any,
+        teacher_side: str,
+        student_side: str,
+        max_views: int | None = None,
+        need_teacher_emb: bool = False,
+        need_truth: bool = False,
+        memory_budget: int = MEMORY_BUDGET_BYTES,
+    ) -> None:
+        self.store = store
+        self.teacher_side = teacher_side
+        self.student_side = student_side
+        self.teacher_views = self._views(teacher_side, max_views)
+        self.student_views = self._views(student_side, max_views)
+        self.need_teacher_emb = need_teacher_emb
+        self.need_truth = need_truth
+        layout = store.layout
+        emb_bytes = layout.n * layout.dim * 2 * (self.student_views + (self.teacher_views if need_teacher_emb else 0))
+        self.streaming = emb_bytes > memory_budget
+        self.cache: dict[str, np.ndarray] = {}
+        if not self.streaming:
+            self.cache = {name: self._read(name, 0, layout.n) for name in self._names()}
+
+    def _views(self, side: str, max_views: int | None) -> int:
+        count = 1 if side == "clean" else self.store.layout.views(side)
+        return count if max_views is None else min(count, max_views)
+
+    def _names(self) -> list[str]:
+        names = ["valid", f"{self.teacher_side}/label", f"{self.teacher_side}/conf", f"{self.student_side}/emb"]
+        if self.need_teacher_emb:
+            names.append(f"{self.teacher_side}/emb")
+        if self.need_truth:
+            names.append("labels")
+        return list(dict.fromkeys(names))
+
+    def _read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows of one array; the clean view gets a view axis of length 1 like the others."""
+        data = np.asarray(self.store.group[name][start:stop])
+        return data[:, None] if name.startswith("clean/") else data
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``start:stop`` of every array training reads."""
+        if self.streaming:
+            return {name: self._read(name, start, stop) for name in self._names()}
+        return {name: array[start:stop] for name, array in self.cache.items()}
+
+    def valid_count(self) -> int:
+        """Samples training will see per epoch."""
+        if not self.streaming:
+            return int(self.cache["valid"].sum())
+        return int(np.asarray(self.store.group["valid"][:]).sum())
+
+    def epoch(self, seed: int, epoch: int, buffer_shards: int = BUFFER_SHARDS) -> Iterator[Buffer]:
+        """The buffers of one epoch, in the order fixed by (seed, epoch)."""
+        layout = self.store.layout
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(layout.n_shards)
+        for first in range(0, len(order), buffer_shards):
+            parts = [self.rows(s * layout.shard_size, min(layout.n, (s + 1) * layout.shard_size))
+                     for s in order[first : first + buffer_shards]]
+            joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            keep = np.flatnonzero(joined["valid"])
+            keep = keep[rng.permutation(keep.size)]
+            t = self.teacher_side
+            yield Buffer(
+                teacher_label=joined[f"{t}/label"][keep, : self.teacher_views].astype(np.int64),
+                teacher_conf=joined[f"{t}/conf"][keep, : self.teacher_views].astype(np.float32),
+                teacher_emb=joined[f"{t}/emb"][keep, : self.teacher_views] if self.need_teacher_emb else None,
+                student_emb=joined[f"{self.student_side}/emb"][keep, : self.student_views],
+                truth=joined["labels"][keep].astype(np.int64) if self.need_truth else None,
+            )

@@ -1,0 +1,170 @@
+"""Training at any size and its variants: streaming, bounded memory, loss variants, ensembles."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings, unit, write_store
+
+from lpclip_cache.probe import load_run
+from lpclip_cache.sampling import Buffer
+from lpclip_cache.train import TrainConfig, member_batches, soft_cross_entropy, train
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    base = tmp_path_factory.mktemp("variants")
+    rng = np.random.default_rng(0)
+    centres, labels, clean, views = clustered_embeddings(1200, 5, 16, spread=0.2, seed=0, views=4)
+    teacher = unit(centres + 0.3 * rng.normal(size=centres.shape))
+    path = write_store(base / "s.zarr", clean, teacher, labels, views[:, :2], views[:, 2:], scale=20)
+    scrambled = write_store(base / "scrambled.zarr", clean, teacher, rng.permutation(labels), views[:, :2],
+                            views[:, 2:], scale=20)
+    return {"base": base, "store": path, "scrambled": scrambled, "clean": clean, "labels": labels}
+
+
+def weights_of(path):
+    run = load_run(path)
+    return run.weight, run.bias
+
+
+def test_streaming_and_in_memory_train_the_same_probe(stores):
+    base = stores["base"]
+    common = dict(store=str(stores["store"]), epochs=3, init="random", lr=1e-2, progress=False, seed=4)
+    streamed = train(TrainConfig(out=str(base / "streamed"), memory_budget=0, **common))
+    loaded = train(TrainConfig(out=str(base / "loaded"), **common))
+    assert streamed["streamed"] and not loaded["streamed"]
+    for a, b in zip(weights_of(base / "streamed"), weights_of(base / "loaded")):
+        np.testing.assert_array_equal(a, b)
+
+
+def peak_bytes(store, out, memory_budget):
+    tracemalloc.start()
+    train(TrainConfig(store=str(store), out=str(out), epochs=1, progress=False, memory_budget=memory_budget))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def test_streaming_memory_stays_flat_as_the_store_grows_tenfold(tmp_path):
+    sizes = {}
+    for name, n in (("small", 5000), ("large", 50000)):
+        _, labels, clean, views = clustered_embeddings(n, 4, 64, spread=0.3, seed=1, views=4)
+        sizes[name] = write_store(tmp_path / f"{name}.zarr", clean, unit(np.eye(4, 64)), labels,
+                                  views[:, :2], views[:, 2:], shard_size=256)
+    streamed = {k: peak_bytes(p, tmp_path / f"s-{k}", 0) for k, p in sizes.items()}
+    whole = {k: peak_bytes(p, tmp_path / f"w-{k}", None) for k, p in sizes.items()}
+    # in memory, the peak follows the store (which shows the measurement sees the arrays) ...
+    assert whole["large"] > 3 * whole["small"]
+    # ... streamed, it stays at about one buffer of shards
+    assert streamed["large"] < 1.5 * streamed["small"]
+    assert streamed["large"] < whole["large"] / 3
+
+
+def test_soft_cross_entropy_matches_its_formula_by_hand():
+    import torch
+
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    targets = torch.tensor([[0.75, 0.25], [0.5, 0.5]])
+    weights = torch.tensor([1.0, 0.5])
+    # log softmax rows: [log(e/(e+1)), log(1/(e+1))], [log(1/(1+e^2)), log(e^2/(1+e^2))]
+    row1 = -(0.75 * math.log(math.e / (math.e + 1)) + 0.25 * math.log(1 / (math.e + 1)))
+    row2 = -(0.5 * math.log(1 / (1 + math.e**2)) + 0.5 * math.log(math.e**2 / (1 + math.e**2)))
+    expected = (1.0 * row1 + 0.5 * row2) / 1.5
+    assert float(soft_cross_entropy(logits, targets, weights)) == pytest.approx(expected, rel=1e-6)
+
+
+def hand_buffer():
+    emb = unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    return Buffer(
+        teacher_label=np.array([[0], [1], [1]]),
+        teacher_conf=np.array([[0.9], [0.4], [0.6]], np.float32),
+        teacher_emb=emb[:, None].astype(np.float16),
+        student_emb=emb[:, None].astype(np.float16),
+        truth=np.array([0, 0, 1]),
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "expected_weights"),
+    [
+        ({}, [0.9, 0.4, 0.6]),
+        ({"weighting": "none"}, [1.0, 1.0, 1.0]),
+        ({"threshold": 0.5}, [0.9, 0.0, 0.6]),
+        ({"threshold": 0.5, "weighting": "none"}, [1.0, 0.0, 1.0]),
+        ({"method": "supervised", "threshold": 0.5}, [1.0, 1.0, 1.0]),
+    ],
+)
+def test_sample_weights_of_each_variant(options, expected_weights):
+    config = TrainConfig(store="", out="", **options)
+    head = np.eye(2, dtype=np.float32)
+    _, targets, weights = member_batches(hand_buffer(), config, np.random.default_rng(0), head, 10.0, 1.0)
+    np.testing.assert_allclose(weights.numpy()[0], expected_weights, rtol=1e-6)
+    expected_targets = [0, 0, 1] if options.get("method") == "supervised" else [0, 1, 1]
+    assert targets.numpy()[0].tolist() == expected_targets
+
+
+def test_soft_targets_are_the_teachers_distribution():
+    config = TrainConfig(store="", out="", targets="soft")
+    head = np.eye(2, dtype=np.float32)
+    _, targets, _ = member_batches(hand_buffer(), config, np.random.default_rng(0), head, 10.0, 2.0)
+    emb = hand_buffer().teacher_emb[:, 0].astype(np.float64)
+    logits = 10.0 * emb @ head.T / 2.0
+    expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(targets.numpy()[0], expected, rtol=1e-3)
+
+
+def test_variants_are_recorded_and_use_the_views_they_ask_for(stores):
+    base = stores["base"]
+    train(TrainConfig(store=str(stores["store"]), out=str(base / "weak"), student="weak", max_views=1, epochs=1,
+                      progress=False))
+    info = load_run(base / "weak").info
+    assert info["pairs"]["student_side"] == "weak" and info["pairs"]["student_views"] == 1
+    assert info["pairs"]["teacher_views"] == 1
+    assert info["loss"].startswith("sum_i w_i CE(g(z_weak_i), argmax p_teacher)")
+
+
+def test_ensemble_trains_distinct_members_in_one_pass(stores):
+    base = stores["base"]
+    summary = train(TrainConfig(store=str(stores["store"]), out=str(base / "ens"), ensemble=3, init="random",
+                                lr=1e-2, epochs=2, progress=False))
+    run = load_run(base / "ens")
+    assert summary["ensemble"] == 3 and run.members == 3 and run.weight.shape == (3, 5, 16)
+    assert not np.allclose(run.weight[0], run.weight[1])
+    emb = stores["clean"][:50]
+    logits = run.member_logits(emb).astype(np.float64)
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    member_probs = exp / exp.sum(-1, keepdims=True)
+    np.testing.assert_allclose(run.probe_probs(emb), member_probs.mean(0), rtol=1e-5)
+    information = run.mutual_information(emb)
+    assert (information >= -1e-9).all() and information.max() > 0
+
+
+def test_ensemble_mutual_information_is_an_ood_score(stores, tmp_path):
+    from lpclip_cache.evaluate import evaluate
+
+    ood = write_store(tmp_path / "ood.zarr", unit(np.random.default_rng(3).normal(size=(200, 16))),
+                      unit(np.eye(5, 16)), np.full(200, -1), scale=20)
+    train(TrainConfig(store=str(stores["store"]), out=str(tmp_path / "ens"), ensemble=4, init="random", lr=1e-2,
+                      epochs=2, progress=False))
+    report = evaluate(str(tmp_path / "ens"), [str(stores["store"])], [str(ood)])
+    probe = report["ood"][str(ood)]["probe"]
+    assert report["ensemble"] == 4
+    assert 0.0 <= probe["auroc_mutual_information"] <= 1.0 and 0.0 <= probe["fpr95_mutual_information"] <= 1.0
+
+
+@pytest.mark.parametrize("options", [{"targets": "soft"}, {"ensemble": 2}, {"threshold": 0.3, "weighting": "none"}])
+def test_every_lpclip_variant_is_blind_to_true_labels(stores, options):
+    base = stores["base"]
+    name = "-".join(f"{k}{v}" for k, v in options.items())
+    runs = []
+    for which in ("store", "scrambled"):
+        out = base / f"blind-{name}-{which}"
+        train(TrainConfig(store=str(stores[which]), out=str(out), epochs=2, init="random", lr=1e-2, progress=False,
+                          **options))
+        runs.append(weights_of(out))
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
