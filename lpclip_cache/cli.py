@@ -330,3 +330,33 @@ def export(store: str, fmt: str, out: str, overwrite: bool, as_json: bool) -> No
 
     summary = export_hdf5(store, out, overwrite)
     emit(summary, as_json, f"wrote {summary['out']} ({summary['bytes']:,} bytes)")
+
+
+@main.command()
+@click.option("--store", required=True, help="Training store (with weak and strong views).")
+@click.option("--eval", "eval_stores", multiple=True, required=True, help="Store to score every variant on.")
+@click.option("--ood", multiple=True, help="OOD store (repeatable).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for the runs and the table.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--thresholds", default="0.3,0.5,0.7,0.9", show_default=True, help="Confidence thresholds to sweep.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@overwrite_option
+@json_option
+@report_errors
+def ablate(store: str, eval_stores: tuple[str, ...], ood: tuple[str, ...], out: str, epochs: int, lr: float,
+           seed: int, thresholds: str, quiet: bool, overwrite: bool, as_json: bool) -> None:
+    """Train every variant of the method from one store and write one table."""
+    from .ablate import AblationConfig, format_table, run_ablation
+    from .errors import InputError
+
+    try:
+        taus = tuple(float(t) for t in thresholds.split(",") if t.strip())
+    except ValueError as exc:
+        raise InputError(f"--thresholds must be comma-separated numbers, got '{thresholds}'") from exc
+    results = run_ablation(AblationConfig(
+        store=store, eval_stores=list(eval_stores), ood=list(ood), out=out, epochs=epochs, lr=lr, seed=seed,
+        thresholds=taus, overwrite=overwrite, progress=not quiet,
+    ))
+    emit(results, as_json, format_table(results) + f"\nwrote {out}/ablation.json and ablation.md")

@@ -21,13 +21,32 @@ MEMORY_BUDGET_BYTES = 2 << 30  # stores whose training arrays fit are read whole
 
 @dataclass
 class Buffer:
-    """The rows of a few shards, shuffled, with every view a row may be sampled from."""
+    """Shuffled valid rows of a few shards, and the arrays (with a view axis) they index into.
 
-    teacher_label: np.ndarray  # n x Kt int64
-    teacher_conf: np.ndarray  # n x Kt float32
-    teacher_emb: np.ndarray | None  # n x Kt x D float16 (only for soft targets)
-    student_emb: np.ndarray  # n x Ks x D float16
-    truth: np.ndarray | None  # n int64 (only for the supervised reference)
+    In memory the arrays are the whole store's and ``rows`` global; streamed, they hold just
+    these shards and ``rows`` is local. Either way ``take`` gathers only the views asked for.
+    """
+
+    arrays: dict[str, np.ndarray]
+    rows: np.ndarray
+    teacher: str
+    student: str
+    teacher_views: int
+    student_views: int
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def take(self, name: str, views: np.ndarray) -> np.ndarray:
+        """``array[rows[i], views[i]]`` for every i, as one gather on the flattened array."""
+        array = self.arrays[name]
+        count = array.shape[1]
+        flat = array.reshape(array.shape[0] * count, *array.shape[2:])
+        return np.take(flat, self.rows * count + views, axis=0)
+
+    def truth(self) -> np.ndarray:
+        """True labels of the rows (the supervised reference only)."""
+        return self.arrays["labels"][self.rows].astype(np.int64)
 
 
 class PairSource:
@@ -92,16 +111,18 @@ class PairSource:
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(layout.n_shards)
         for first in range(0, len(order), buffer_shards):
-            parts = [self.rows(s * layout.shard_size, min(layout.n, (s + 1) * layout.shard_size))
-                     for s in order[first : first + buffer_shards]]
-            joined = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-            keep = np.flatnonzero(joined["valid"])
-            keep = keep[rng.permutation(keep.size)]
-            t = self.teacher_side
-            yield Buffer(
-                teacher_label=joined[f"{t}/label"][keep, : self.teacher_views].astype(np.int64),
-                teacher_conf=joined[f"{t}/conf"][keep, : self.teacher_views].astype(np.float32),
-                teacher_emb=joined[f"{t}/emb"][keep, : self.teacher_views] if self.need_teacher_emb else None,
-                student_emb=joined[f"{self.student_side}/emb"][keep, : self.student_views],
-                truth=joined["labels"][keep].astype(np.int64) if self.need_truth else None,
-            )
+            shards = order[first : first + buffer_shards]
+            spans = [(s * layout.shard_size, min(layout.n, (s + 1) * layout.shard_size)) for s in shards]
+            candidates = np.concatenate([np.arange(start, stop) for start, stop in spans])
+            if self.streaming:
+                parts = [self.rows(start, stop) for start, stop in spans]
+                arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+                valid = arrays["valid"]
+                positions = np.arange(candidates.size)
+            else:
+                arrays = self.cache
+                valid = arrays["valid"][candidates]
+                positions = candidates
+            keep = positions[np.flatnonzero(valid)]
+            yield Buffer(arrays, keep[rng.permutation(keep.size)], self.teacher_side, self.student_side,
+                         self.teacher_views, self.student_views)

@@ -92,6 +92,40 @@ def soft_cross_entropy(logits: Any, target_probs: Any, weights: Any) -> Any:
     return (weights * per_sample).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 
+def probe_step(weight: Any, bias: Any, inputs: Any, targets: Any, weights: Any, soft: bool) -> float:
+    """Set ``weight.grad`` and ``bias.grad`` for one batch and return the loss (mean over members).
+
+    The gradient is written in closed form, d loss / d logits = w_i (p_i - t_i) / sum_j w_j (t the
+    one-hot or soft target), which is what autograd of ``weighted_cross_entropy`` or
+    ``soft_cross_entropy`` gives, at a fraction of its cost on the CPU.
+    """
+    import torch
+
+    with torch.no_grad():
+        members = weight.shape[0]
+        grad_weight = torch.empty_like(weight)
+        grad_bias = torch.empty_like(bias)
+        total = 0.0
+        for m in range(members):
+            logits = torch.addmm(bias[m], inputs[m], weight[m].t())
+            log_probs = torch.log_softmax(logits, dim=1)
+            sample_weights = weights[m]
+            norm = sample_weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
+            if soft:
+                per_sample = -(targets[m] * log_probs).sum(dim=1)
+                grad = log_probs.exp_().sub_(targets[m])
+            else:
+                per_sample = -log_probs.gather(1, targets[m][:, None])[:, 0]
+                grad = log_probs.exp_()
+                grad[torch.arange(grad.shape[0]), targets[m]] -= 1.0
+            total += float((sample_weights * per_sample).sum() / norm)
+            grad.mul_((sample_weights / (norm * members))[:, None])
+            torch.mm(grad.t(), inputs[m], out=grad_weight[m])
+            grad_bias[m] = grad.sum(dim=0)
+    weight.grad, bias.grad = grad_weight, grad_bias
+    return total / members
+
+
 def sides(store: Any, config: TrainConfig) -> tuple[str, str]:
     """Which views feed the teacher and the student for a configuration."""
     teacher = "weak" if store.layout.weak_views else "clean"
@@ -108,27 +142,28 @@ def member_batches(
 
     from .probe import softmax, teacher_logits
 
-    n = buffer.student_emb.shape[0]
-    rows = np.arange(n)
-    inputs, targets, weights = [], [], []
-    for _ in range(config.ensemble):
-        teacher_pick = rng.integers(0, buffer.teacher_label.shape[1], n)
-        student_pick = rng.integers(0, buffer.student_emb.shape[1], n)
-        inputs.append(buffer.student_emb[rows, student_pick].astype(np.float32))
+    n = len(buffer)
+    dim = buffer.arrays[f"{buffer.student}/emb"].shape[-1]
+    inputs = torch.empty(config.ensemble, n, dim)
+    targets, weights = [], []
+    for member in range(config.ensemble):
+        teacher_pick = rng.integers(0, buffer.teacher_views, n)
+        student_pick = rng.integers(0, buffer.student_views, n)
+        # torch converts fp16 to fp32 several times faster than numpy's astype
+        inputs[member].copy_(torch.from_numpy(buffer.take(f"{buffer.student}/emb", student_pick)))
         if config.method == "supervised":
-            targets.append(buffer.truth)
+            targets.append(buffer.truth())
             weights.append(np.ones(n, np.float32))
             continue
-        conf = buffer.teacher_conf[rows, teacher_pick]
+        conf = buffer.take(f"{buffer.teacher}/conf", teacher_pick).astype(np.float32)
         weight = conf if config.weighting == "confidence" else np.ones(n, np.float32)
         weights.append(np.where(conf >= config.threshold, weight, 0.0).astype(np.float32))
         if config.targets == "soft":
-            emb = buffer.teacher_emb[rows, teacher_pick]
+            emb = buffer.take(f"{buffer.teacher}/emb", teacher_pick)
             targets.append(softmax(teacher_logits(emb, head, scale, temperature)))
         else:
-            targets.append(buffer.teacher_label[rows, teacher_pick])
-    return (torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets)),
-            torch.from_numpy(np.stack(weights)))
+            targets.append(buffer.take(f"{buffer.teacher}/label", teacher_pick).astype(np.int64))
+    return inputs, torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(weights))
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
@@ -171,8 +206,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         else:
             layer = torch.nn.Linear(dim, n_classes)
             weight[m], bias[m] = layer.weight.detach(), layer.bias.detach()
-    weight.requires_grad_(True)
-    bias.requires_grad_(True)
     optimizer = torch.optim.AdamW([weight, bias], lr=config.lr, weight_decay=config.weight_decay)
     # label-free progress signal: agreement with the teacher on the clean views of the first rows
     head_rows = min(store.layout.n, 4096)
@@ -180,6 +213,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     monitor = torch.from_numpy(np.asarray(store.group["clean/emb"][:head_rows])[kept].astype(np.float32))
     monitor_label = torch.from_numpy(np.asarray(store.group["clean/label"][:head_rows])[kept].astype(np.int64))
 
+    soft = config.targets == "soft" and config.method == "lpclip"
     progress = Progress(config.epochs * n, f"train {out.name}", "samples", enabled=config.progress)
     curve: list[dict[str, float]] = []
     started = time.perf_counter()
@@ -191,18 +225,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
             rows = inputs.shape[1]
             for start in range(0, rows, config.batch_size):
                 batch = slice(start, start + config.batch_size)
-                logits = torch.baddbmm(bias[:, None, :], inputs[:, batch], weight.transpose(1, 2))
-                flat_logits = logits.reshape(-1, n_classes)
-                flat_weights = weights[:, batch].reshape(-1)
-                if config.targets == "soft" and config.method == "lpclip":
-                    loss = soft_cross_entropy(flat_logits, targets[:, batch].reshape(-1, n_classes), flat_weights)
-                else:
-                    loss = weighted_cross_entropy(flat_logits, targets[:, batch].reshape(-1), flat_weights)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = probe_step(weight, bias, inputs[:, batch], targets[:, batch], weights[:, batch], soft)
                 optimizer.step()
                 size = min(config.batch_size, rows - start)
-                total_loss += loss.item() * size
+                total_loss += loss * size
                 seen += size
                 progress.update(size)
         with torch.no_grad():

@@ -78,14 +78,15 @@ def test_soft_cross_entropy_matches_its_formula_by_hand():
 
 
 def hand_buffer():
-    emb = unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
-    return Buffer(
-        teacher_label=np.array([[0], [1], [1]]),
-        teacher_conf=np.array([[0.9], [0.4], [0.6]], np.float32),
-        teacher_emb=emb[:, None].astype(np.float16),
-        student_emb=emb[:, None].astype(np.float16),
-        truth=np.array([0, 0, 1]),
-    )
+    emb = unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))[:, None].astype(np.float16)
+    arrays = {
+        "weak/label": np.array([[0], [1], [1]]),
+        "weak/conf": np.array([[0.9], [0.4], [0.6]], np.float32),
+        "weak/emb": emb,
+        "strong/emb": emb,
+        "labels": np.array([0, 0, 1]),
+    }
+    return Buffer(arrays, np.arange(3), "weak", "strong", 1, 1)
 
 
 @pytest.mark.parametrize(
@@ -111,7 +112,7 @@ def test_soft_targets_are_the_teachers_distribution():
     config = TrainConfig(store="", out="", targets="soft")
     head = np.eye(2, dtype=np.float32)
     _, targets, _ = member_batches(hand_buffer(), config, np.random.default_rng(0), head, 10.0, 2.0)
-    emb = hand_buffer().teacher_emb[:, 0].astype(np.float64)
+    emb = hand_buffer().arrays["weak/emb"][:, 0].astype(np.float64)
     logits = 10.0 * emb @ head.T / 2.0
     expected = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(targets.numpy()[0], expected, rtol=1e-3)
@@ -168,3 +169,55 @@ def test_every_lpclip_variant_is_blind_to_true_labels(stores, options):
         runs.append(weights_of(out))
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_closed_form_step_equals_autograd_of_the_loss(soft):
+    import torch
+
+    from lpclip_cache.train import probe_step, weighted_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    members, batch, classes, dim = 2, 7, 4, 5
+    weight = torch.randn(members, classes, dim, generator=generator)
+    bias = torch.randn(members, classes, generator=generator)
+    inputs = torch.randn(members, batch, dim, generator=generator)
+    weights = torch.rand(members, batch, generator=generator)
+    if soft:
+        targets = torch.softmax(torch.randn(members, batch, classes, generator=generator), dim=-1)
+    else:
+        targets = torch.randint(0, classes, (members, batch), generator=generator)
+    loss = probe_step(weight, bias, inputs, targets, weights, soft)
+    reference_weight = weight.detach().clone().requires_grad_(True)
+    reference_bias = bias.detach().clone().requires_grad_(True)
+    losses = []
+    for m in range(members):
+        logits = inputs[m] @ reference_weight[m].T + reference_bias[m]
+        fn = soft_cross_entropy if soft else weighted_cross_entropy
+        losses.append(fn(logits, targets[m], weights[m]))
+    total = torch.stack(losses).mean()
+    total.backward()
+    assert loss == pytest.approx(float(total), rel=1e-5)
+    torch.testing.assert_close(weight.grad, reference_weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bias.grad, reference_bias.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_ablate_trains_every_variant_into_one_table(stores, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lpclip_cache.cli import main
+
+    result = CliRunner().invoke(main, ["ablate", "--store", str(stores["store"]), "--eval", str(stores["store"]),
+                                       "--out", str(tmp_path / "abl"), "--epochs", "1", "--thresholds", "0.5",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output + result.stderr
+    table = json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"]
+    assert list(table) == ["teacher", "lpclip", "no-weighting", "soft-targets", "threshold-0.5", "no-consistency",
+                           "random-init", "views-1", "supervised"]
+    assert load_run(tmp_path / "abl" / "runs" / "views-1").info["pairs"]["student_views"] == 1
+    assert load_run(tmp_path / "abl" / "runs" / "threshold-0.5").info["config"]["threshold"] == 0.5
+    for row in table.values():
+        assert 0.0 <= row["stores"][str(stores["store"])]["accuracy"] <= 1.0
+    assert "| supervised |" in (tmp_path / "abl" / "ablation.md").read_text()

@@ -1,0 +1,116 @@
+"""Every variant of the method from one store, trained and evaluated into one table.
+
+Variants: the full method; no confidence weighting; soft targets; confidence thresholds;
+weak views on the student side (no consistency); 1, 2, 4, ... cached views; random instead of
+zero-shot initialisation; and the supervised reference. All share the optimisation settings, so
+the table isolates each ingredient. Only the supervised row reads true labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass
+class AblationConfig:
+    """One ablation study."""
+
+    store: str
+    eval_stores: list[str]
+    out: str
+    ood: list[str] = field(default_factory=list)
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 256
+    seed: int = 0
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+    overwrite: bool = False
+    progress: bool = True
+
+
+def variants(config: AblationConfig, max_views: int) -> dict[str, dict[str, Any]]:
+    """Variant name -> the TrainConfig options that differ from the full method."""
+    table: dict[str, dict[str, Any]] = {
+        "lpclip": {},
+        "no-weighting": {"weighting": "none"},
+        "soft-targets": {"targets": "soft"},
+        **{f"threshold-{t:g}": {"threshold": t} for t in config.thresholds},
+        "no-consistency": {"student": "weak"},
+        "random-init": {"init": "random"},
+    }
+    views = 1
+    while views < max_views:
+        table[f"views-{views}"] = {"max_views": views}
+        views *= 2
+    table["supervised"] = {"method": "supervised"}
+    return table
+
+
+def is_ablation(path: Path) -> bool:
+    """True when ``path`` is an ablation folder."""
+    return (path / "ablation.json").is_file()
+
+
+def run_ablation(config: AblationConfig) -> dict[str, Any]:
+    """Train and evaluate every variant; write ablation.json and ablation.md into ``config.out``."""
+    from .evaluate import evaluate
+    from .store import FeatureStore, prepare_output
+    from .train import TrainConfig, train
+
+    if not config.eval_stores:
+        raise InputError("ablate needs at least one --eval store to score the variants on")
+    store = FeatureStore(config.store)
+    out = Path(config.out)
+    prepare_output(out, config.overwrite, is_ablation, "ablation folder")
+    (out / "runs").mkdir(parents=True)
+    max_views = max(store.layout.weak_views, store.layout.strong_views, 1)
+    rows: dict[str, Any] = {}
+    teacher_row: dict[str, Any] = {}
+    for name, options in variants(config, max_views).items():
+        if config.progress:
+            print(f"[ablate] {name}", flush=True)
+        run = out / "runs" / name
+        summary = train(TrainConfig(store=config.store, out=str(run), epochs=config.epochs, lr=config.lr,
+                                    batch_size=config.batch_size, seed=config.seed, progress=False, **options))
+        report = evaluate(str(run), config.eval_stores, config.ood)
+        rows[name] = {
+            "options": options,
+            "seconds": summary["seconds"],
+            "stores": {path: report["stores"][path]["probe"] for path in config.eval_stores},
+            "ood": {path: report["ood"][path]["probe"] for path in config.ood},
+        }
+        if not teacher_row:
+            teacher_row = {
+                "options": {},
+                "seconds": 0.0,
+                "stores": {path: report["stores"][path]["teacher"] for path in config.eval_stores},
+                "ood": {path: report["ood"][path]["teacher"] for path in config.ood},
+            }
+    results = {"tool": "lpclip-cache", "store": config.store, "epochs": config.epochs, "lr": config.lr,
+               "rows": {"teacher": teacher_row, **rows}}
+    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "ablation.md").write_text(format_table(results, markdown=True) + "\n")
+    return results
+
+
+def format_table(results: dict[str, Any], markdown: bool = False) -> str:
+    """One row per variant: accuracy/ECE/NLL per evaluation store, AUROC per OOD store."""
+    first = next(iter(results["rows"].values()))
+    stores, oods = list(first["stores"]), list(first["ood"])
+    head = ["variant", *[f"{Path(s).name} acc/ece/nll" for s in stores], *[f"{Path(o).name} auroc" for o in oods]]
+    body = []
+    for name, row in results["rows"].items():
+        cells = [f"{row['stores'][s]['accuracy']:.3f}/{row['stores'][s]['ece']:.3f}/{row['stores'][s]['nll']:.2f}"
+                 if "accuracy" in row["stores"][s] else "-" for s in stores]
+        cells += [f"{row['ood'][o]['auroc']:.3f}" for o in oods]
+        body.append([name, *cells])
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+                         + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
