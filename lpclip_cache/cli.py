@@ -349,14 +349,47 @@ def ablate(store: str, eval_stores: tuple[str, ...], ood: tuple[str, ...], out: 
            seed: int, thresholds: str, quiet: bool, overwrite: bool, as_json: bool) -> None:
     """Train every variant of the method from one store and write one table."""
     from .ablate import AblationConfig, format_table, run_ablation
+
+    results = run_ablation(AblationConfig(
+        store=store, eval_stores=list(eval_stores), ood=list(ood), out=out, epochs=epochs, lr=lr, seed=seed,
+        thresholds=float_list(thresholds, "--thresholds"), overwrite=overwrite, progress=not quiet,
+    ))
+    emit(results, as_json, format_table(results) + f"\nwrote {out}/ablation.json and ablation.md")
+
+
+def float_list(text: str, option: str) -> tuple[float, ...]:
+    """Parse ``1e-3,1e-2`` for an option, or fail with one clear line."""
     from .errors import InputError
 
     try:
-        taus = tuple(float(t) for t in thresholds.split(",") if t.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError as exc:
-        raise InputError(f"--thresholds must be comma-separated numbers, got '{thresholds}'") from exc
-    results = run_ablation(AblationConfig(
-        store=store, eval_stores=list(eval_stores), ood=list(ood), out=out, epochs=epochs, lr=lr, seed=seed,
-        thresholds=taus, overwrite=overwrite, progress=not quiet,
-    ))
-    emit(results, as_json, format_table(results) + f"\nwrote {out}/ablation.json and ablation.md")
+        raise InputError(f"{option} must be comma-separated numbers, got '{text}'") from exc
+    if not values:
+        raise InputError(f"{option} needs at least one number")
+    return values
+
+
+@main.command("select")
+@click.option("--store", required=True, help="Training store.")
+@click.option("--out", required=True, type=click.Path(), help="Run directory for the chosen probe.")
+@click.option("--lr", "lrs", default="1e-3,1e-2", show_default=True, help="Learning rates to try.")
+@click.option("--weight-decay", "weight_decays", default="0,1e-4", show_default=True, help="Weight decays to try.")
+@click.option("--epochs", type=int, default=20, show_default=True, help="Most epochs; the best epoch is chosen.")
+@click.option("--holdout", type=float, default=0.1, show_default=True, help="Fraction of shards held out.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@overwrite_option
+@json_option
+@report_errors
+def select_command(store: str, out: str, lrs: str, weight_decays: str, epochs: int, holdout: float, seed: int,
+                   quiet: bool, overwrite: bool, as_json: bool) -> None:
+    """Choose lr, weight decay and epochs without labels (agreement with held-out pseudo-labels)."""
+    from .select import SelectConfig, select
+
+    result = select(SelectConfig(store=store, out=out, lrs=float_list(lrs, "--lr"),
+                                 weight_decays=float_list(weight_decays, "--weight-decay"), epochs=epochs,
+                                 holdout=holdout, seed=seed, overwrite=overwrite, progress=not quiet))
+    chosen = result["chosen"]
+    emit(result, as_json, f"chose lr={chosen['lr']:g} weight_decay={chosen['weight_decay']:g} "
+         f"epochs={chosen['best_epoch']} (held-out agreement {chosen['holdout_agreement']:.4f}); wrote {out}")

@@ -61,8 +61,10 @@ class PairSource:
         need_teacher_emb: bool = False,
         need_truth: bool = False,
         memory_budget: int = MEMORY_BUDGET_BYTES,
+        excluded_shards: frozenset[int] = frozenset(),
     ) -> None:
         self.store = store
+        self.excluded = excluded_shards
         self.teacher_side = teacher_side
         self.student_side = student_side
         self.teacher_views = self._views(teacher_side, max_views)
@@ -100,16 +102,17 @@ class PairSource:
         return {name: array[start:stop] for name, array in self.cache.items()}
 
     def valid_count(self) -> int:
-        """Samples training will see per epoch."""
-        if not self.streaming:
-            return int(self.cache["valid"].sum())
-        return int(np.asarray(self.store.group["valid"][:]).sum())
+        """Samples training will see per epoch (held-out shards excluded)."""
+        valid = self.cache["valid"] if not self.streaming else np.asarray(self.store.group["valid"][:])
+        size = self.store.layout.shard_size
+        return int(sum(valid[s * size : (s + 1) * size].sum() for s in range(self.store.layout.n_shards)
+                       if s not in self.excluded))
 
     def epoch(self, seed: int, epoch: int, buffer_shards: int = BUFFER_SHARDS) -> Iterator[Buffer]:
         """The buffers of one epoch, in the order fixed by (seed, epoch)."""
         layout = self.store.layout
         rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(layout.n_shards)
+        order = [s for s in rng.permutation(layout.n_shards) if s not in self.excluded]
         for first in range(0, len(order), buffer_shards):
             shards = order[first : first + buffer_shards]
             spans = [(s * layout.shard_size, min(layout.n, (s + 1) * layout.shard_size)) for s in shards]
@@ -126,3 +129,12 @@ class PairSource:
             keep = positions[np.flatnonzero(valid)]
             yield Buffer(arrays, keep[rng.permutation(keep.size)], self.teacher_side, self.student_side,
                          self.teacher_views, self.student_views)
+
+
+def holdout_shards(n_shards: int, fraction: float, seed: int) -> frozenset[int]:
+    """A seeded subset of shards kept out of training for label-free model selection (at least one
+    shard stays in training)."""
+    if fraction <= 0:
+        return frozenset()
+    count = min(n_shards - 1, max(1, round(fraction * n_shards)))
+    return frozenset(np.random.default_rng([seed, 7]).permutation(n_shards)[:count].tolist())

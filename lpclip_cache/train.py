@@ -49,6 +49,7 @@ class TrainConfig:
     student: str = "strong"
     max_views: int | None = None
     ensemble: int = 1
+    holdout: float = 0.0
     overwrite: bool = False
     progress: bool = True
     memory_budget: int | None = None
@@ -79,6 +80,8 @@ def check_config(config: TrainConfig) -> None:
             raise InputError(f"--{name} must be one of {', '.join(allowed)}, got '{getattr(config, name)}'")
     if not 0.0 <= config.threshold < 1.0:
         raise InputError(f"--threshold must be in [0, 1), got {config.threshold}")
+    if not 0.0 <= config.holdout < 1.0:
+        raise InputError(f"--holdout must be in [0, 1), got {config.holdout}")
     if config.ensemble < 1 or (config.max_views is not None and config.max_views < 1):
         raise InputError("--ensemble and --max-views must be at least 1")
 
@@ -171,7 +174,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     from .probe import is_run, save_run
-    from .sampling import MEMORY_BUDGET_BYTES, PairSource
+    from .sampling import MEMORY_BUDGET_BYTES, PairSource, holdout_shards
     from .store import FeatureStore, is_url, prepare_output
 
     check_config(config)
@@ -179,11 +182,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     store = FeatureStore(config.store)
     prepare_output(out, config.overwrite, is_run, "run")
     teacher_side, student_side = sides(store, config)
+    held_out = holdout_shards(store.layout.n_shards, config.holdout, config.seed)
     source = PairSource(
         store, teacher_side, student_side, config.max_views,
         need_teacher_emb=config.targets == "soft" and config.method == "lpclip",
         need_truth=config.method == "supervised",
         memory_budget=MEMORY_BUDGET_BYTES if config.memory_budget is None else config.memory_budget,
+        excluded_shards=held_out,
     )
     head = store.head()
     n_classes, dim = head.shape
@@ -207,11 +212,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
             layer = torch.nn.Linear(dim, n_classes)
             weight[m], bias[m] = layer.weight.detach(), layer.bias.detach()
     optimizer = torch.optim.AdamW([weight, bias], lr=config.lr, weight_decay=config.weight_decay)
-    # label-free progress signal: agreement with the teacher on the clean views of the first rows
-    head_rows = min(store.layout.n, 4096)
-    kept = np.asarray(store.group["valid"][:head_rows])
-    monitor = torch.from_numpy(np.asarray(store.group["clean/emb"][:head_rows])[kept].astype(np.float32))
-    monitor_label = torch.from_numpy(np.asarray(store.group["clean/label"][:head_rows])[kept].astype(np.int64))
+    # label-free progress signal: agreement with the teacher's clean-view pseudo-labels, on the
+    # held-out shards when there are any (model selection), else on the first rows
+    size = store.layout.shard_size
+    spans = [(s * size, min(store.layout.n, (s + 1) * size)) for s in sorted(held_out)] or [
+        (0, min(store.layout.n, 4096))
+    ]
+    kept = np.concatenate([np.asarray(store.group["valid"][a:b]) for a, b in spans])
+    monitor_emb = np.concatenate([np.asarray(store.group["clean/emb"][a:b]) for a, b in spans])[kept]
+    monitor = torch.from_numpy(monitor_emb.astype(np.float32))
+    monitor_label = torch.from_numpy(
+        np.concatenate([np.asarray(store.group["clean/label"][a:b]) for a, b in spans])[kept].astype(np.int64)
+    )
 
     soft = config.targets == "soft" and config.method == "lpclip"
     progress = Progress(config.epochs * n, f"train {out.name}", "samples", enabled=config.progress)
@@ -254,6 +266,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "student_side": student_side,
             "student_views": source.student_views,
             "streamed": source.streaming,
+            "held_out_shards": sorted(held_out),
         },
         "ensemble": members,
         "loss": loss_description(config),

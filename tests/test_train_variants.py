@@ -221,3 +221,36 @@ def test_ablate_trains_every_variant_into_one_table(stores, tmp_path):
     for row in table.values():
         assert 0.0 <= row["stores"][str(stores["store"])]["accuracy"] <= 1.0
     assert "| supervised |" in (tmp_path / "abl" / "ablation.md").read_text()
+
+
+def test_label_free_selection_holds_out_shards_and_never_reads_labels(stores, tmp_path):
+    import json
+
+    from lpclip_cache.select import SelectConfig, select
+
+    results = []
+    for which in ("store", "scrambled"):
+        out = tmp_path / f"sel-{which}"
+        results.append(select(SelectConfig(store=str(stores[which]), out=str(out), lrs=(1e-3, 3e-2),
+                                           weight_decays=(0.0,), epochs=3, holdout=0.2, progress=False)))
+    first, second = results
+    assert first["chosen"] == second["chosen"] and first["grid"] == second["grid"]
+    for a, b in zip(weights_of(tmp_path / "sel-store"), weights_of(tmp_path / "sel-scrambled")):
+        np.testing.assert_array_equal(a, b)
+    assert len(first["grid"]) == 2 and all(len(row["curve"]) == 3 for row in first["grid"])
+    best = max(first["grid"], key=lambda row: row["holdout_agreement"])
+    assert first["chosen"]["holdout_agreement"] == best["holdout_agreement"]
+    info = load_run(tmp_path / "sel-store").info
+    assert info["config"]["lr"] == first["chosen"]["lr"] and info["config"]["epochs"] == first["chosen"]["best_epoch"]
+    assert info["pairs"]["held_out_shards"] == []  # the chosen setting is retrained on every shard
+    assert json.loads((tmp_path / "sel-store" / "selection.json").read_text())["chosen"] == first["chosen"]
+
+
+def test_held_out_shards_are_not_trained_on(stores, tmp_path):
+    from lpclip_cache.sampling import holdout_shards
+
+    summary = train(TrainConfig(store=str(stores["store"]), out=str(tmp_path / "h"), holdout=0.25, epochs=1,
+                                progress=False))
+    held = load_run(tmp_path / "h").info["pairs"]["held_out_shards"]
+    assert held == sorted(holdout_shards(19, 0.25, 0)) and len(held) == 5
+    assert summary["samples"] == 1200 - 64 * len(held) + (64 * 19 - 1200 if 18 in held else 0)
