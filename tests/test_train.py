@@ -122,7 +122,8 @@ def test_run_directory_holds_probe_and_curve(separable, tmp_path):
     losses = [point["loss"] for point in info["curve"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert info["pairs"] == {"samples": 1200, "teacher_side": "weak", "teacher_views": 3,
-                             "student_side": "strong", "student_views": 3, "streamed": False}
+                             "student_side": "strong", "student_views": 3, "streamed": False,
+                             "held_out_shards": []}
     assert info["store"]["cache_key"] and info["config"]["method"] == "lpclip"
 
 
