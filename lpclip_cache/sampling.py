@@ -77,12 +77,6 @@ class PairSource:
         self.cache: dict[str, np.ndarray] = {}
         if not self.streaming:
             self.cache = {name: self._read(name, 0, layout.n) for name in self._names()}
-            if 2 * emb_bytes <= memory_budget:
-                # held as float32 once, so no step pays the fp16 conversion (the values are exact)
-                import torch
-
-                for name in [n for n in self.cache if n.endswith("/emb")]:
-                    self.cache[name] = torch.from_numpy(self.cache[name]).float().numpy()
 
     def _views(self, side: str, max_views: int | None) -> int:
         count = 1 if side == "clean" else self.store.layout.views(side)
