@@ -25,15 +25,25 @@ from lpclip_cache.errors import InputError
 
 __all__ = [
     "accuracy",
+    "adaptive_ece",
     "adjusted_rand_index",
+    "aupr",
+    "aurc",
     "auroc",
+    "balanced_accuracy",
     "brier",
+    "calibration_direction",
     "cluster_purity",
     "ece",
+    "energy_score",
+    "entropy_score",
     "fpr_at_95_tpr",
+    "max_logit_score",
     "max_softmax_probability",
+    "mce",
     "nll",
     "normalized_mutual_info",
+    "top_k_accuracy",
 ]
 
 
@@ -51,19 +61,31 @@ def _is_numeric(arr: np.ndarray) -> bool:
     )
 
 
-def _as_probs(probs: np.ndarray) -> np.ndarray:
-    """Return ``probs`` as a finite, non-empty 2-D float array or raise InputError."""
-    arr = np.asarray(probs)
+def _as_matrix(values: np.ndarray, name: str) -> np.ndarray:
+    """Return ``values`` as a finite, non-empty 2-D float array or raise InputError."""
+    arr = np.asarray(values)
     if arr.ndim != 2:
-        raise InputError(f"probs must be a 2-D (N, C) array, got shape {arr.shape}")
+        raise InputError(f"{name} must be a 2-D (N, C) array, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(f"probs must be non-empty, got shape {arr.shape}")
+        raise InputError(f"{name} must be non-empty, got shape {arr.shape}")
     if not _is_numeric(arr):
-        raise InputError(f"probs must be a numeric array, got dtype {arr.dtype}")
+        raise InputError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     arr = arr.astype(np.float64, copy=False)
     if not np.all(np.isfinite(arr)):
-        raise InputError("probs contains NaN or infinite values")
+        raise InputError(f"{name} contains NaN or infinite values")
     return arr
+
+
+def _as_probs(probs: np.ndarray) -> np.ndarray:
+    """Return ``probs`` as a finite, non-empty 2-D float array or raise InputError."""
+    return _as_matrix(probs, "probs")
+
+
+def _as_positive_int(value: int, name: str) -> int:
+    """Return ``value`` as a Python int >= 1 (bools rejected) or raise InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _as_int_vector(values: np.ndarray, name: str) -> np.ndarray:
@@ -189,13 +211,7 @@ def _bin_sums(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Per-bin (edges, count, summed confidence, summed correctness) and N."""
     p, y = _as_probs_labels(probs, labels)
-    if (
-        isinstance(n_bins, bool)
-        or not isinstance(n_bins, (int, np.integer))
-        or n_bins < 1
-    ):
-        raise InputError(f"n_bins must be a positive integer, got {n_bins!r}")
-    n_bins = int(n_bins)
+    n_bins = _as_positive_int(n_bins, "n_bins")
     conf = p.max(axis=1)
     correct = (np.argmax(p, axis=1) == y).astype(np.float64)
     # Edges are k / n_bins by correctly rounded division, so a confidence written as
@@ -235,6 +251,68 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) ->
     }
 
 
+def _confidence_correct(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample max probability and whether the argmax (first on ties) is right."""
+    return p.max(axis=1), (np.argmax(p, axis=1) == y).astype(np.float64)
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction whose label prob is >= the k-th largest prob of its row (ties count in; k >= C gives 1)."""
+    p, y = _as_probs_labels(probs, labels)
+    k = min(_as_positive_int(k, "k"), p.shape[1])
+    kth_largest = np.partition(p, p.shape[1] - k, axis=1)[:, p.shape[1] - k]
+    return float(np.mean(p[np.arange(p.shape[0]), y] >= kth_largest))
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in ``labels`` of the recall of argmax predictions."""
+    p, y = _as_probs_labels(probs, labels)
+    hits = np.bincount(y, weights=np.argmax(p, axis=1) == y, minlength=p.shape[1])
+    support = np.bincount(y, minlength=p.shape[1])
+    present = support > 0
+    return float(np.mean(hits[present] / support[present]))
+
+
+def calibration_direction(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean confidence minus accuracy: positive is over-confident, negative under-confident."""
+    conf, correct = _confidence_correct(*_as_probs_labels(probs, labels))
+    return float(np.mean(conf) - np.mean(correct))
+
+
+def mce(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Maximum calibration error: max over non-empty ``ece`` bins of |acc_b - conf_b|."""
+    _, count, sum_conf, sum_acc, _ = _bin_sums(probs, labels, n_bins)
+    filled = count > 0
+    return float(np.max(np.abs(sum_acc[filled] - sum_conf[filled]) / count[filled]))
+
+
+def adaptive_ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE over equal-mass bins: stable ascending sort of conf, split as np.array_split."""
+    conf, correct = _confidence_correct(*_as_probs_labels(probs, labels))
+    n_bins = _as_positive_int(n_bins, "n_bins")
+    n = conf.shape[0]
+    order = np.argsort(conf, kind="stable")  # tied confidences keep input order
+    # np.array_split(x, n_bins): the first n % n_bins groups have n // n_bins + 1 items,
+    # the rest n // n_bins; groups that would be empty (n_bins > n) are dropped.
+    sizes = np.full(n_bins, n // n_bins, dtype=np.int64)
+    sizes[: n % n_bins] += 1
+    sizes = sizes[sizes > 0]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    sum_conf = np.add.reduceat(conf[order], starts)
+    sum_acc = np.add.reduceat(correct[order], starts)
+    # (n_b / N) * |acc_b - conf_b| == |sum_acc_b - sum_conf_b| / N
+    return float(np.sum(np.abs(sum_acc - sum_conf)) / n)
+
+
+def aurc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the risk-coverage curve (conf = max prob, stable descending sort: ties keep input order)."""
+    conf, correct = _confidence_correct(*_as_probs_labels(probs, labels))
+    order = np.argsort(-conf, kind="stable")
+    errors = np.cumsum(1.0 - correct[order])
+    # risk at coverage i / N = errors among the i most confident / i; mean over i = 1..N
+    return float(np.mean(errors / np.arange(1, conf.shape[0] + 1)))
+
+
 def max_softmax_probability(probs: np.ndarray) -> np.ndarray:
     """Per-sample maximum class probability, shape (N,)."""
     return _as_probs(probs).max(axis=1)
@@ -271,6 +349,62 @@ def fpr_at_95_tpr(id_conf: np.ndarray, ood_conf: np.ndarray) -> float:
     k = -((-95 * n_ood) // 100)
     cutoff = np.partition(ood_c, k - 1)[k - 1]
     return float(np.mean(id_c <= cutoff))
+
+
+def aupr(id_conf: np.ndarray, ood_conf: np.ndarray) -> float:
+    """Average precision for OOD with score -conf; equal scores are one threshold (as sklearn)."""
+    id_c = _as_conf(id_conf, "id_conf")
+    ood_c = _as_conf(ood_conf, "ood_conf")
+    conf = np.concatenate([id_c, ood_c])
+    is_ood = np.concatenate([np.zeros(id_c.shape[0]), np.ones(ood_c.shape[0])])
+    # Descending score = ascending confidence; the order inside a tie group does not
+    # matter because only the counts at the end of each group (one threshold) are used.
+    order = np.argsort(conf, kind="stable")
+    conf_sorted = conf[order]
+    ends = np.flatnonzero(np.append(conf_sorted[1:] != conf_sorted[:-1], True))
+    tps = np.cumsum(is_ood[order])[ends]
+    precision = tps / (ends + 1)
+    recall = tps / ood_c.shape[0]
+    # AP = sum_n (R_n - R_{n-1}) P_n with R_0 = 0
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+# ------------------------------------------------------------------------------------
+# OOD scores: in-distribution confidence from probabilities or logits (higher = ID)
+# ------------------------------------------------------------------------------------
+
+
+def entropy_score(probs: np.ndarray) -> np.ndarray:
+    """Per-sample negative entropy sum_c p_c ln p_c (nats, 0 ln 0 = 0), shape (N,)."""
+    p = _as_probs(probs)
+    if np.any(p < 0.0):
+        raise InputError("probs must be non-negative for entropy_score")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0.0, p * np.log(p), 0.0)
+    return terms.sum(axis=1)
+
+
+def max_logit_score(logits: np.ndarray) -> np.ndarray:
+    """Per-sample maximum logit, shape (N,)."""
+    return _as_matrix(logits, "logits").max(axis=1)
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative energy T * logsumexp(logits / T) per sample, shape (N,), computed stably."""
+    z = _as_matrix(logits, "logits")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float, np.integer, np.floating))
+        or not (math.isfinite(temperature) and temperature > 0.0)
+    ):
+        raise InputError(f"temperature must be a positive finite number, got {temperature!r}")
+    t = float(temperature)
+    # T * logsumexp(z / T) = max(z) + T * ln(sum exp((z - max z) / T)); every exponent
+    # is <= 0 and the max term contributes exp(0) = 1, so nothing overflows.
+    z_max = z.max(axis=1)
+    with np.errstate(over="ignore"):
+        shifted = (z - z_max[:, None]) / t
+    return z_max + t * np.log(np.sum(np.exp(shifted), axis=1))
 
 
 # ------------------------------------------------------------------------------------

@@ -517,3 +517,384 @@ def test_reliability_bins_are_the_diagram_behind_ece():
     assert m.ece(probs, labels, n_bins=2) == pytest.approx(0.1375)
     empty = m.reliability_bins(probs, labels, n_bins=10)
     assert empty["count"][0] == 0 and np.isnan(empty["accuracy"][0])
+
+
+# ------------------------------------------------------------------------------------
+# top-k and balanced accuracy
+# ------------------------------------------------------------------------------------
+
+
+def test_top_k_accuracy_hand() -> None:
+    # HAND_PROBS rows with p_label and the sorted row:
+    # [.7 .2 .1] label 0: p=.7, 1st .7, 2nd .2 -> top1 yes, top2 yes
+    # [.1 .6 .3] label 2: p=.3, 1st .6, 2nd .3 -> top1 no,  top2 yes
+    # [.3 .3 .4] label 2: p=.4, 1st .4, 2nd .3 -> top1 yes, top2 yes
+    # [.5 .4 .1] label 1: p=.4, 1st .5, 2nd .4 -> top1 no,  top2 yes
+    # top1 = 2/4, top2 = 4/4, top3 = 1 (every label is among 3 of 3 classes)
+    assert m.top_k_accuracy(HAND_PROBS, HAND_LABELS, 1) == pytest.approx(0.5)
+    assert m.top_k_accuracy(HAND_PROBS, HAND_LABELS, 2) == 1.0
+    assert m.top_k_accuracy(HAND_PROBS, HAND_LABELS, 3) == 1.0
+    assert m.top_k_accuracy(HAND_PROBS, np.array([2, 0, 1, 2]), 2) == 0.25  # only row 3 (.3 >= .3)
+    assert m.top_k_accuracy(HAND_PROBS, HAND_LABELS, 10) == 1.0  # k >= C
+
+
+def test_top_k_accuracy_ties_count_in() -> None:
+    # row [.5 .25 .25], label 2: 2nd largest is .25 and p_label = .25 >= .25 -> in the top 2
+    # (argsort-based tie-breaking would put class 1 or 2 out); top1: .25 < .5 -> out
+    probs = np.array([[0.5, 0.25, 0.25]])
+    assert m.top_k_accuracy(probs, np.array([2]), 2) == 1.0
+    assert m.top_k_accuracy(probs, np.array([1]), 2) == 1.0
+    assert m.top_k_accuracy(probs, np.array([2]), 1) == 0.0
+    # all-equal row: every label is within the top 1 (unlike accuracy's first-argmax rule)
+    flat = np.full((4, 4), 0.25)
+    assert m.top_k_accuracy(flat, np.array([0, 1, 2, 3]), 1) == 1.0
+    assert m.accuracy(flat, np.array([0, 1, 2, 3])) == 0.25
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_top_k_accuracy_matches_sklearn(k: int) -> None:
+    from sklearn.metrics import top_k_accuracy_score
+
+    rng = np.random.default_rng(20 + k)
+    probs, labels = _random_probs(rng, 500, 6)  # continuous: no ties
+    expected = top_k_accuracy_score(labels, probs, k=k, labels=np.arange(6))
+    assert m.top_k_accuracy(probs, labels, k) == pytest.approx(expected, abs=1e-12)
+    if k == 1:
+        assert m.top_k_accuracy(probs, labels, 1) == m.accuracy(probs, labels)
+
+
+def test_balanced_accuracy_hand() -> None:
+    # preds = argmax = [0, 1, 2, 0], labels = [0, 2, 2, 1]
+    # class 0: 1 of 1 right -> 1; class 1: 0 of 1 -> 0; class 2: 1 of 2 -> 0.5
+    # balanced = (1 + 0 + 0.5) / 3 = 0.5
+    assert m.balanced_accuracy(HAND_PROBS, HAND_LABELS) == pytest.approx(0.5)
+    # labels [0, 0, 0, 2]: class 0 preds [0, 1, 2] -> 1/3; class 2 pred 0 -> 0;
+    # class 1 absent is skipped: (1/3 + 0) / 2 = 1/6  (plain accuracy would be 1/4)
+    labels = np.array([0, 0, 0, 2])
+    assert m.balanced_accuracy(HAND_PROBS, labels) == pytest.approx(1 / 6)
+    assert m.accuracy(HAND_PROBS, labels) == pytest.approx(0.25)
+
+
+def test_balanced_accuracy_single_class_is_accuracy() -> None:
+    rng = np.random.default_rng(21)
+    probs, _ = _random_probs(rng, 50, 4)
+    labels = np.full(50, 3)
+    assert m.balanced_accuracy(probs, labels) == pytest.approx(m.accuracy(probs, labels))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_balanced_accuracy_matches_sklearn(seed: int) -> None:
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(30 + seed)
+    n, c = int(rng.integers(5, 400)), int(rng.integers(2, 9))
+    probs, labels = _random_probs(rng, n, c)
+    if seed % 2:  # leave some classes out of the labels, but not of the predictions
+        labels = labels % max(1, c // 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+        expected = balanced_accuracy_score(labels, probs.argmax(axis=1))
+    assert m.balanced_accuracy(probs, labels) == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------
+# calibration: adaptive ECE, MCE, direction
+# ------------------------------------------------------------------------------------
+
+
+def _adaptive_ece_reference(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
+    """Loop over np.array_split of the stable ascending sort by confidence."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    total = 0.0
+    for idx in np.array_split(np.argsort(conf, kind="stable"), n_bins):
+        if len(idx):
+            total += len(idx) / len(conf) * abs(correct[idx].mean() - conf[idx].mean())
+    return total
+
+
+def test_adaptive_ece_hand() -> None:
+    # conf (label 0 = right, 1 = wrong): .6 w, .7 w, .8 r, .9 r, .95 r; n_bins = 2 -> sizes 3, 2
+    # bin {.6, .7, .8}: acc 1/3, conf .7   -> 3/5 * |1/3 - .7| = 3/5 * 11/30 = 0.22
+    # bin {.9, .95}:    acc 1,   conf .925 -> 2/5 * .075 = 0.03
+    # adaptive ECE = 0.25  (input given out of order to exercise the sort)
+    conf = np.array([0.9, 0.6, 0.95, 0.7, 0.8])
+    probs = np.stack([conf, 1.0 - conf], axis=1)
+    labels = np.array([0, 1, 0, 1, 0])
+    assert m.adaptive_ece(probs, labels, n_bins=2) == pytest.approx(0.25)
+    # one bin: |acc 3/5 - mean conf 3.95/5| = |.6 - .79| = 0.19
+    # five bins: mean |correct - conf| = (.1 + .6 + .05 + .7 + .2) / 5 = 1.65 / 5 = 0.33,
+    # and more bins than samples (empty groups dropped) gives the same
+    assert m.adaptive_ece(probs, labels, n_bins=1) == pytest.approx(0.19)
+    assert m.adaptive_ece(probs, labels, n_bins=5) == pytest.approx(0.33)
+    assert m.adaptive_ece(probs, labels, n_bins=50) == pytest.approx(0.33)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 7, 15, 600])
+def test_adaptive_ece_matches_loop_reference(n_bins: int) -> None:
+    rng = np.random.default_rng(40 + n_bins)
+    probs, labels = _random_probs(rng, 503, 4)
+    probs = np.round(probs, 2)  # ties in confidence across split points
+    assert m.adaptive_ece(probs, labels, n_bins=n_bins) == pytest.approx(
+        _adaptive_ece_reference(probs, labels, n_bins), abs=1e-12
+    )
+    if n_bins == 1:
+        assert m.adaptive_ece(probs, labels, 1) == pytest.approx(m.ece(probs, labels, 1), abs=1e-12)
+
+
+def test_adaptive_ece_all_equal_confidence() -> None:
+    # every conf .8, 8 of 10 right; the stable sort keeps input order, so with 2 bins of 5
+    # the first holds 5 right (acc 1) and the second 3 right + 2 wrong (acc .6):
+    # 1/2 * |1 - .8| + 1/2 * |.6 - .8| = 0.1 + 0.1 = 0.2; one bin: |.8 - .8| = 0
+    probs = np.array([[0.8, 0.2]] * 10)
+    labels = np.array([0] * 8 + [1] * 2)
+    assert m.adaptive_ece(probs, labels, n_bins=2) == pytest.approx(0.2)
+    assert m.adaptive_ece(probs, labels, n_bins=1) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mce_hand() -> None:
+    # same data as test_ece_hand, n_bins = 5:
+    # (.8, 1]: |.5 - .9| = .4; (.6, .8]: |1 - .7| = .3; (.4, .6]: |0 - .6| = .6; others empty
+    # MCE = max(.4, .3, .6) = 0.6  (ECE weighted the same gaps down to 0.425)
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.4, 0.6]])
+    labels = np.array([0, 1, 1, 0])
+    assert m.mce(probs, labels, n_bins=5) == pytest.approx(0.6)
+    # one bin: |acc .5 - mean conf .775| = 0.275
+    assert m.mce(probs, labels, n_bins=1) == pytest.approx(0.275)
+
+
+def test_mce_bounds_and_matches_reliability_bins() -> None:
+    rng = np.random.default_rng(50)
+    probs, labels = _random_probs(rng, 400, 5)
+    bins = m.reliability_bins(probs, labels, n_bins=10)
+    gaps = np.abs(np.array(bins["accuracy"]) - np.array(bins["confidence"]))
+    assert m.mce(probs, labels, n_bins=10) == pytest.approx(np.nanmax(gaps), abs=1e-12)
+    assert m.mce(probs, labels, n_bins=10) >= m.ece(probs, labels, n_bins=10)
+    # perfectly calibrated (see test_ece_perfectly_calibrated_is_zero) -> 0
+    cal = np.array([[0.8, 0.2]] * 10 + [[0.6, 0.4]] * 5)
+    cal_labels = np.array([0] * 8 + [1] * 2 + [0] * 3 + [1] * 2)
+    assert m.mce(cal, cal_labels) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_calibration_direction() -> None:
+    # HAND: mean conf (.7 + .6 + .4 + .5) / 4 = .55, accuracy .5 -> +0.05 (over-confident)
+    assert m.calibration_direction(HAND_PROBS, HAND_LABELS) == pytest.approx(0.05)
+    # conf .6 everywhere, all right -> .6 - 1 = -0.4 (under-confident)
+    probs = np.array([[0.6, 0.4]] * 3)
+    assert m.calibration_direction(probs, np.zeros(3, dtype=int)) == pytest.approx(-0.4)
+    # with one bin, |direction| is the ECE
+    rng = np.random.default_rng(51)
+    p, y = _random_probs(rng, 200, 3)
+    assert abs(m.calibration_direction(p, y)) == pytest.approx(m.ece(p, y, n_bins=1), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------
+# selective prediction: AURC
+# ------------------------------------------------------------------------------------
+
+
+def _aurc_reference(probs: np.ndarray, labels: np.ndarray) -> float:
+    conf = probs.max(axis=1)
+    wrong = probs.argmax(axis=1) != labels
+    order = sorted(range(len(conf)), key=lambda i: -conf[i])  # stable
+    return float(np.mean([wrong[order[:i]].mean() for i in range(1, len(conf) + 1)]))
+
+
+def test_aurc_hand() -> None:
+    # HAND conf / correct: .7 r, .6 w, .4 r, .5 w; descending .7 r, .6 w, .5 w, .4 r
+    # errors among top i: 0, 1, 2, 2 -> risks 0/1, 1/2, 2/3, 2/4
+    # AURC = (0 + .5 + .666667 + .5) / 4 = 1.666667 / 4 = 5/12 = 0.416667
+    assert m.aurc(HAND_PROBS, HAND_LABELS) == pytest.approx(5 / 12)
+
+
+def test_aurc_ties_keep_input_order_and_extremes() -> None:
+    # equal conf .5: [wrong, right] -> risks 1/1, 1/2 -> 0.75; [right, wrong] -> 0, 1/2 -> 0.25
+    probs = np.array([[0.5, 0.5], [0.5, 0.5]])
+    assert m.aurc(probs, np.array([1, 0])) == pytest.approx(0.75)
+    assert m.aurc(probs, np.array([0, 1])) == pytest.approx(0.25)
+    # all right -> 0; all wrong -> 1
+    assert m.aurc(np.eye(3), np.arange(3)) == 0.0
+    assert m.aurc(np.eye(3), np.array([1, 2, 0])) == 1.0
+
+
+def test_aurc_matches_reference_and_rewards_ranking() -> None:
+    rng = np.random.default_rng(60)
+    probs, labels = _random_probs(rng, 300, 4)
+    probs = np.round(probs, 2)
+    assert m.aurc(probs, labels) == pytest.approx(_aurc_reference(probs, labels), abs=1e-12)
+    # make the right answers the most confident: AURC must drop
+    conf = probs.max(axis=1)
+    right = probs.argmax(axis=1) == labels
+    boosted = np.where(right[:, None], probs, probs * 0.5)
+    boosted[np.arange(300), probs.argmax(axis=1)] = np.where(right, 0.99, conf * 0.5)
+    assert m.aurc(boosted, labels) < m.aurc(probs, labels)
+
+
+# ------------------------------------------------------------------------------------
+# OOD: AUPR
+# ------------------------------------------------------------------------------------
+
+
+def test_aupr_hand() -> None:
+    # id = [.9, .6, .3], ood = [.6, .6, .2]; score -conf, so thresholds in ascending conf:
+    # conf <= .2: tp 1 fp 0 -> P 1,   R 1/3
+    # conf <= .3: tp 1 fp 1 -> P 1/2, R 1/3
+    # conf <= .6: tp 3 fp 2 -> P 3/5, R 1     (the tie {id .6, ood .6, ood .6} is one threshold)
+    # conf <= .9: tp 3 fp 3 -> P 1/2, R 1
+    # AP = 1/3 * 1 + 0 * 1/2 + 2/3 * 3/5 + 0 = 1/3 + 2/5 = 11/15 = 0.733333
+    # (breaking the tie id-first would give 0.7, ood-first 29/36 = 0.805556)
+    assert m.aupr(np.array([0.9, 0.6, 0.3]), np.array([0.6, 0.6, 0.2])) == pytest.approx(11 / 15)
+
+
+def test_aupr_degenerate() -> None:
+    # perfect separation -> 1; all equal -> one threshold: P = n_ood / N = 3/8
+    id_hi, ood_lo = np.array([0.8, 0.9]), np.array([0.1, 0.2])
+    assert m.aupr(id_hi, ood_lo) == 1.0
+    assert m.aupr(np.full(5, 0.4), np.full(3, 0.4)) == pytest.approx(3 / 8)
+    # reversed: both ID ranked first; OOD hits at ranks 3, 4: AP = (1/3 + 2/4) / 2 = 5/12
+    assert m.aupr(ood_lo, id_hi) == pytest.approx(5 / 12)
+
+
+@pytest.mark.parametrize("rounding", [None, 1, 2])
+def test_aupr_matches_sklearn(rounding: int | None) -> None:
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(70 + (rounding or 0))
+    id_conf = rng.beta(5, 2, size=600)
+    ood_conf = rng.beta(2, 3, size=300)
+    if rounding is not None:  # many ties
+        id_conf, ood_conf = np.round(id_conf, rounding), np.round(ood_conf, rounding)
+    y = np.concatenate([np.zeros(600), np.ones(300)])
+    score = -np.concatenate([id_conf, ood_conf])
+    assert m.aupr(id_conf, ood_conf) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+
+
+def test_aupr_degenerate_match_sklearn() -> None:
+    from sklearn.metrics import average_precision_score
+
+    cases = [
+        (np.array([0.8, 0.9]), np.array([0.1, 0.2])),
+        (np.array([0.1, 0.2]), np.array([0.8, 0.9])),
+        (np.full(5, 0.4), np.full(3, 0.4)),
+        (np.array([0.5]), np.array([0.5, 0.5, 0.1])),
+    ]
+    for id_conf, ood_conf in cases:
+        y = np.concatenate([np.zeros(len(id_conf)), np.ones(len(ood_conf))])
+        expected = average_precision_score(y, -np.concatenate([id_conf, ood_conf]))
+        assert m.aupr(id_conf, ood_conf) == pytest.approx(expected, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------
+# OOD scores
+# ------------------------------------------------------------------------------------
+
+
+def test_entropy_score() -> None:
+    # [.5 .5 0]: -(2 * .5 ln 2) = -ln 2 (0 ln 0 = 0); one-hot: 0; uniform over 4: -ln 4
+    probs = np.array([[0.5, 0.5, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.25] * 4])
+    np.testing.assert_allclose(m.entropy_score(probs), [-math.log(2), 0.0, -math.log(4)], atol=1e-15)
+    rng = np.random.default_rng(80)
+    p, _ = _random_probs(rng, 50, 6)
+    np.testing.assert_allclose(m.entropy_score(p), np.sum(p * np.log(p), axis=1), rtol=1e-12)
+    # more peaked -> higher (more in-distribution) score
+    assert m.entropy_score(np.array([[0.9, 0.1]]))[0] > m.entropy_score(np.array([[0.6, 0.4]]))[0]
+    with pytest.raises(InputError):
+        m.entropy_score(np.array([[1.5, -0.5]]))
+
+
+def test_max_logit_score() -> None:
+    logits = np.array([[1.0, -2.0, 3.5], [-1.0, -0.5, -7.0]])
+    np.testing.assert_array_equal(m.max_logit_score(logits), [3.5, -0.5])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
+def test_energy_score_matches_float64_logsumexp(temperature: float) -> None:
+    rng = np.random.default_rng(90)
+    logits = rng.normal(scale=3.0, size=(40, 7))
+    expected = temperature * np.log(np.sum(np.exp(logits.astype(np.float64) / temperature), axis=1))
+    np.testing.assert_allclose(m.energy_score(logits, temperature=temperature), expected, rtol=1e-12)
+
+
+def test_energy_score_large_logits_and_limits() -> None:
+    # logits 1e4: naive exp overflows; lse([1e4, 1e4, 1e4 - 1]) = 1e4 + ln(2 + e^-1)
+    logits = np.array([[1e4, 1e4, 1e4 - 1.0], [-1e4, 0.0, 1e4]])
+    out = m.energy_score(logits)
+    assert np.all(np.isfinite(out))
+    assert out[0] == pytest.approx(1e4 + math.log(2 + math.exp(-1)), rel=1e-15)
+    assert out[1] == pytest.approx(1e4, rel=1e-15)
+    # small T tends to the max logit; a constant row gives max + T ln C
+    z = np.array([[2.0, 1.0, -3.0]])
+    assert m.energy_score(z, temperature=1e-3)[0] == pytest.approx(2.0, abs=1e-12)
+    assert m.energy_score(np.full((1, 4), 5.0), temperature=2.0)[0] == pytest.approx(5 + 2 * math.log(4))
+    assert np.all(np.isfinite(m.energy_score(logits, temperature=1e-300)))
+
+
+# ------------------------------------------------------------------------------------
+# input validation for the additions
+# ------------------------------------------------------------------------------------
+
+NEW_CLASSIFICATION: list[Callable[..., float]] = [
+    m.balanced_accuracy,
+    m.adaptive_ece,
+    m.mce,
+    m.calibration_direction,
+    m.aurc,
+    lambda p, y: m.top_k_accuracy(p, y, 1),
+]
+
+
+@pytest.mark.parametrize("fn", NEW_CLASSIFICATION)
+@pytest.mark.parametrize(
+    ("probs", "labels"),
+    [
+        (np.array([0.6, 0.4]), LABELS),  # probs 1-D
+        (np.zeros((0, 2)), np.zeros(0, dtype=int)),  # empty
+        (PROBS, np.array([0, 1, 1])),  # N mismatch
+        (PROBS, np.array([0, 2])),  # label out of range
+        (PROBS, np.array([0.0, 1.0])),  # float labels
+        (np.array([[np.nan, 1.0], [0.5, 0.5]]), LABELS),  # NaN
+    ],
+)
+def test_new_classification_bad_inputs(fn: Callable[..., float], probs: np.ndarray, labels: np.ndarray) -> None:
+    with pytest.raises(InputError):
+        fn(probs, labels)
+
+
+def test_new_bad_arguments() -> None:
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(InputError, match="n_bins"):
+            m.adaptive_ece(PROBS, LABELS, n_bins=bad)
+        with pytest.raises(InputError, match="n_bins"):
+            m.mce(PROBS, LABELS, n_bins=bad)
+        with pytest.raises(InputError, match="k must"):
+            m.top_k_accuracy(PROBS, LABELS, bad)
+    for bad_t in (0.0, -1.0, math.inf, math.nan, True):
+        with pytest.raises(InputError, match="temperature"):
+            m.energy_score(PROBS, temperature=bad_t)
+
+
+@pytest.mark.parametrize("fn", [m.entropy_score, m.max_logit_score, m.energy_score])
+@pytest.mark.parametrize(
+    "values",
+    [np.array([0.5, 0.5]), np.ones((1, 2, 2)), np.zeros((0, 3)), np.zeros((2, 0)), np.array([[np.inf, 0.0]])],
+)
+def test_ood_scores_bad_inputs(fn: Callable[..., np.ndarray], values: np.ndarray) -> None:
+    with pytest.raises(InputError):
+        fn(values)
+
+
+@pytest.mark.parametrize(
+    ("id_conf", "ood_conf"),
+    [
+        (np.ones((2, 2)), np.ones(3)),
+        (np.ones(3), np.ones((3, 1))),
+        (np.zeros(0), np.ones(3)),
+        (np.ones(3), np.zeros(0)),
+        (np.array([0.5, np.nan]), np.ones(3)),
+    ],
+)
+def test_aupr_bad_inputs(id_conf: np.ndarray, ood_conf: np.ndarray) -> None:
+    with pytest.raises(InputError):
+        m.aupr(id_conf, ood_conf)
