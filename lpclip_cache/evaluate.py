@@ -18,6 +18,7 @@ import numpy as np
 
 from . import metrics
 from .errors import StoreError
+from .probe import softmax
 
 METHOD_NAMES = ("teacher", "probe")
 
@@ -45,13 +46,46 @@ def check_compatible(run: Any, store: Any, role: str) -> None:
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy, NLL, Brier, ECE (15 bins) and mean confidence."""
-    return {
+    """Accuracy (top-1, top-5, balanced), NLL, Brier, calibration (ECE, adaptive ECE, MCE and its
+    direction), AURC and mean confidence."""
+    values = {
         "accuracy": metrics.accuracy(probs, labels),
+        "balanced_accuracy": metrics.balanced_accuracy(probs, labels),
         "nll": metrics.nll(probs, labels),
         "brier": metrics.brier(probs, labels),
         "ece": metrics.ece(probs, labels, n_bins=15),
+        "adaptive_ece": metrics.adaptive_ece(probs, labels, n_bins=15),
+        "mce": metrics.mce(probs, labels, n_bins=15),
+        "overconfidence": metrics.calibration_direction(probs, labels),
+        "aurc": metrics.aurc(probs, labels),
         "confidence": float(metrics.max_softmax_probability(probs).mean()),
+    }
+    if probs.shape[1] > 5:
+        values["top5_accuracy"] = metrics.top_k_accuracy(probs, labels, 5)
+    return values
+
+
+OOD_SCORES = {
+    "msp": lambda probs, logits: metrics.max_softmax_probability(probs),
+    "entropy": lambda probs, logits: metrics.entropy_score(probs),
+    "max_logit": lambda probs, logits: metrics.max_logit_score(logits),
+    "energy": lambda probs, logits: metrics.energy_score(logits),
+}
+
+
+def ood_scores(probs: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Every in-distribution confidence score of a method's outputs (higher = more in-distribution)."""
+    return {name: score(probs, logits) for name, score in OOD_SCORES.items()}
+
+
+def score_logits(run: Any, store: Any) -> dict[str, np.ndarray]:
+    """Logits of each method on a store's valid clean embeddings (an ensemble: log mean probabilities)."""
+    from .probe import teacher_logits
+
+    emb = store.read("clean/emb")[store.read("valid")]
+    return {
+        "teacher": teacher_logits(emb, run.head, run.logit_scale, run.temperature).astype(np.float64),
+        "probe": run.probe_logits(emb).astype(np.float64),
     }
 
 
@@ -75,7 +109,8 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
         "run": str(Path(run_path)),
         "method": run.info["config"]["method"],
         "ensemble": run.members,
-        "metrics": {"ece_bins": 15, "ood_score": "max softmax probability", "ood_positive": True},
+        "metrics": {"ece_bins": 15, "ood_score": "max softmax probability (others under 'scores')",
+                    "ood_positive": True},
         "stores": {},
         "ood": {},
     }
@@ -84,7 +119,8 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
     for path in stores:
         store = FeatureStore(path)
         check_compatible(run, store, "in-distribution")
-        probs = score_store(run, store)
+        logits = score_logits(run, store)
+        probs = {m: softmax(v, np.float64) for m, v in logits.items()}
         labels = store.labels()[store.read("valid")]
         entry: dict[str, Any] = {"samples": int(labels.size)}
         known = labels >= 0
@@ -95,22 +131,26 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
                 entry[method] = {"confidence": float(metrics.max_softmax_probability(probs[method]).mean())}
         report["stores"][path] = entry
         if reference is None:
-            reference = {m: metrics.max_softmax_probability(p) for m, p in probs.items()}
+            reference = {m: ood_scores(probs[m], logits[m]) for m in METHOD_NAMES}
             reference_name = path
             if run.members > 1:
                 reference_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])
     for path in ood:
         store = FeatureStore(path)
         check_compatible(run, store, "OOD")
-        probs = score_store(run, store)
-        entry = {"samples": int(next(iter(probs.values())).shape[0]), "reference": reference_name}
+        logits = score_logits(run, store)
+        entry = {"samples": int(logits["probe"].shape[0]), "reference": reference_name}
         for method in METHOD_NAMES:
-            ood_conf = metrics.max_softmax_probability(probs[method])
-            entry[method] = {
-                "auroc": metrics.auroc(reference[method], ood_conf),
-                "fpr95": metrics.fpr_at_95_tpr(reference[method], ood_conf),
-                "confidence": float(ood_conf.mean()),
+            scores = ood_scores(softmax(logits[method], np.float64), logits[method])
+            per_score = {
+                name: {
+                    "auroc": metrics.auroc(reference[method][name], values),
+                    "aupr": metrics.aupr(reference[method][name], values),
+                    "fpr95": metrics.fpr_at_95_tpr(reference[method][name], values),
+                }
+                for name, values in scores.items()
             }
+            entry[method] = {**per_score["msp"], "confidence": float(scores["msp"].mean()), "scores": per_score}
         if run.members > 1:
             # the ensemble's mutual information as a second score: higher means OOD, so negate it
             ood_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])

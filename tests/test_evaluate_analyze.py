@@ -105,3 +105,22 @@ def test_latent_clusters_without_labels_uses_pseudo_labels_only(world):
     report = latent_clusters(str(world["ood"]), 3)
     assert report["references"] == ["pseudo_labels"]
     assert "vs_true_labels" not in report["spaces"]["clip"]
+
+
+def test_report_has_every_calibration_metric_and_ood_score(world):
+    from scipy.special import logsumexp
+
+    report = evaluate(str(world["run"]), [str(world["test"])], [str(world["ood"])])
+    entry = report["stores"][str(world["test"])]["teacher"]
+    assert {"balanced_accuracy", "adaptive_ece", "mce", "overconfidence", "aurc", "top5_accuracy"} <= set(entry)
+    assert entry["mce"] >= entry["ece"] - 1e-12
+    scores = report["ood"][str(world["ood"])]["teacher"]["scores"]
+    assert set(scores) == {"msp", "entropy", "max_logit", "energy"}
+    # the energy score by hand: T * logsumexp(logits / T) with the teacher's logits, T = 1
+    id_logits = 30.0 * world["test_clean"].astype(np.float16).astype(np.float64) @ world["teacher"].T
+    ood_logits = 30.0 * world["ood_clean"].astype(np.float16).astype(np.float64) @ world["teacher"].T
+    expected = metrics.auroc(logsumexp(id_logits, axis=1), logsumexp(ood_logits, axis=1))
+    assert scores["energy"]["auroc"] == pytest.approx(expected, abs=1e-4)
+    assert scores["max_logit"]["auroc"] == pytest.approx(
+        metrics.auroc(id_logits.max(1), ood_logits.max(1)), abs=1e-4)
+    assert report["ood"][str(world["ood"])]["teacher"]["auroc"] == scores["msp"]["auroc"]
