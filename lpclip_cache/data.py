@@ -156,9 +156,61 @@ def generated_shapes(spec: str, rest: str, split: str | None, download: bool) ->
     return open_shapes(spec, rest, split, download)
 
 
+def cifar_corrupted(variant: str) -> Callable[[str, str, str | None, bool], ArraySource]:
+    """A builder for the CIFAR-10-C / CIFAR-100-C layout: ``ROOT/<corruption>.npy`` (5 severities
+    of 10,000 test images stacked, severity 1 first) and ``ROOT/labels.npy``.
+
+    Spec: ``cifar10c:ROOT:CORRUPTION:SEVERITY``. The arrays are memory-mapped and only the chosen
+    severity's rows are read.
+    """
+
+    def build(spec: str, rest: str, split: str | None, download: bool) -> ArraySource:
+        parts = rest.rsplit(":", 2)
+        if len(parts) != 3 or not parts[2].isdigit() or not 1 <= int(parts[2]) <= 5:
+            raise InputError(f"data spec '{spec}' should read {variant}:ROOT:CORRUPTION:SEVERITY (severity 1-5)")
+        root, corruption, severity = Path(parts[0]).expanduser(), parts[1], int(parts[2])
+        images, labels = root / f"{corruption}.npy", root / "labels.npy"
+        if not images.is_file() or not labels.is_file():
+            found = sorted(p.stem for p in root.glob("*.npy") if p.stem != "labels") if root.is_dir() else []
+            raise InputError(
+                f"{variant}: '{images if not images.is_file() else labels}' not found (corruptions under "
+                f"'{root}': {', '.join(found[:6]) or 'none'}): point at the folder holding <corruption>.npy "
+                "and labels.npy"
+            )
+        try:
+            pixels = np.load(images, mmap_mode="r")
+            truth = np.load(labels, mmap_mode="r")
+        except ValueError as exc:
+            raise InputError(f"{variant}: '{images}' is not a readable .npy array ({exc})") from exc
+        per = len(truth) // 5
+        shape_ok = pixels.ndim == 4 and pixels.shape[-1] == 3 and pixels.dtype == np.uint8
+        if not shape_ok or len(pixels) != len(truth) or per == 0 or len(truth) % 5:
+            raise InputError(
+                f"{variant}: '{images}' holds {pixels.dtype} {tuple(pixels.shape)} and labels.npy {len(truth)} rows; "
+                "expected uint8 N x H x W x 3 with one label per image (5 severities stacked)"
+            )
+        rows = slice((severity - 1) * per, severity * per)
+        identity = {"kind": f"{variant}c", "spec": spec, "root": str(root.resolve()), "split": split,
+                    "corruption": corruption, "severity": severity}
+        keys = [f"{variant}c/{corruption}/{severity}/{i}" for i in range(per)]
+        classnames = [prompt_name(n) for n in _cifar_classnames(variant)]
+        return ArraySource(np.ascontiguousarray(pixels[rows]), keys, np.asarray(truth[rows], np.int32), classnames,
+                           identity)
+
+    return build
+
+
+def _cifar_classnames(variant: str) -> list[str]:
+    from .prompts import load_classnames
+
+    return load_classnames(variant)
+
+
 BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
     "cifar10": torchvision_cifar("cifar10"),
     "cifar100": torchvision_cifar("cifar100"),
+    "cifar10c": cifar_corrupted("cifar10"),
+    "cifar100c": cifar_corrupted("cifar100"),
     "shapes": generated_shapes,
 }
 

@@ -68,14 +68,17 @@ def check_config(config: ExtractConfig) -> None:
         return
     out = Path(config.out).resolve()
     prefix, _, rest = config.data.partition(":")
-    data = Path(rest if prefix in ("cifar10", "cifar100") else config.data).expanduser().resolve()
+    data = Path(rest.split(":")[0] if prefix in ("cifar10", "cifar100", "cifar10c", "cifar100c") else config.data)
+    data = data.expanduser().resolve()
     if data.exists() and (out == data or data in out.parents):
         raise InputError(f"--out '{config.out}' lies inside the input data '{data}': write the store elsewhere")
 
 
 def default_templates(identity: dict[str, Any]) -> str:
     """The template set the CLIP literature uses for a dataset kind."""
-    return {"cifar10": "cifar10", "cifar100": "cifar100", "shapes": "shapes"}.get(identity["kind"], "imagenet")
+    kinds = {"cifar10": "cifar10", "cifar100": "cifar100", "cifar10c": "cifar10", "cifar100c": "cifar100",
+             "shapes": "shapes"}
+    return kinds.get(identity["kind"], "imagenet")
 
 
 def library_versions() -> dict[str, str]:

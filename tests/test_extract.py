@@ -184,3 +184,47 @@ def test_undecodable_image_is_an_error_or_recorded_with_skip_bad(image_folder, t
     valid = store.read("valid")
     assert keys[~valid].tolist() == ["class_1/broken.jpg"]
     assert store.meta["invalid"][0]["key"] == "class_1/broken.jpg"
+
+
+@pytest.fixture(scope="module")
+def cifar_c_root(cifar_root, tmp_path_factory):
+    """The CIFAR-10-C file layout made from 200 real CIFAR-10 test JPEGs and the project's corruptions."""
+    from PIL import Image
+
+    from lpclip_cache.corruptions import corrupt
+    from lpclip_cache.data import open_source
+
+    clean = open_source(str(cifar_root), "test")
+    pixels = np.stack([np.asarray(Image.open(cifar_root / "test" / k).convert("RGB")) for k in clean.keys])
+    root = tmp_path_factory.mktemp("cifar10c")
+    np.save(root / "gaussian_noise.npy", np.concatenate([corrupt(pixels, "gaussian_noise", s) for s in range(1, 6)]))
+    np.save(root / "labels.npy", np.tile(clean.labels, 5).astype(np.uint8))
+    return root, pixels, clean.labels
+
+
+def test_cifar_c_layout_reads_one_severity(cifar_c_root, tiny_checkpoint, tmp_path):
+    from lpclip_cache.corruptions import corrupt
+    from lpclip_cache.data import open_source
+
+    root, pixels, labels = cifar_c_root
+    source = open_source(f"cifar10c:{root}:gaussian_noise:3")
+    assert len(source) == 200 and source.classnames[:2] == ["airplane", "automobile"]
+    np.testing.assert_array_equal(source.pixels, corrupt(pixels, "gaussian_noise", 3))
+    np.testing.assert_array_equal(source.labels, labels)
+    assert source.identity["severity"] == 3 and source.identity["corruption"] == "gaussian_noise"
+    store = build(tmp_path / "c.zarr", f"cifar10c:{root}:gaussian_noise:3", tiny_checkpoint, split=None,
+                  weak_views=0, strong_views=0, templates=None)
+    assert store.manifest["templates"][0] == "a photo of a {}." and len(store.manifest["templates"]) == 18
+
+
+@pytest.mark.parametrize(
+    ("suffix", "message"),
+    [(":gaussian_noise:7", "severity 1-5"), (":fog:2", "fog.npy' not found"), (":gaussian_noise", "should read")],
+)
+def test_cifar_c_bad_specs(cifar_c_root, suffix, message):
+    from lpclip_cache.data import open_source
+    from lpclip_cache.errors import InputError
+
+    root, _, _ = cifar_c_root
+    with pytest.raises(InputError, match=message):
+        open_source(f"cifar10c:{root}{suffix}")
