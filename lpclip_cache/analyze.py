@@ -95,3 +95,96 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{space:<8} {reference:<14} {values['purity']:7.4f} {values['nmi']:7.4f} {values['ari']:7.4f}"
             )
     return "\n".join(lines)
+
+
+def knn_agreement(points: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of each point's k nearest neighbours (cosine, itself excluded) sharing its label."""
+    import faiss
+
+    data = np.ascontiguousarray(points, dtype=np.float32)
+    faiss.normalize_L2(data)
+    n = data.shape[0]
+    if not 1 <= k < n:
+        raise InputError(f"--k must be between 1 and the number of samples - 1 ({n - 1}), got {k}")
+    index = faiss.IndexFlatIP(data.shape[1])
+    index.add(data)
+    _, neighbours = index.search(data, k + 1)
+    rows = np.arange(n)[:, None]
+    # drop each point itself (normally first; with duplicates it may sit elsewhere in the list)
+    others = np.where(neighbours[:, :1] == rows, neighbours[:, 1:], neighbours[:, :k])
+    return float((labels[others] == labels[:, None]).mean())
+
+
+def class_geometry(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Silhouette (cosine distance) and mean intra- over inter-class distance, exactly via class means.
+
+    For unit vectors the mean cosine distance from x to a set is 1 - x . (mean of the set), so
+    both are O(N C D) without a pairwise matrix. A point alone in its class scores 0, as in the
+    usual definition.
+    """
+    x = points.astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    keep = counts[inverse] > 1
+    if classes.size < 2 or keep.sum() < 2:
+        return {"silhouette": float("nan"), "intra_inter_ratio": float("nan")}
+    sums = np.zeros((classes.size, x.shape[1]))
+    np.add.at(sums, inverse, x)
+    means = sums / counts[:, None]
+    dots = x @ means.T  # N x C: x . mean_c
+    own = inverse
+    own_count = counts[own]
+    a = 1 - (own_count * dots[np.arange(len(x)), own] - 1) / np.maximum(own_count - 1, 1)
+    other = 1 - dots
+    other[np.arange(len(x)), own] = np.inf
+    b = other.min(axis=1)
+    silhouette = np.where(keep, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)  # 0 for singletons
+    norms2 = (sums**2).sum(axis=1)
+    intra_pairs = counts * (counts - 1)
+    intra = float((intra_pairs - (norms2 - counts)).sum() / intra_pairs.sum())
+    cross = sums @ sums.T
+    pair_counts = np.outer(counts, counts).astype(np.float64)
+    mask = ~np.eye(classes.size, dtype=bool)
+    inter = float((pair_counts[mask] - cross[mask]).sum() / pair_counts[mask].sum())
+    return {"silhouette": float(silhouette.mean()), "intra_inter_ratio": intra / inter}
+
+
+def latent_neighbors(store_path: str, k: int = 10, run_path: str | None = None) -> dict[str, Any]:
+    """kNN label agreement, silhouette and intra/inter distance ratio of CLIP's space (and the probe's)."""
+    from .evaluate import check_compatible
+    from .probe import load_run
+    from .store import FeatureStore
+
+    store = FeatureStore(store_path)
+    valid = store.read("valid")
+    emb = store.read("clean/emb")[valid].astype(np.float32)
+    labels = store.labels()[valid]
+    references: dict[str, np.ndarray] = {"pseudo_labels": store.read("clean/label")[valid].astype(np.int64)}
+    if (labels >= 0).all():
+        references["true_labels"] = labels.astype(np.int64)
+    spaces = {"clip": emb}
+    if run_path:
+        run = load_run(run_path)
+        check_compatible(run, store, "analysed")
+        spaces["probe"] = run.probe_logits(emb)
+    report: dict[str, Any] = {"store": store_path, "k": k, "samples": int(emb.shape[0]),
+                              "references": sorted(references), "spaces": {}}
+    for space, points in spaces.items():
+        report["spaces"][space] = {
+            f"vs_{name}": {"knn_agreement": knn_agreement(points, ref, k), **class_geometry(points, ref)}
+            for name, ref in references.items()
+        }
+    if run_path:
+        report["run"] = run_path
+    return report
+
+
+def format_neighbors(report: dict[str, Any]) -> str:
+    """One row per (space, reference): kNN agreement, silhouette, intra/inter ratio."""
+    lines = [f"{'space':<8} {'against':<14} {'knn':>7} {'silh':>7} {'ratio':>7}", "-" * 47]
+    for space, entry in report["spaces"].items():
+        for reference in report["references"]:
+            v = entry[f"vs_{reference}"]
+            lines.append(f"{space:<8} {reference:<14} {v['knn_agreement']:7.4f} {v['silhouette']:7.4f} "
+                         f"{v['intra_inter_ratio']:7.4f}")
+    return "\n".join(lines)

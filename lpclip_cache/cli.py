@@ -217,6 +217,23 @@ def clusters(store: str, run_path: str | None, k: int, seed: int, out: str, over
     emit(report, as_json, format_table(report) + f"\nwrote {out}")
 
 
+@latent.command()
+@click.option("--store", required=True, help="Feature store to analyse (its clean view).")
+@click.option("--run", "run_path", default=None, help="Also analyse this run's probe output space.")
+@click.option("--k", type=int, default=10, show_default=True, help="Neighbours per point.")
+@click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
+@overwrite_option
+@json_option
+@report_errors
+def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: bool, as_json: bool) -> None:
+    """kNN label agreement (FAISS), silhouette and intra/inter-class distance ratio."""
+    from .analyze import format_neighbors, latent_neighbors
+
+    report = latent_neighbors(store, k, run_path)
+    write_report(report, out, overwrite)
+    emit(report, as_json, format_neighbors(report) + f"\nwrote {out}")
+
+
 @main.command()
 @click.argument("store")
 @json_option

@@ -124,3 +124,41 @@ def test_report_has_every_calibration_metric_and_ood_score(world):
     assert scores["max_logit"]["auroc"] == pytest.approx(
         metrics.auroc(id_logits.max(1), ood_logits.max(1)), abs=1e-4)
     assert report["ood"][str(world["ood"])]["teacher"]["auroc"] == scores["msp"]["auroc"]
+
+
+def test_neighbour_and_geometry_scores_match_brute_force():
+    from sklearn.metrics import silhouette_score
+
+    from lpclip_cache.analyze import class_geometry, knn_agreement
+
+    _, labels, points, _ = clustered_embeddings(300, 4, 12, spread=0.4, seed=8)
+    labels[:1] = 9  # a class with a single member
+    geometry = class_geometry(points, labels)
+    assert geometry["silhouette"] == pytest.approx(silhouette_score(points, labels, metric="cosine"), abs=1e-9)
+    unit_points = points / np.linalg.norm(points, axis=1, keepdims=True)
+    distance = 1 - unit_points @ unit_points.T
+    same = labels[:, None] == labels[None, :]
+    off_diagonal = ~np.eye(len(points), dtype=bool)
+    expected_ratio = distance[same & off_diagonal].mean() / distance[~same].mean()
+    assert geometry["intra_inter_ratio"] == pytest.approx(expected_ratio, rel=1e-9)
+    order = np.argsort(distance + np.eye(len(points)) * 9, axis=1)[:, :5]
+    assert knn_agreement(points, labels, k=5) == pytest.approx(float((labels[order] == labels[:, None]).mean()))
+
+
+def test_latent_neighbors_command(world, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lpclip_cache.cli import main
+
+    out = tmp_path / "n.json"
+    result = CliRunner().invoke(main, ["analyze", "latent", "neighbors", "--store", str(world["test"]), "--run",
+                                       str(world["run"]), "--k", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(out.read_text())
+    clip = report["spaces"]["clip"]["vs_true_labels"]
+    assert set(clip) == {"knn_agreement", "silhouette", "intra_inter_ratio"}
+    # well-separated classes: neighbours agree, and points sit nearer their own class than others
+    assert clip["knn_agreement"] > 0.8 and clip["intra_inter_ratio"] < 1.0 and clip["silhouette"] > 0
+    assert "probe" in report["spaces"]
