@@ -55,8 +55,9 @@ def score_space(points: np.ndarray, k: int, seed: int, references: dict[str, np.
     }
 
 
-def latent_clusters(store_path: str, k: int, run_path: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """Cluster CLIP's clean embeddings (and the probe's outputs) and compare with labels."""
+def load_spaces(store_path: str, run_path: str | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The spaces to analyse (CLIP's clean embeddings, and the probe's logits with a run) and the
+    reference labellings (teacher pseudo-labels, and true labels where every one is known)."""
     from .evaluate import check_compatible
     from .probe import load_run
     from .store import FeatureStore
@@ -68,20 +69,34 @@ def latent_clusters(store_path: str, k: int, run_path: str | None = None, seed: 
     references: dict[str, np.ndarray] = {"pseudo_labels": store.read("clean/label")[valid].astype(np.int64)}
     if (labels >= 0).all():
         references["true_labels"] = labels.astype(np.int64)
-    report: dict[str, Any] = {
-        "store": store_path,
-        "k": k,
-        "samples": int(emb.shape[0]),
-        "seed": seed,
-        "kmeans": {"library": "faiss", "spherical": True, "niter": 25, "nredo": 5},
-        "references": sorted(references),
-        "spaces": {"clip": score_space(emb, k, seed, references)},
-    }
+    spaces = {"clip": emb}
     if run_path:
         run = load_run(run_path)
         check_compatible(run, store, "analysed")
+        spaces["probe"] = run.probe_logits(emb)
+    return spaces, references
+
+
+def latent_clusters(
+    store_path: str, k: int, run_path: str | None = None, seed: int = 0, sweep: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """Cluster CLIP's clean embeddings (and the probe's outputs) and compare with labels; ``sweep``
+    repeats the scores for other numbers of clusters."""
+    spaces, references = load_spaces(store_path, run_path)
+    report: dict[str, Any] = {
+        "store": store_path,
+        "k": k,
+        "samples": int(spaces["clip"].shape[0]),
+        "seed": seed,
+        "kmeans": {"library": "faiss", "spherical": True, "niter": 25, "nredo": 5},
+        "references": sorted(references),
+        "spaces": {name: score_space(points, k, seed, references) for name, points in spaces.items()},
+    }
+    if sweep:
+        report["sweep"] = {name: {str(kk): score_space(points, kk, seed, references) for kk in sweep}
+                           for name, points in spaces.items()}
+    if run_path:
         report["run"] = run_path
-        report["spaces"]["probe"] = score_space(run.probe_logits(emb), k, seed, references)
     return report
 
 
@@ -151,23 +166,8 @@ def class_geometry(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def latent_neighbors(store_path: str, k: int = 10, run_path: str | None = None) -> dict[str, Any]:
     """kNN label agreement, silhouette and intra/inter distance ratio of CLIP's space (and the probe's)."""
-    from .evaluate import check_compatible
-    from .probe import load_run
-    from .store import FeatureStore
-
-    store = FeatureStore(store_path)
-    valid = store.read("valid")
-    emb = store.read("clean/emb")[valid].astype(np.float32)
-    labels = store.labels()[valid]
-    references: dict[str, np.ndarray] = {"pseudo_labels": store.read("clean/label")[valid].astype(np.int64)}
-    if (labels >= 0).all():
-        references["true_labels"] = labels.astype(np.int64)
-    spaces = {"clip": emb}
-    if run_path:
-        run = load_run(run_path)
-        check_compatible(run, store, "analysed")
-        spaces["probe"] = run.probe_logits(emb)
-    report: dict[str, Any] = {"store": store_path, "k": k, "samples": int(emb.shape[0]),
+    spaces, references = load_spaces(store_path, run_path)
+    report: dict[str, Any] = {"store": store_path, "k": k, "samples": int(spaces["clip"].shape[0]),
                               "references": sorted(references), "spaces": {}}
     for space, points in spaces.items():
         report["spaces"][space] = {
@@ -177,6 +177,37 @@ def latent_neighbors(store_path: str, k: int = 10, run_path: str | None = None) 
     if run_path:
         report["run"] = run_path
     return report
+
+
+def projection_plot(store_path: str, out: str, run_path: str | None = None) -> dict[str, Any]:
+    """A 2-D PCA projection of each space, coloured by true label, pseudo-label and correctness (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spaces, references = load_spaces(store_path, run_path)
+    panels = [("pseudo-label", references["pseudo_labels"], "tab10")]
+    if "true_labels" in references:
+        correct = (references["pseudo_labels"] == references["true_labels"]).astype(int)
+        panels = [("true label", references["true_labels"], "tab10"), *panels, ("teacher correct", correct, "RdYlGn")]
+    fig, axes = plt.subplots(len(spaces), len(panels), figsize=(4 * len(panels), 4 * len(spaces)), squeeze=False)
+    explained = {}
+    for row, (name, points) in enumerate(spaces.items()):
+        centred = points.astype(np.float64) - points.mean(axis=0)
+        _, singular, basis = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ basis[:2].T
+        explained[name] = float((singular[:2] ** 2).sum() / (singular**2).sum())
+        for col, (title, colour, cmap) in enumerate(panels):
+            axis = axes[row][col]
+            axis.scatter(xy[:, 0], xy[:, 1], c=colour, cmap=cmap, s=4, alpha=0.7)
+            axis.set_title(f"{name} space: {title}")
+            axis.set_xticks([])
+            axis.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return {"store": store_path, "out": out, "spaces": list(spaces), "explained_variance_2d": explained}
 
 
 def format_neighbors(report: dict[str, Any]) -> str:

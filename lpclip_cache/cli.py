@@ -203,16 +203,19 @@ def latent() -> None:
 @click.option("--store", required=True, help="Feature store to analyse (its clean view).")
 @click.option("--run", "run_path", default=None, help="Also analyse this run's probe output space.")
 @click.option("--k", type=int, required=True, help="Number of clusters.")
+@click.option("--sweep", default="", help="Other numbers of clusters to score too, e.g. 5,20,50.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
 @overwrite_option
 @json_option
 @report_errors
-def clusters(store: str, run_path: str | None, k: int, seed: int, out: str, overwrite: bool, as_json: bool) -> None:
+def clusters(store: str, run_path: str | None, k: int, sweep: str, seed: int, out: str, overwrite: bool,
+             as_json: bool) -> None:
     """FAISS spherical k-means; purity, NMI and ARI against true labels and pseudo-labels."""
     from .analyze import format_table, latent_clusters
 
-    report = latent_clusters(store, k, run_path, seed)
+    ks = tuple(int(v) for v in float_list(sweep, "--sweep")) if sweep else ()
+    report = latent_clusters(store, k, run_path, seed, ks)
     write_report(report, out, overwrite)
     emit(report, as_json, format_table(report) + f"\nwrote {out}")
 
@@ -232,6 +235,23 @@ def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: boo
     report = latent_neighbors(store, k, run_path)
     write_report(report, out, overwrite)
     emit(report, as_json, format_neighbors(report) + f"\nwrote {out}")
+
+
+@latent.command()
+@click.option("--store", required=True, help="Feature store to project (its clean view).")
+@click.option("--run", "run_path", default=None, help="Also project this run's probe output space.")
+@click.option("--out", required=True, type=click.Path(), help="PNG file to write.")
+@overwrite_option
+@json_option
+@report_errors
+def projection(store: str, run_path: str | None, out: str, overwrite: bool, as_json: bool) -> None:
+    """A 2-D PCA projection coloured by true label, pseudo-label and the teacher's correctness (PNG)."""
+    from .analyze import projection_plot
+    from .store import prepare_output
+
+    prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot")
+    summary = projection_plot(store, out, run_path)
+    emit(summary, as_json, f"wrote {out}")
 
 
 @main.command()

@@ -162,3 +162,28 @@ def test_latent_neighbors_command(world, tmp_path):
     # well-separated classes: neighbours agree, and points sit nearer their own class than others
     assert clip["knn_agreement"] > 0.8 and clip["intra_inter_ratio"] < 1.0 and clip["silhouette"] > 0
     assert "probe" in report["spaces"]
+
+
+def test_cluster_sweep_and_projection_plot(world, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from lpclip_cache.cli import main
+
+    report = latent_clusters(str(world["test"]), 6, seed=0, sweep=(3, 6))
+    assert set(report["sweep"]["clip"]) == {"3", "6"}
+    assert report["sweep"]["clip"]["6"] == report["spaces"]["clip"]  # same seed, same clustering
+    assert report["sweep"]["clip"]["3"]["clusters_used"] == 3
+    out = tmp_path / "projection.png"
+    result = CliRunner().invoke(main, ["analyze", "latent", "projection", "--store", str(world["test"]), "--run",
+                                       str(world["run"]), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.size == (1200, 800)  # 2 spaces x 3 panels of 4 x 4 inches at 100 dpi
+        assert np.asarray(image.convert("L")).std() > 10
+    assert 0 < json.loads(result.stdout)["explained_variance_2d"]["clip"] <= 1
+    again = CliRunner().invoke(main, ["analyze", "latent", "projection", "--store", str(world["test"]),
+                                      "--out", str(out)])
+    assert again.exit_code == 5 and "already exists" in again.stderr
