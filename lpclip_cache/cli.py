@@ -91,6 +91,8 @@ def main(debug: bool) -> None:
 @click.option("--skip-bad", is_flag=True, help="Record undecodable images as invalid instead of stopping.")
 @click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True,
               help="Codec of the embedding arrays (uncompressed reads fastest).")
+@click.option("--corrupt", default=None,
+              help="Corrupt every image after decoding: NAME:SEVERITY (gaussian_noise, gaussian_blur, contrast; 1-5).")
 @click.option("--cache-dir", default=None, help="Where open_clip caches downloaded weights.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @overwrite_option

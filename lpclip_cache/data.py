@@ -257,11 +257,19 @@ class DecodedDataset:
     process decides (a clear error, or ``--skip-bad``) instead of a worker traceback.
     """
 
-    def __init__(self, source: Source, size: tuple[int, int], mode: str, interpolation: str) -> None:
+    def __init__(
+        self,
+        source: Source,
+        size: tuple[int, int],
+        mode: str,
+        interpolation: str,
+        corruption: tuple[str, int] | None = None,
+    ) -> None:
         self.source = source
         self.size = size
         self.mode = mode
         self.interpolation = interpolation
+        self.corruption = corruption
 
     def __len__(self) -> int:
         return len(self.source)
@@ -274,6 +282,11 @@ class DecodedDataset:
                 image = image.convert("RGB")
                 image = resize_to_model(image, self.size, self.mode, self.interpolation)
                 pixels = np.asarray(image, dtype=np.uint8).copy()
+            if self.corruption is not None:
+                from .corruptions import corrupt
+
+                name, severity = self.corruption
+                pixels = corrupt(pixels[None], name, severity, seed=index)[0]  # seeded per image
             return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             blank = torch.zeros((3, *self.size), dtype=torch.uint8)

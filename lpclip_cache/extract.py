@@ -44,6 +44,7 @@ class ExtractConfig:
     download: bool = False
     skip_bad: bool = False
     compression: str = "none"
+    corrupt: str | None = None
     overwrite: bool = False
     cache_dir: str | None = None
     progress: bool = True
@@ -60,6 +61,7 @@ def check_config(config: ExtractConfig) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if not config.temperature > 0:
         raise InputError(f"--temperature must be positive, got {config.temperature}")
+    parse_corruption(config.corrupt)
     if config.compression not in ("none", "zstd"):
         raise InputError(f"--compression must be none or zstd, got '{config.compression}'")
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -72,6 +74,21 @@ def check_config(config: ExtractConfig) -> None:
     data = data.expanduser().resolve()
     if data.exists() and (out == data or data in out.parents):
         raise InputError(f"--out '{config.out}' lies inside the input data '{data}': write the store elsewhere")
+
+
+def parse_corruption(spec: str | None) -> tuple[str, int] | None:
+    """``gaussian_noise:3`` -> (name, severity), or None; a clear error for anything else."""
+    from .corruptions import CORRUPTIONS
+
+    if not spec:
+        return None
+    name, _, severity = spec.partition(":")
+    if name not in CORRUPTIONS or not severity.isdigit() or not 1 <= int(severity) <= 5:
+        raise InputError(
+            f"--corrupt '{spec}' should be NAME:SEVERITY with NAME one of {', '.join(sorted(CORRUPTIONS))} "
+            "and SEVERITY 1-5"
+        )
+    return name, int(severity)
 
 
 def default_templates(identity: dict[str, Any]) -> str:
@@ -177,6 +194,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         "device": loaded.device.type,
         "versions": library_versions(),
         "storage": {"compression": config.compression},
+        "corruption": config.corrupt,
         **config.extra_manifest,
     }
     layout = Layout(
@@ -284,7 +302,8 @@ def write_shards(
     batches = [list(range(s * layout.shard_size, min(n, (s + 1) * layout.shard_size))) for s in todo]
     device = loaded.device
     size = tuple(loaded.preprocess["size"])
-    decoded = DecodedDataset(source, size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"])
+    decoded = DecodedDataset(source, size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"],
+                             parse_corruption(config.corrupt))
     loader = torch.utils.data.DataLoader(
         decoded,
         batch_sampler=batches,

@@ -228,3 +228,30 @@ def test_cifar_c_bad_specs(cifar_c_root, suffix, message):
     root, _, _ = cifar_c_root
     with pytest.raises(InputError, match=message):
         open_source(f"cifar10c:{root}{suffix}")
+
+
+def test_corrupt_option_applies_the_corruption_after_decoding(cifar_root, tiny_checkpoint, tmp_path):
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from lpclip_cache.corruptions import corrupt
+    from lpclip_cache.data import resize_to_model
+    from lpclip_cache.errors import InputError
+
+    store = build(tmp_path / "c.zarr", cifar_root, tiny_checkpoint, weak_views=0, strong_views=0,
+                  corrupt="contrast:4")
+    assert store.manifest["corruption"] == "contrast:4"
+    model = open_clip.create_model("test-tiny", pretrained=str(tiny_checkpoint)).eval()
+    key, row = store.read("keys")[7], 7
+    pixels = np.asarray(resize_to_model(Image.open(cifar_root / "test" / key).convert("RGB"), (32, 32), "shortest",
+                                        "bicubic"))
+    expected = corrupt(pixels[None], "contrast", 4, seed=row)[0]
+    tensor = torch.from_numpy(expected).permute(2, 0, 1)[None].float() / 255
+    mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model.encode_image((tensor - mean) / std), dim=-1).numpy()[0]
+    np.testing.assert_allclose(store.read("clean/emb")[row].astype(np.float32), emb, atol=2e-3)
+    with pytest.raises(InputError, match="NAME:SEVERITY"):
+        build(tmp_path / "d.zarr", cifar_root, tiny_checkpoint, corrupt="fog:9")
