@@ -129,6 +129,7 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
                 entry[method] = classification_metrics(probs[method][known], labels[known])
             else:
                 entry[method] = {"confidence": float(metrics.max_softmax_probability(probs[method]).mean())}
+        entry["shift"] = shift_of(store.manifest)
         report["stores"][path] = entry
         if reference is None:
             reference = {m: ood_scores(probs[m], logits[m]) for m in METHOD_NAMES}
@@ -157,7 +158,42 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
             entry["probe"]["auroc_mutual_information"] = metrics.auroc(-reference_mi, -ood_mi)
             entry["probe"]["fpr95_mutual_information"] = metrics.fpr_at_95_tpr(-reference_mi, -ood_mi)
         report["ood"][path] = entry
+    report["corruptions"] = aggregate_corruptions(report["stores"])
     return report
+
+
+def shift_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The corruption a store was made with (``--corrupt``, ``cifar10c:`` or ``shapes:``), or None."""
+    if manifest.get("corruption"):
+        name, _, severity = str(manifest["corruption"]).partition(":")
+        return {"corruption": name, "severity": int(severity)}
+    dataset = manifest.get("dataset", {})
+    if dataset.get("corruption"):
+        return {"corruption": dataset["corruption"], "severity": int(dataset["severity"])}
+    return None
+
+
+def aggregate_corruptions(stores: dict[str, Any]) -> dict[str, Any]:
+    """Error per corruption and severity, the mean over severities per corruption, and the mean
+    corruption error over all of them (an unnormalised mCE), for each method."""
+    table: dict[str, dict[str, dict[int, float]]] = {}
+    for entry in stores.values():
+        shift = entry.get("shift")
+        if not shift:
+            continue
+        for method in METHOD_NAMES:
+            if "accuracy" in entry[method]:
+                per = table.setdefault(method, {}).setdefault(shift["corruption"], {})
+                per[shift["severity"]] = 1.0 - entry[method]["accuracy"]
+    out: dict[str, Any] = {}
+    for method, corruptions in table.items():
+        means = {name: float(np.mean(list(errors.values()))) for name, errors in corruptions.items()}
+        out[method] = {
+            "error": {name: {str(k): v for k, v in sorted(errors.items())} for name, errors in corruptions.items()},
+            "mean_error": means,
+            "mce": float(np.mean(list(means.values()))),
+        }
+    return out
 
 
 def format_table(report: dict[str, Any]) -> str:

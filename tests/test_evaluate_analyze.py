@@ -187,3 +187,29 @@ def test_cluster_sweep_and_projection_plot(world, tmp_path):
     again = CliRunner().invoke(main, ["analyze", "latent", "projection", "--store", str(world["test"]),
                                       "--out", str(out)])
     assert again.exit_code == 5 and "already exists" in again.stderr
+
+
+def test_corrupted_stores_are_aggregated_into_a_mean_corruption_error(tmp_path):
+    from lpclip_cache.extract import ExtractConfig, extract
+    from lpclip_cache.train import TrainConfig, train
+
+    def store(name, spec):
+        extract(ExtractConfig(data=spec, out=str(tmp_path / f"{name}.zarr"), model="test-tiny", weak_views=1,
+                              strong_views=1, num_workers=0, device="cpu", progress=False, seed=0))
+        return str(tmp_path / f"{name}.zarr")
+
+    clean = store("clean", "shapes:test:n=64")
+    shifted = {(c, s): store(f"{c}{s}", f"shapes:test:{c}:{s}:n=64") for c in ("contrast", "gaussian_blur")
+               for s in (1, 5)}
+    train(TrainConfig(store=clean, out=str(tmp_path / "run"), epochs=1, progress=False))
+    report = evaluate(str(tmp_path / "run"), [clean, *shifted.values()])
+    assert report["stores"][clean]["shift"] is None
+    probe = report["corruptions"]["probe"]
+    for (corruption, severity), path in shifted.items():
+        assert report["stores"][path]["shift"] == {"corruption": corruption, "severity": severity}
+        expected = 1 - report["stores"][path]["probe"]["accuracy"]
+        assert probe["error"][corruption][str(severity)] == pytest.approx(expected)
+    means = [np.mean([1 - report["stores"][shifted[(c, s)]]["probe"]["accuracy"] for s in (1, 5)])
+             for c in ("contrast", "gaussian_blur")]
+    assert probe["mean_error"]["contrast"] == pytest.approx(means[0])
+    assert probe["mce"] == pytest.approx(np.mean(means))
