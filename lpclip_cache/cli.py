@@ -176,19 +176,33 @@ def write_report(report: dict[str, Any], out: str, overwrite: bool) -> None:
 @click.option("--run", "run_path", required=True, help="Run directory made by train.")
 @click.option("--store", "stores", multiple=True, required=True, help="In-distribution store (repeatable).")
 @click.option("--ood", multiple=True, help="Out-of-distribution store (repeatable).")
-@click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
+@click.option("--out", default=None, type=click.Path(), help="Report JSON to write.")
+@click.option("--report", "report_dir", default=None, type=click.Path(),
+              help="Folder for report.json, report.md and PNG plots.")
 @overwrite_option
 @json_option
 @report_errors
-def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str, overwrite: bool,
-             as_json: bool) -> None:
-    """Accuracy, NLL, Brier, ECE and OOD AUROC/FPR95 of the teacher and the probe on stores."""
+def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str | None, report_dir: str | None,
+             overwrite: bool, as_json: bool) -> None:
+    """Accuracy, calibration and OOD detection of the teacher and the probe on stores."""
+    from .errors import InputError
     from .evaluate import evaluate as run_evaluate
     from .evaluate import format_table
 
+    if not out and not report_dir:
+        raise InputError("evaluate needs --out REPORT.json or --report DIR (or both)")
+    if report_dir:
+        from .report import write_report_folder
+        from .store import prepare_output
+
+        prepare_output(Path(report_dir), overwrite, lambda p: (p / "report.json").is_file(), "report folder")
     report = run_evaluate(run_path, list(stores), list(ood))
-    write_report(report, out, overwrite)
-    emit(report, as_json, format_table(report) + f"\nwrote {out}")
+    if out:
+        write_report(report, out, overwrite)
+    if report_dir:
+        write_report_folder({"tool": "lpclip-cache", "version": __version__, **report}, run_path, Path(report_dir))
+    written = ", ".join(p for p in (out, report_dir) if p)
+    emit(report, as_json, format_table(report) + f"\nwrote {written}")
 
 
 @main.group()

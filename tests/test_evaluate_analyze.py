@@ -213,3 +213,33 @@ def test_corrupted_stores_are_aggregated_into_a_mean_corruption_error(tmp_path):
              for c in ("contrast", "gaussian_blur")]
     assert probe["mean_error"]["contrast"] == pytest.approx(means[0])
     assert probe["mce"] == pytest.approx(np.mean(means))
+
+
+def test_report_folder_has_markdown_and_plots(world, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from lpclip_cache.cli import main
+    from lpclip_cache.report import risk_coverage, roc_curve
+
+    folder = tmp_path / "report"
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"]),
+                                       "--ood", str(world["ood"]), "--report", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((folder / "report.json").read_text())["tool"] == "lpclip-cache"
+    page = (folder / "report.md").read_text()
+    for name, size in (("calibration", (1000, 800)), ("risk_coverage", (500, 400)), ("roc", (500, 400))):
+        assert f"![{name}]({name}.png)" in page
+        with Image.open(folder / f"{name}.png") as image:
+            assert image.size == size and np.asarray(image.convert("L")).std() > 5
+    # the curves behind the plots: AURC is the mean risk; the ROC area is the AUROC
+    probs = softmax(30.0 * world["test_clean"].astype(np.float16).astype(np.float64) @ world["teacher"].T)
+    _, risk = risk_coverage(probs, world["test_labels"])
+    assert risk.mean() == pytest.approx(metrics.aurc(probs, world["test_labels"]))
+    ood = softmax(30.0 * world["ood_clean"].astype(np.float16).astype(np.float64) @ world["teacher"].T).max(1)
+    fpr, tpr = roc_curve(probs.max(1), ood)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auroc(probs.max(1), ood), abs=2e-3)
+    missing = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"])])
+    assert missing.exit_code == 3 and "--out REPORT.json or --report DIR" in missing.stderr
