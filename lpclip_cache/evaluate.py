@@ -91,9 +91,7 @@ def score_logits(run: Any, store: Any) -> dict[str, np.ndarray]:
 
 def score_store(run: Any, store: Any) -> dict[str, np.ndarray]:
     """Probabilities of each method on a store's valid clean embeddings."""
-    valid = store.read("valid")
-    emb = store.read("clean/emb")[valid]
-    return {"teacher": run.teacher_probs(emb), "probe": run.probe_probs(emb)}
+    return {method: softmax(logits, np.float64) for method, logits in score_logits(run, store).items()}
 
 
 def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> dict[str, Any]:

@@ -27,13 +27,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _outputs(run_path: str, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each method's probabilities and the labels of one store's valid rows."""
     from .evaluate import score_store
-    from .probe import load_run
     from .store import FeatureStore
 
     store = FeatureStore(store_path)
-    return score_store(load_run(run_path), store), store.labels()[store.read("valid")]
+    return score_store(run, store), store.labels()[store.read("valid")]
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,11 +57,14 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
 def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> list[Path]:
     """Write report.json, report.md and the plots into ``folder``; return the plot paths."""
     from .metrics import reliability_bins
+    from .probe import load_run
 
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
+    run = load_run(run_path)
     first = next(iter(report["stores"]))
-    probs, labels = _outputs(run_path, first)
+    probs, labels = _outputs(run, first)
+    ood_probs = {path: _outputs(run, path)[0] for path in report["ood"]}  # read once, used by two plots
     known = labels >= 0
     plots: list[Path] = []
 
@@ -77,9 +80,8 @@ def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> 
         axes[0][col].set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                          title=f"{method}: reliability ({Path(first).name})")
         axes[1][col].hist(p.max(axis=1), bins=30, range=(0, 1), color=COLOURS[method], alpha=0.8, label="in-dist.")
-        for ood_path in report["ood"]:
-            ood_probs, _ = _outputs(run_path, ood_path)
-            axes[1][col].hist(ood_probs[method].max(axis=1), bins=30, range=(0, 1), histtype="step", linewidth=1.5,
+        for ood_path, outputs in ood_probs.items():
+            axes[1][col].hist(outputs[method].max(axis=1), bins=30, range=(0, 1), histtype="step", linewidth=1.5,
                               label=Path(ood_path).name)
         axes[1][col].set(xlabel="confidence", ylabel="samples", title=f"{method}: confidence histogram")
         axes[1][col].legend(fontsize=8)
@@ -102,10 +104,9 @@ def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> 
 
     if report["ood"]:
         fig, axis = plt.subplots(figsize=(5, 4))
-        for ood_path in report["ood"]:
-            ood_probs, _ = _outputs(run_path, ood_path)
+        for ood_path, outputs in ood_probs.items():
             for method in METHOD_NAMES:
-                fpr, tpr = roc_curve(probs[method].max(axis=1), ood_probs[method].max(axis=1))
+                fpr, tpr = roc_curve(probs[method].max(axis=1), outputs[method].max(axis=1))
                 axis.plot(fpr, tpr, color=COLOURS[method], label=f"{method} vs {Path(ood_path).name}")
         axis.plot([0, 1], [0, 1], ":", color="black")
         axis.set(xlabel="false-positive rate (ID flagged)", ylabel="true-positive rate (OOD flagged)", title="ROC")
