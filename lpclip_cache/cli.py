@@ -92,7 +92,8 @@ def main(debug: bool) -> None:
 @click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True,
               help="Codec of the embedding arrays (uncompressed reads fastest).")
 @click.option("--corrupt", default=None,
-              help="Corrupt every image after decoding: NAME:SEVERITY (gaussian_noise, gaussian_blur, contrast; 1-5).")
+              help="Corrupt every image on the device: NAME:SEVERITY (e.g. gaussian_noise:5), NAME:all, all:SEVERITY "
+                   "or all (15 types x 5 severities); more than one writes NAME-SEVERITY.zarr stores into --out.")
 @click.option("--cache-dir", default=None, help="Where open_clip caches downloaded weights.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @overwrite_option
@@ -100,10 +101,16 @@ def main(debug: bool) -> None:
 @report_errors
 def extract(as_json: bool, quiet: bool, **options: Any) -> None:
     """Run CLIP once over clean, weak and strong views of a dataset and write a feature store."""
-    from .extract import ExtractConfig
+    from .extract import ExtractConfig, corruption_plan, extract_corruptions
     from .extract import extract as run_extract
 
-    summary = run_extract(ExtractConfig(progress=not quiet, **options))
+    config = ExtractConfig(progress=not quiet, **options)
+    if len(corruption_plan(config.corrupt)) > 1:
+        summary = extract_corruptions(config)
+        lines = [f"wrote {s['store']}: {s['images']} images, {s['views_per_s']:.1f} views/s" for s in summary["stores"]]
+        emit(summary, as_json, "\n".join(lines))
+        return
+    summary = run_extract(config)
     emit(
         summary,
         as_json,
@@ -172,6 +179,11 @@ def write_report(report: dict[str, Any], out: str, overwrite: bool) -> None:
     write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report})
 
 
+def is_report_folder(path: Path) -> bool:
+    """True when ``path`` is a folder written by ``evaluate --report``."""
+    return (path / "report.json").is_file()
+
+
 @main.command()
 @click.option("--run", "run_path", required=True, help="Run directory made by train.")
 @click.option("--store", "stores", multiple=True, required=True, help="In-distribution store (repeatable).")
@@ -188,18 +200,24 @@ def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: 
     from .errors import InputError
     from .evaluate import evaluate as run_evaluate
     from .evaluate import format_table
+    from .store import prepare_output, refuse_output_inside
 
     if not out and not report_dir:
         raise InputError("evaluate needs --out REPORT.json or --report DIR (or both)")
+    for option, target in (("--out", out), ("--report", report_dir)):
+        if target:
+            refuse_output_inside(target, [run_path, *stores, *ood], option)
+    if out:  # refuse early; nothing is removed before the inputs have proven sound
+        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
     if report_dir:
         from .report import write_report_folder
-        from .store import prepare_output
 
-        prepare_output(Path(report_dir), overwrite, lambda p: (p / "report.json").is_file(), "report folder")
+        prepare_output(Path(report_dir), overwrite, is_report_folder, "report folder", remove=False)
     report = run_evaluate(run_path, list(stores), list(ood))
     if out:
         write_report(report, out, overwrite)
     if report_dir:
+        prepare_output(Path(report_dir), overwrite, is_report_folder, "report folder")  # inputs were sound
         write_report_folder({"tool": "lpclip-cache", "version": __version__, **report}, run_path, Path(report_dir))
     written = ", ".join(p for p in (out, report_dir) if p)
     emit(report, as_json, format_table(report) + f"\nwrote {written}")
@@ -229,7 +247,9 @@ def clusters(store: str, run_path: str | None, k: int, sweep: str, seed: int, ou
              as_json: bool) -> None:
     """FAISS spherical k-means; purity, NMI and ARI against true labels and pseudo-labels."""
     from .analyze import format_table, latent_clusters
+    from .store import refuse_output_inside
 
+    refuse_output_inside(out, [store, *([run_path] if run_path else [])])
     ks = tuple(int(v) for v in float_list(sweep, "--sweep")) if sweep else ()
     report = latent_clusters(store, k, run_path, seed, ks)
     write_report(report, out, overwrite)
@@ -247,7 +267,9 @@ def clusters(store: str, run_path: str | None, k: int, sweep: str, seed: int, ou
 def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: bool, as_json: bool) -> None:
     """kNN label agreement (FAISS), silhouette and intra/inter-class distance ratio."""
     from .analyze import format_neighbors, latent_neighbors
+    from .store import refuse_output_inside
 
+    refuse_output_inside(out, [store, *([run_path] if run_path else [])])
     report = latent_neighbors(store, k, run_path)
     write_report(report, out, overwrite)
     emit(report, as_json, format_neighbors(report) + f"\nwrote {out}")
@@ -263,8 +285,9 @@ def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: boo
 def projection(store: str, run_path: str | None, out: str, overwrite: bool, as_json: bool) -> None:
     """A 2-D PCA projection coloured by true label, pseudo-label and the teacher's correctness (PNG)."""
     from .analyze import projection_plot
-    from .store import prepare_output
+    from .store import prepare_output, refuse_output_inside
 
+    refuse_output_inside(out, [store, *([run_path] if run_path else [])])
     prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot")
     summary = projection_plot(store, out, run_path)
     emit(summary, as_json, f"wrote {out}")
@@ -291,27 +314,42 @@ def info(store: str, as_json: bool) -> None:
     if as_json:
         emit(summary, True)
         return
-    manifest = opened.manifest
-    model = manifest["model"]
+    click.echo("\n".join(info_lines(store, opened, summary)))
+
+
+def info_lines(store: str, opened: Any, summary: dict[str, Any]) -> list[str]:
+    """The human summary of ``info``: manifest fields (``?`` where a store lacks one), then every
+    array's shape and dtype."""
+
+    def field(dotted: str) -> Any:
+        value: Any = opened.manifest
+        for key in dotted.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return "?"
+            value = value[key]
+        return value
+
+    names, templates, versions = field("classnames"), field("templates"), field("versions")
+    pretrained = field("model.pretrained.value") or field("model.pretrained.kind")
+    templates = templates if isinstance(templates, list) and templates else ["?"]
+    versions = versions if isinstance(versions, dict) else {}
     lines = [
         f"store       {store} ({'complete' if summary['complete'] else 'INCOMPLETE'})",
         f"cache key   {opened.cache_key}",
-        f"model       {model['name']} pretrained={model['pretrained']['value'] or model['pretrained']['kind']} "
-        f"quick_gelu={model['quick_gelu']} dim={model['embed_dim']}",
-        f"teacher     logit_scale={manifest['teacher']['logit_scale']:.4g} "
-        f"temperature={manifest['teacher']['temperature']}",
-        f"classes     {len(manifest['classnames'])}: {', '.join(manifest['classnames'][:10])}"
-        + (" ..." if len(manifest["classnames"]) > 10 else ""),
-        f"templates   {len(manifest['templates'])}: {manifest['templates'][0]!r} ...",
-        f"dataset     {manifest['dataset']['spec']} split={manifest['dataset']['split']} n={manifest['dataset']['n']}",
-        f"views       weak={manifest['views']['weak']} strong={manifest['views']['strong']} "
-        f"seed={manifest['views']['seed']} shard_size={manifest['views']['shard_size']}",
-        f"precision   {manifest['precision']} on {manifest['device']}",
-        f"versions    {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}",
+        f"model       {field('model.name')} pretrained={pretrained} "
+        f"quick_gelu={field('model.quick_gelu')} dim={field('model.embed_dim')}",
+        f"teacher     logit_scale={opened.logit_scale:.4g} temperature={opened.temperature}",
+        f"classes     {len(names)}: {', '.join(names[:10])}" + (" ..." if len(names) > 10 else ""),
+        f"templates   {len(templates)}: {templates[0]!r} ...",
+        f"dataset     {field('dataset.spec')} split={field('dataset.split')} n={field('dataset.n')}",
+        f"views       weak={field('views.weak')} strong={field('views.strong')} "
+        f"seed={field('views.seed')} shard_size={field('views.shard_size')}",
+        f"precision   {field('precision')} on {field('device')}",
+        f"versions    {', '.join(f'{k} {v}' for k, v in versions.items())}",
         "arrays",
     ]
     lines += [f"  {name:<14} {str(tuple(s)):<18} {d}" for name, (s, d) in opened.arrays().items()]
-    click.echo("\n".join(lines))
+    return lines
 
 
 @main.command("models")
@@ -402,7 +440,9 @@ def ablate(store: str, eval_stores: tuple[str, ...], ood: tuple[str, ...], out: 
            seed: int, thresholds: str, quiet: bool, overwrite: bool, as_json: bool) -> None:
     """Train every variant of the method from one store and write one table."""
     from .ablate import AblationConfig, format_table, run_ablation
+    from .store import refuse_output_inside
 
+    refuse_output_inside(out, [store, *eval_stores, *ood])
     results = run_ablation(AblationConfig(
         store=store, eval_stores=list(eval_stores), ood=list(ood), out=out, epochs=epochs, lr=lr, seed=seed,
         thresholds=float_list(thresholds, "--thresholds"), overwrite=overwrite, progress=not quiet,
@@ -439,7 +479,9 @@ def select_command(store: str, out: str, lrs: str, weight_decays: str, epochs: i
                    quiet: bool, overwrite: bool, as_json: bool) -> None:
     """Choose lr, weight decay and epochs without labels (agreement with held-out pseudo-labels)."""
     from .select import SelectConfig, select
+    from .store import refuse_output_inside
 
+    refuse_output_inside(out, [store])
     result = select(SelectConfig(store=store, out=out, lrs=float_list(lrs, "--lr"),
                                  weight_decays=float_list(weight_decays, "--weight-decay"), epochs=epochs,
                                  holdout=holdout, seed=seed, overwrite=overwrite, progress=not quiet))

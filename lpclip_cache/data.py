@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,19 @@ class Source(Protocol):
         ...
 
 
+def files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (symlinks followed); an unreadable sub-folder raises its OSError
+    instead of being skipped in silence, as ``Path.rglob`` would."""
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    found = []
+    for dirpath, _, filenames in os.walk(folder, onerror=fail, followlinks=True):
+        found.extend(Path(dirpath) / name for name in filenames)
+    return [f for f in found if f.is_file()]
+
+
 @dataclass
 class FolderSource:
     """An ImageFolder tree: ``root/<class>/<image>``; classes are the sorted folder names."""
@@ -54,7 +68,22 @@ class FolderSource:
 
     @classmethod
     def open(cls, root: Path, spec: str, split: str | None) -> FolderSource:
-        """Scan the tree; the split, when given, is a sub-folder of the root."""
+        """Scan the tree; the split, when given, is a sub-folder of the root.
+
+        Every class folder is a class (its index is its rank among the sorted folder names), so a
+        class folder without images is an error naming it, not a class silently dropped or kept.
+        """
+        try:
+            return cls._scan(root, spec, split)
+        except OSError as exc:  # an unreadable folder (permissions, I/O error) met while scanning
+            where = exc.filename or root
+            raise InputError(
+                f"cannot read data folder '{where}' ({exc.strerror or type(exc).__name__}): "
+                "check that it exists and that you may read it"
+            ) from exc
+
+    @classmethod
+    def _scan(cls, root: Path, spec: str, split: str | None) -> FolderSource:
         if not root.exists():
             raise InputError(f"data path '{root}' does not exist: pass an ImageFolder root (class/xxx.jpg)")
         if not root.is_dir():
@@ -70,16 +99,21 @@ class FolderSource:
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         keys: list[str] = []
         labels: list[int] = []
+        empty: list[Path] = []
         for index, class_dir in enumerate(class_dirs):
-            files = sorted(
-                f for f in class_dir.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-            )
+            files = sorted(f for f in files_under(class_dir) if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                empty.append(class_dir)
             keys.extend(str(f.relative_to(root)) for f in files)
             labels.extend([index] * len(files))
+        suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
         if not keys:
+            raise InputError(f"no images found in '{root}': expected class folders holding {suffixes} files")
+        if empty:
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
             raise InputError(
-                f"no images found in '{root}': expected class folders holding "
-                f"{'/'.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))} files"
+                f"class folder '{empty[0]}'{more} holds no images ({suffixes}): add its images, or move the "
+                "folder out of the dataset (every class folder is a class, and its position fixes the labels)"
             )
         identity = {"kind": "folder", "spec": spec, "root": str(root.resolve()), "split": split}
         return cls(root, keys, np.asarray(labels, np.int32), [d.name for d in class_dirs], identity)
@@ -206,12 +240,57 @@ def _cifar_classnames(variant: str) -> list[str]:
     return load_classnames(variant)
 
 
+def imagenet_wordnet() -> tuple[list[str], dict[str, list[str]]]:
+    """The 1000 ImageNet WordNet IDs in class-index order, and the named 200-class subsets."""
+    import json
+    from importlib import resources
+
+    doc = json.loads((resources.files("lpclip_cache.resources") / "wordnet" / "imagenet.json").read_text())
+    return list(doc["wnids"]), {k: list(v) for k, v in doc["subsets"].items()}
+
+
+def imagenet_folder(spec: str, rest: str, split: str | None, download: bool) -> FolderSource:
+    """``imagenet:ROOT``: an ImageFolder of ImageNet classes, labelled in the 1000-class space.
+
+    Class folders are WordNet IDs (ImageNet, -Sketch, -A and -R) or class indices 0-999
+    (ImageNet-V2). A folder holding fewer than the 1000 classes (ImageNet-A and -R hold 200)
+    keeps the full label space and records the classes present as ``class_subset``, so
+    ``evaluate`` scores it on those classes only, as the benchmarks are scored.
+    """
+    from .prompts import load_classnames
+
+    folder = FolderSource.open(Path(rest).expanduser(), spec, split)
+    wnids, subsets = imagenet_wordnet()
+    index = {w: i for i, w in enumerate(wnids)}
+    mapping = []
+    for name in folder.classnames:
+        if name in index:
+            mapping.append(index[name])
+        elif name.isdigit() and int(name) < len(wnids):
+            mapping.append(int(name))
+        else:
+            raise InputError(
+                f"imagenet: class folder '{folder.root / name}' is neither a WordNet ID of the 1000 ImageNet "
+                "classes (like n01440764) nor a class index 0-999: rename it, or use the folder as plain "
+                "ImageFolder data (--data PATH)"
+            )
+    if len(set(mapping)) != len(mapping):
+        raise InputError(f"imagenet: '{folder.root}' holds the same class twice (a WordNet ID and its index): "
+                         "keep one folder per class")
+    lookup = np.asarray(mapping, np.int32)
+    subset = sorted(mapping) if len(mapping) < len(wnids) else None
+    named = next((k for k, v in subsets.items() if subset is not None and [index[w] for w in v] == subset), None)
+    identity = {**folder.identity, "kind": "imagenet", "class_subset": subset, "subset_name": named}
+    return FolderSource(folder.root, folder.keys, lookup[folder.labels], load_classnames("imagenet"), identity)
+
+
 BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
     "cifar10": torchvision_cifar("cifar10"),
     "cifar100": torchvision_cifar("cifar100"),
     "cifar10c": cifar_corrupted("cifar10"),
     "cifar100c": cifar_corrupted("cifar100"),
     "shapes": generated_shapes,
+    "imagenet": imagenet_folder,
 }
 
 
@@ -228,6 +307,25 @@ def open_source(spec: str, split: str | None = None, download: bool = False) -> 
             "(as PREFIX:ROOT) or an ImageFolder path"
         )
     return FolderSource.open(Path(spec).expanduser(), spec, split)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, keeping the brightness of high-bit-depth images.
+
+    PIL clips 16- and 32-bit integer pixels to 0-255 when converting to RGB, so a 16-bit image
+    would come out nearly all white. Integer modes (``I;16*``, ``I``) are read as 16-bit
+    intensities (0-65535, scaled to 0-255) and float images (``F``) as 0-1 intensities. Other
+    modes use PIL's conversion, as open_clip does (alpha is dropped, CMYK and palettes mapped).
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            values = np.nan_to_num(values * 255.0, nan=0.0, posinf=255.0, neginf=0.0)
+        else:
+            values = values / 257.0
+        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    return image.convert("RGB")
 
 
 def resize_to_model(image: Image.Image, size: tuple[int, int], mode: str, interpolation: str) -> Image.Image:
@@ -263,13 +361,11 @@ class DecodedDataset:
         size: tuple[int, int],
         mode: str,
         interpolation: str,
-        corruption: tuple[str, int] | None = None,
     ) -> None:
         self.source = source
         self.size = size
         self.mode = mode
         self.interpolation = interpolation
-        self.corruption = corruption
 
     def __len__(self) -> int:
         return len(self.source)
@@ -278,19 +374,23 @@ class DecodedDataset:
         import torch
 
         try:
-            with self.source.image(index) as image:
-                image = image.convert("RGB")
-                image = resize_to_model(image, self.size, self.mode, self.interpolation)
-                pixels = np.asarray(image, dtype=np.uint8).copy()
-            if self.corruption is not None:
-                from .corruptions import corrupt
-
-                name, severity = self.corruption
-                pixels = corrupt(pixels[None], name, severity, seed=index)[0]  # seeded per image
-            return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            pixels = self.decode(index)
+        except Exception as exc:  # any failure to decode an untrusted file marks that image invalid
             blank = torch.zeros((3, *self.size), dtype=torch.uint8)
             return index, blank, False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
+
+    def decode(self, index: int) -> np.ndarray:
+        """The image at ``index`` as resized uint8 H x W x 3 pixels.
+
+        An image over PIL's ``MAX_IMAGE_PIXELS`` (a possible decompression bomb) is refused here,
+        where PIL itself only warns until twice that size.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with self.source.image(index) as image:
+                image = resize_to_model(to_rgb(image), self.size, self.mode, self.interpolation)
+                return np.asarray(image, dtype=np.uint8).copy()
 
 
 def default_collate_shard(items: list[tuple[int, Any, bool, str]]) -> tuple[Any, Any, Any, list[str]]:

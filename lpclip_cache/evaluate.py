@@ -23,6 +23,29 @@ from .probe import softmax
 METHOD_NAMES = ("teacher", "probe")
 
 
+def method_names(members: int) -> tuple[str, ...]:
+    """Rows of a report: the teacher, the probe (an ensemble's averaged prediction) and, for an
+    ensemble, each member on its own (``member-0``, ``member-1``, ...)."""
+    return METHOD_NAMES + (tuple(f"member-{m}" for m in range(members)) if members > 1 else ())
+
+
+def expand_stores(paths: list[str]) -> list[str]:
+    """Each path as given, except a folder that is not itself a store but holds stores (as
+    ``extract --corrupt all`` writes): its stores, sorted by name."""
+    from .store import is_url
+
+    out: list[str] = []
+    for path in paths:
+        folder = Path(path)
+        if not is_url(path) and folder.is_dir() and not (folder / "zarr.json").exists():
+            children = sorted(p for p in folder.iterdir() if (p / "zarr.json").is_file())
+            if children:
+                out.extend(str(p) for p in children)
+                continue
+        out.append(path)
+    return out
+
+
 def check_compatible(run: Any, store: Any, role: str) -> None:
     """A store must live in the run's embedding space; an ID store must also share its classes."""
     run_model, store_model = run.info["model"], store.manifest["model"]
@@ -79,14 +102,40 @@ def ood_scores(probs: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def score_logits(run: Any, store: Any) -> dict[str, np.ndarray]:
-    """Logits of each method on a store's valid clean embeddings (an ensemble: log mean probabilities)."""
+    """Logits of each method on a store's valid clean embeddings (an ensemble: log mean
+    probabilities for ``probe``, and each member's own logits)."""
     from .probe import teacher_logits
 
     emb = store.read("clean/emb")[store.read("valid")]
-    return {
+    logits = {
         "teacher": teacher_logits(emb, run.head, run.logit_scale, run.temperature).astype(np.float64),
         "probe": run.probe_logits(emb).astype(np.float64),
     }
+    if run.members > 1:
+        for m, member in enumerate(run.member_logits(emb)):
+            logits[f"member-{m}"] = member.astype(np.float64)
+    return logits
+
+
+def class_subset(store: Any) -> list[int] | None:
+    """The classes an in-distribution store holds when it covers only part of the label space
+    (``imagenet:`` folders such as ImageNet-A and -R), else None."""
+    subset = store.manifest.get("dataset", {}).get("class_subset")
+    return [int(c) for c in subset] if subset else None
+
+
+def in_distribution_outputs(run: Any, store: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each method's logits and the labels of a store's valid rows, restricted to the store's
+    class subset when it has one (logits of the other classes dropped, labels renumbered)."""
+    logits = score_logits(run, store)
+    labels = store.labels()[store.read("valid")]
+    subset = class_subset(store)
+    if subset is not None:
+        logits = {m: v[:, subset] for m, v in logits.items()}
+        position = np.full(len(store.classnames), -1, np.int64)
+        position[subset] = np.arange(len(subset))
+        labels = np.where(labels >= 0, position[np.maximum(labels, 0)], labels)
+    return logits, labels
 
 
 def score_store(run: Any, store: Any) -> dict[str, np.ndarray]:
@@ -99,14 +148,16 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
     from .probe import load_run
     from .store import FeatureStore
 
-    ood = ood or []
+    stores, ood = expand_stores(stores), expand_stores(ood or [])
     if not stores:
         raise StoreError("evaluate needs at least one --store (the in-distribution test set)")
     run = load_run(run_path)
+    methods = method_names(run.members)
     report: dict[str, Any] = {
         "run": str(Path(run_path)),
         "method": run.info["config"]["method"],
         "ensemble": run.members,
+        "methods": list(methods),
         "metrics": {"ece_bins": 15, "ood_score": "max softmax probability (others under 'scores')",
                     "ood_positive": True},
         "stores": {},
@@ -117,12 +168,13 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
     for path in stores:
         store = FeatureStore(path)
         check_compatible(run, store, "in-distribution")
-        logits = score_logits(run, store)
+        logits, labels = in_distribution_outputs(run, store)
         probs = {m: softmax(v, np.float64) for m, v in logits.items()}
-        labels = store.labels()[store.read("valid")]
         entry: dict[str, Any] = {"samples": int(labels.size)}
+        if class_subset(store) is not None:
+            entry["classes"] = len(class_subset(store))
         known = labels >= 0
-        for method in METHOD_NAMES:
+        for method in methods:
             if known.any():
                 entry[method] = classification_metrics(probs[method][known], labels[known])
             else:
@@ -130,7 +182,7 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
         entry["shift"] = shift_of(store.manifest)
         report["stores"][path] = entry
         if reference is None:
-            reference = {m: ood_scores(probs[m], logits[m]) for m in METHOD_NAMES}
+            reference = {m: ood_scores(probs[m], logits[m]) for m in methods}
             reference_name = path
             if run.members > 1:
                 reference_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])
@@ -139,7 +191,7 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
         check_compatible(run, store, "OOD")
         logits = score_logits(run, store)
         entry = {"samples": int(logits["probe"].shape[0]), "reference": reference_name}
-        for method in METHOD_NAMES:
+        for method in methods:
             scores = ood_scores(softmax(logits[method], np.float64), logits[method])
             per_score = {
                 name: {
@@ -172,23 +224,25 @@ def shift_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def aggregate_corruptions(stores: dict[str, Any]) -> dict[str, Any]:
-    """Error per corruption and severity, the mean over severities per corruption, and the mean
-    corruption error over all of them (an unnormalised mCE), for each method."""
-    table: dict[str, dict[str, dict[int, float]]] = {}
+    """Error and ECE per corruption and severity, their means over severities per corruption,
+    and the mean corruption error over all of them (an unnormalised mCE), for each method."""
+    table: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
     for entry in stores.values():
         shift = entry.get("shift")
         if not shift:
             continue
-        for method in METHOD_NAMES:
-            if "accuracy" in entry[method]:
+        for method, values in entry.items():
+            if isinstance(values, dict) and "accuracy" in values:
                 per = table.setdefault(method, {}).setdefault(shift["corruption"], {})
-                per[shift["severity"]] = 1.0 - entry[method]["accuracy"]
+                per[shift["severity"]] = (1.0 - values["accuracy"], values["ece"])
     out: dict[str, Any] = {}
     for method, corruptions in table.items():
-        means = {name: float(np.mean(list(errors.values()))) for name, errors in corruptions.items()}
+        means = {name: float(np.mean([v[0] for v in cells.values()])) for name, cells in corruptions.items()}
         out[method] = {
-            "error": {name: {str(k): v for k, v in sorted(errors.items())} for name, errors in corruptions.items()},
+            "error": {name: {str(k): v[0] for k, v in sorted(cells.items())} for name, cells in corruptions.items()},
+            "ece": {name: {str(k): v[1] for k, v in sorted(cells.items())} for name, cells in corruptions.items()},
             "mean_error": means,
+            "mean_ece": {name: float(np.mean([v[1] for v in cells.values()])) for name, cells in corruptions.items()},
             "mce": float(np.mean(list(means.values()))),
         }
     return out
@@ -196,7 +250,7 @@ def aggregate_corruptions(stores: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(report: dict[str, Any]) -> str:
     """A readable table: one row per (store, method)."""
-    lines = [f"{'set':<28} {'method':<8} {'acc':>7} {'nll':>7} {'brier':>7} {'ece':>7} {'auroc':>7} {'fpr95':>7}"]
+    lines = [f"{'set':<28} {'method':<9} {'acc':>7} {'nll':>7} {'brier':>7} {'ece':>7} {'auroc':>7} {'fpr95':>7}"]
     lines.append("-" * len(lines[0]))
 
     def cell(values: dict[str, float], key: str) -> str:
@@ -205,10 +259,10 @@ def format_table(report: dict[str, Any]) -> str:
     for group in ("stores", "ood"):
         for path, entry in report[group].items():
             name = Path(path).name + (" (OOD)" if group == "ood" else "")
-            for method in METHOD_NAMES:
+            for method in report.get("methods", METHOD_NAMES):
                 values = entry[method]
                 keys = ("accuracy", "nll", "brier", "ece", "auroc", "fpr95")
-                lines.append(f"{name[:28]:<28} {method:<8} " + " ".join(cell(values, k) for k in keys))
+                lines.append(f"{name[:28]:<28} {method:<9} " + " ".join(cell(values, k) for k in keys))
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ def check_config(config: ExtractConfig) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if not config.temperature > 0:
         raise InputError(f"--temperature must be positive, got {config.temperature}")
-    parse_corruption(config.corrupt)
+    corruption_plan(config.corrupt)
     if config.compression not in ("none", "zstd"):
         raise InputError(f"--compression must be none or zstd, got '{config.compression}'")
     if config.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -70,7 +70,8 @@ def check_config(config: ExtractConfig) -> None:
         return
     out = Path(config.out).resolve()
     prefix, _, rest = config.data.partition(":")
-    data = Path(rest.split(":")[0] if prefix in ("cifar10", "cifar100", "cifar10c", "cifar100c") else config.data)
+    data = Path(rest.split(":")[0] if prefix in ("cifar10", "cifar100", "cifar10c", "cifar100c", "imagenet")
+                else config.data)
     data = data.expanduser().resolve()
     if data.exists() and (out == data or data in out.parents):
         raise InputError(f"--out '{config.out}' lies inside the input data '{data}': write the store elsewhere")
@@ -78,17 +79,25 @@ def check_config(config: ExtractConfig) -> None:
 
 def parse_corruption(spec: str | None) -> tuple[str, int] | None:
     """``gaussian_noise:3`` -> (name, severity), or None; a clear error for anything else."""
-    from .corruptions import CORRUPTIONS
+    pairs = corruption_plan(spec)
+    if len(pairs) > 1:
+        raise InputError(f"--corrupt '{spec}' names {len(pairs)} stores: use extract_corruptions for more than one")
+    return pairs[0] if pairs else None
+
+
+def corruption_plan(spec: str | None) -> list[tuple[str, int]]:
+    """Every (name, severity) a ``--corrupt`` value asks for: NAME:SEVERITY, NAME:all, all:SEVERITY or all."""
+    from .corruptions import CORRUPTIONS, expand
 
     if not spec:
-        return None
-    name, _, severity = spec.partition(":")
-    if name not in CORRUPTIONS or not severity.isdigit() or not 1 <= int(severity) <= 5:
+        return []
+    try:
+        return expand(spec)
+    except ValueError as exc:
         raise InputError(
-            f"--corrupt '{spec}' should be NAME:SEVERITY with NAME one of {', '.join(sorted(CORRUPTIONS))} "
-            "and SEVERITY 1-5"
-        )
-    return name, int(severity)
+            f"--corrupt '{spec}': {exc}; write NAME:SEVERITY, NAME:all, all:SEVERITY or all, with NAME one of "
+            f"{', '.join(CORRUPTIONS)} and SEVERITY 1-5"
+        ) from None
 
 
 def default_templates(identity: dict[str, Any]) -> str:
@@ -164,6 +173,12 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         classnames = list(source.classnames)
     else:
         raise InputError(f"data '{config.data}' has no class names: pass --classnames FILE")
+    if config.classnames and source.classnames and len(source.classnames) != len(classnames):
+        shown = ", ".join(source.classnames[:4]) + (", ..." if len(source.classnames) > 4 else "")
+        raise InputError(
+            f"--classnames '{config.classnames}' lists {len(classnames)} classes but data '{config.data}' has "
+            f"{len(source.classnames)} ({shown}): give one name per data class, in the data's label order"
+        )
     known = source.labels >= 0
     if config.classnames and known.any() and int(source.labels[known].max()) >= len(classnames):
         raise InputError(
@@ -252,6 +267,39 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     }
 
 
+def extract_corruptions(config: ExtractConfig) -> dict[str, Any]:
+    """One store per (corruption, severity) that ``config.corrupt`` names, inside the folder
+    ``config.out`` as ``NAME-SEVERITY.zarr``; stores already complete are kept as they are."""
+    from dataclasses import replace
+
+    from .store import is_url
+
+    plan = corruption_plan(config.corrupt)
+    if not plan:
+        raise InputError("extract_corruptions needs --corrupt")
+    if not is_url(config.out):
+        folder = Path(config.out)
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out '{folder}' is a file; --corrupt '{config.corrupt}' writes one store per "
+                             "corruption into a folder: pass a folder path")
+        if (folder / "zarr.json").exists():
+            raise InputError(f"--out '{folder}' is a store; --corrupt '{config.corrupt}' writes one store per "
+                             "corruption into a folder: pass a folder path")
+        folder.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for index, (name, severity) in enumerate(plan, 1):
+        out = f"{config.out.rstrip('/')}/{name}-{severity}.zarr"
+        if config.progress:
+            sys.stderr.write(f"[{index}/{len(plan)}] {name}:{severity} -> {out}\n")
+        summaries.append(extract(replace(config, out=out, corrupt=f"{name}:{severity}")))
+    return {
+        "folder": config.out,
+        "stores": summaries,
+        "images": sum(s["images"] for s in summaries),
+        "written": sum(s["written"] for s in summaries),
+    }
+
+
 def finish_store(out: str | Path, ranks: Any) -> list[tuple[str, str]]:
     """Rank 0: check every shard is done, list invalid samples, mark the store complete."""
     from .store import ATTR, StoreError, open_group
@@ -269,6 +317,36 @@ def finish_store(out: str | Path, ranks: Any) -> list[tuple[str, str]]:
     meta["invalid"] = [{"key": k, "reason": r} for k, r in invalid]
     root.attrs[ATTR] = meta
     return invalid
+
+
+def corruption_size(source: Any, size: tuple[int, ...]) -> tuple[int, ...]:
+    """Where to corrupt: at the images' own resolution when they all share one that is smaller
+    than the model's and square like it (CIFAR at 32 px, as the published -C files are made),
+    otherwise at the model's input resolution."""
+    pixels = getattr(source, "pixels", None)
+    if pixels is None or pixels.ndim != 4:
+        return size
+    native = tuple(int(v) for v in pixels.shape[1:3])
+    square = native[0] == native[1] and size[0] == size[1]
+    return native if square and native[0] < size[0] else size
+
+
+def corrupted(pixels: Any, corruption: tuple[str, int], seed: int, shard: int, size: tuple[int, ...],
+              device: Any) -> Any:
+    """One shard's uint8 batch corrupted on the device (seeded per shard), as float in [0, 1] at
+    the model's size (resized bicubically when corrupted at the images' own resolution)."""
+    import torch
+
+    from .corruptions import corrupt_batch, corruption_seed
+
+    name, severity = corruption
+    generator = torch.Generator(device=device).manual_seed(corruption_seed(seed, shard, name, severity))
+    batch = corrupt_batch(pixels.to(device, non_blocking=True), name, severity, generator)
+    images = batch.float().div_(255.0)
+    if tuple(images.shape[-2:]) != tuple(size):
+        images = torch.nn.functional.interpolate(images, size=tuple(size), mode="bicubic", align_corners=False)
+        images = images.clamp_(0.0, 1.0)
+    return images
 
 
 def write_shards(
@@ -302,8 +380,9 @@ def write_shards(
     batches = [list(range(s * layout.shard_size, min(n, (s + 1) * layout.shard_size))) for s in todo]
     device = loaded.device
     size = tuple(loaded.preprocess["size"])
-    decoded = DecodedDataset(source, size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"],
-                             parse_corruption(config.corrupt))
+    corruption = parse_corruption(config.corrupt)
+    decode_size = corruption_size(source, size) if corruption else size
+    decoded = DecodedDataset(source, decode_size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"])
     loader = torch.utils.data.DataLoader(
         decoded,
         batch_sampler=batches,
@@ -346,7 +425,10 @@ def write_shards(
                     f"cannot decode image '{key}' ({reason}): remove or replace it and run the same command "
                     "again (finished shards are kept), or pass --skip-bad to record it as invalid"
                 )
-            images = views.to_float(pixels)
+            if corruption is not None:
+                images = corrupted(pixels, corruption, config.seed, shard, size, device)
+            else:
+                images = views.to_float(pixels)
             with torch.no_grad():
                 emb = encode(views.clean(images))
             arrays: dict[str, np.ndarray] = {"clean/emb": emb}

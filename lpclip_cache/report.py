@@ -1,8 +1,10 @@
 """An evaluation report folder: the JSON, a Markdown page and PNG plots.
 
-Plots: reliability diagrams and confidence histograms of each method on the first
-in-distribution store, risk-coverage curves, ROC curves for each OOD store (maximum softmax
-probability, OOD positive) and, when corrupted stores were evaluated, error against severity.
+Plots: reliability diagrams and confidence histograms of the teacher and the probe on the first
+in-distribution store (``calibration.png``), a reliability diagram per in-distribution store
+(``reliability/<store>.png``), risk-coverage curves, ROC curves for each OOD store (maximum
+softmax probability, OOD positive) and, when corrupted stores were evaluated, error and ECE
+against severity with a line per method (ensemble members included).
 """
 
 from __future__ import annotations
@@ -16,6 +18,27 @@ import numpy as np
 from .evaluate import METHOD_NAMES
 
 COLOURS = {"teacher": "#7f7f7f", "probe": "#1f77b4"}
+MEMBER_COLOURS = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
+
+
+def colour(method: str) -> str:
+    """A fixed colour per method; ensemble members cycle through a palette."""
+    if method in COLOURS:
+        return COLOURS[method]
+    index = int(method.rpartition("-")[2]) if method.startswith("member-") else 0
+    return MEMBER_COLOURS[index % len(MEMBER_COLOURS)]
+
+
+def reliability_panel(axis: Any, probs: np.ndarray, labels: np.ndarray, method: str, title: str) -> None:
+    """Accuracy per confidence bin (15 equal-width bins) against the diagonal."""
+    from .metrics import reliability_bins
+
+    bins = reliability_bins(probs, labels, 15)
+    edges = np.asarray(bins["edges"])
+    axis.bar(edges[:-1], np.nan_to_num(np.asarray(bins["accuracy"])), width=np.diff(edges), align="edge",
+             color=colour(method), edgecolor="black", linewidth=0.5)
+    axis.plot([0, 1], [0, 1], "--", color="black", linewidth=1)
+    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
 
 
 def _pyplot() -> Any:
@@ -28,12 +51,22 @@ def _pyplot() -> Any:
 
 
 def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each method's probabilities and the labels of one store's valid rows."""
+    """Each method's probabilities and the labels of one in-distribution store's valid rows
+    (on its class subset when it has one)."""
+    from .evaluate import in_distribution_outputs
+    from .probe import softmax
+    from .store import FeatureStore
+
+    logits, labels = in_distribution_outputs(run, FeatureStore(store_path))
+    return {m: softmax(v, np.float64) for m, v in logits.items()}, labels
+
+
+def _ood_outputs(run: Any, store_path: str) -> dict[str, np.ndarray]:
+    """Each method's probabilities on an OOD store (the run's whole label space)."""
     from .evaluate import score_store
     from .store import FeatureStore
 
-    store = FeatureStore(store_path)
-    return score_store(run, store), store.labels()[store.read("valid")]
+    return score_store(run, FeatureStore(store_path))
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,15 +89,15 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
 
 def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> list[Path]:
     """Write report.json, report.md and the plots into ``folder``; return the plot paths."""
-    from .metrics import reliability_bins
     from .probe import load_run
 
     plt = _pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     run = load_run(run_path)
+    methods = list(report.get("methods", METHOD_NAMES))
     first = next(iter(report["stores"]))
     probs, labels = _outputs(run, first)
-    ood_probs = {path: _outputs(run, path)[0] for path in report["ood"]}  # read once, used by two plots
+    ood_probs = {path: _ood_outputs(run, path) for path in report["ood"]}  # read once, used by two plots
     known = labels >= 0
     plots: list[Path] = []
 
@@ -72,14 +105,9 @@ def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> 
     for col, method in enumerate(METHOD_NAMES):
         p = probs[method]
         if known.any():
-            bins = reliability_bins(p[known], labels[known], 15)
-            edges = np.asarray(bins["edges"])
-            axes[0][col].bar(edges[:-1], np.nan_to_num(np.asarray(bins["accuracy"])), width=np.diff(edges),
-                             align="edge", color=COLOURS[method], edgecolor="black", linewidth=0.5)
-        axes[0][col].plot([0, 1], [0, 1], "--", color="black", linewidth=1)
-        axes[0][col].set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-                         title=f"{method}: reliability ({Path(first).name})")
-        axes[1][col].hist(p.max(axis=1), bins=30, range=(0, 1), color=COLOURS[method], alpha=0.8, label="in-dist.")
+            reliability_panel(axes[0][col], p[known], labels[known], method,
+                              f"{method}: reliability ({Path(first).name})")
+        axes[1][col].hist(p.max(axis=1), bins=30, range=(0, 1), color=colour(method), alpha=0.8, label="in-dist.")
         for ood_path, outputs in ood_probs.items():
             axes[1][col].hist(outputs[method].max(axis=1), bins=30, range=(0, 1), histtype="step", linewidth=1.5,
                               label=Path(ood_path).name)
@@ -90,13 +118,32 @@ def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> 
     fig.savefig(plots[-1], dpi=100)
     plt.close(fig)
 
+    # a reliability diagram per in-distribution store with labels, every method side by side
+    for index, path in enumerate(report["stores"]):
+        store_probs, store_labels = (probs, labels) if path == first else _outputs(run, path)
+        seen = store_labels >= 0
+        if not seen.any():
+            continue
+        fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
+        for col, method in enumerate(methods):
+            ece = report["stores"][path][method]["ece"]
+            reliability_panel(axes[0][col], store_probs[method][seen], store_labels[seen], method,
+                              f"{method} (ECE {ece:.3f})")
+        fig.suptitle(Path(path).name)
+        fig.tight_layout()
+        plots.append(folder / "reliability" / f"{index:03d}-{Path(path).stem}.png")
+        plots[-1].parent.mkdir(exist_ok=True)
+        fig.savefig(plots[-1], dpi=80)
+        plt.close(fig)
+
     if known.any():
         fig, axis = plt.subplots(figsize=(5, 4))
-        for method in METHOD_NAMES:
+        for method in methods:
             coverage, risk = risk_coverage(probs[method][known], labels[known])
-            axis.plot(coverage, risk, color=COLOURS[method], label=method)
+            axis.plot(coverage, risk, color=colour(method), label=method,
+                      linewidth=1.0 if method.startswith("member-") else 2.0)
         axis.set(xlabel="coverage", ylabel="risk (error rate)", title="risk-coverage", xlim=(0, 1), ylim=(0, 1))
-        axis.legend()
+        axis.legend(fontsize=8)
         fig.tight_layout()
         plots.append(folder / "risk_coverage.png")
         fig.savefig(plots[-1], dpi=100)
@@ -107,7 +154,7 @@ def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> 
         for ood_path, outputs in ood_probs.items():
             for method in METHOD_NAMES:
                 fpr, tpr = roc_curve(probs[method].max(axis=1), outputs[method].max(axis=1))
-                axis.plot(fpr, tpr, color=COLOURS[method], label=f"{method} vs {Path(ood_path).name}")
+                axis.plot(fpr, tpr, color=colour(method), label=f"{method} vs {Path(ood_path).name}")
         axis.plot([0, 1], [0, 1], ":", color="black")
         axis.set(xlabel="false-positive rate (ID flagged)", ylabel="true-positive rate (OOD flagged)", title="ROC")
         axis.legend(fontsize=7)
@@ -119,25 +166,28 @@ def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> 
     corruptions = report.get("corruptions", {})
     if corruptions:
         names = sorted(next(iter(corruptions.values()))["error"])
-        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+        fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6), squeeze=False)
         for col, name in enumerate(names):
-            for method, entry in corruptions.items():
-                severities = sorted(entry["error"][name], key=int)
-                axes[0][col].plot([int(s) for s in severities], [entry["error"][name][s] for s in severities],
-                                  marker="o", color=COLOURS[method], label=method)
-            axes[0][col].set(title=name, xlabel="severity", ylabel="error", ylim=(0, 1))
-            axes[0][col].legend(fontsize=8)
+            for row, key in enumerate(("error", "ece")):
+                for method, entry in corruptions.items():
+                    severities = sorted(entry[key][name], key=int)
+                    axes[row][col].plot([int(s) for s in severities], [entry[key][name][s] for s in severities],
+                                        marker="o", markersize=3, color=colour(method), label=method,
+                                        linewidth=1.0 if method.startswith("member-") else 2.0)
+                axes[row][col].set(title=name.replace("_", " "), xlabel="severity", ylabel=key,
+                                   ylim=(0, 1 if key == "error" else None))
+            axes[0][col].legend(fontsize=7)
         fig.tight_layout()
         plots.append(folder / "severity.png")
         fig.savefig(plots[-1], dpi=100)
         plt.close(fig)
 
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(report, plots))
+    (folder / "report.md").write_text(markdown(report, plots, folder))
     return plots
 
 
-def markdown(report: dict[str, Any], plots: list[Path]) -> str:
+def markdown(report: dict[str, Any], plots: list[Path], folder: Path) -> str:
     """The report as a Markdown page."""
     from .evaluate import format_table
 
@@ -145,5 +195,10 @@ def markdown(report: dict[str, Any], plots: list[Path]) -> str:
     for method, entry in report.get("corruptions", {}).items():
         means = ", ".join(f"{k} {v:.3f}" for k, v in entry["mean_error"].items())
         lines.append(f"- {method}: mean corruption error {entry['mce']:.3f} ({means})")
-    lines += ["", *[f"![{p.stem}]({p.name})" for p in plots], ""]
+    summary = [p for p in plots if p.parent == folder]
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in summary], ""]
+    per_store = [p for p in plots if p.parent != folder]
+    if per_store:
+        lines += ["## Reliability per store", "", *[f"- [{p.stem}]({p.relative_to(folder).as_posix()})"
+                                                     for p in per_store], ""]
     return "\n".join(lines)

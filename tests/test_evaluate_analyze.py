@@ -189,30 +189,65 @@ def test_cluster_sweep_and_projection_plot(world, tmp_path):
     assert again.exit_code == 5 and "already exists" in again.stderr
 
 
-def test_corrupted_stores_are_aggregated_into_a_mean_corruption_error(tmp_path):
+def test_corrupted_stores_are_aggregated_for_the_teacher_the_ensemble_and_each_member(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from lpclip_cache.cli import main
     from lpclip_cache.extract import ExtractConfig, extract
+    from lpclip_cache.probe import load_run
+    from lpclip_cache.store import FeatureStore
     from lpclip_cache.train import TrainConfig, train
 
-    def store(name, spec):
-        extract(ExtractConfig(data=spec, out=str(tmp_path / f"{name}.zarr"), model="test-tiny", weak_views=1,
+    def store(path, spec):
+        extract(ExtractConfig(data=spec, out=str(path), model="test-tiny", weak_views=1,
                               strong_views=1, num_workers=0, device="cpu", progress=False, seed=0))
-        return str(tmp_path / f"{name}.zarr")
+        return str(path)
 
-    clean = store("clean", "shapes:test:n=64")
-    shifted = {(c, s): store(f"{c}{s}", f"shapes:test:{c}:{s}:n=64") for c in ("contrast", "gaussian_blur")
-               for s in (1, 5)}
-    train(TrainConfig(store=clean, out=str(tmp_path / "run"), epochs=1, progress=False))
-    report = evaluate(str(tmp_path / "run"), [clean, *shifted.values()])
+    clean = store(tmp_path / "clean.zarr", "shapes:test:n=64")
+    shifted = {(c, s): store(tmp_path / "shifted" / f"{c}-{s}.zarr", f"shapes:test:{c}:{s}:n=64")
+               for c in ("contrast", "gaussian_blur") for s in (1, 5)}
+    train(TrainConfig(store=clean, out=str(tmp_path / "run"), epochs=1, ensemble=3, progress=False))
+    # a folder of stores stands for the stores in it
+    report = evaluate(str(tmp_path / "run"), [clean, str(tmp_path / "shifted")])
+    assert list(report["stores"]) == [clean, *sorted(shifted.values())]
+    assert report["methods"] == ["teacher", "probe", "member-0", "member-1", "member-2"]
     assert report["stores"][clean]["shift"] is None
-    probe = report["corruptions"]["probe"]
+    run = load_run(tmp_path / "run")
     for (corruption, severity), path in shifted.items():
         assert report["stores"][path]["shift"] == {"corruption": corruption, "severity": severity}
-        expected = 1 - report["stores"][path]["probe"]["accuracy"]
-        assert probe["error"][corruption][str(severity)] == pytest.approx(expected)
+        data = FeatureStore(path)
+        emb, labels = data.read("clean/emb"), data.labels()
+        members = np.stack([softmax(logits) for logits in run.member_logits(emb).astype(np.float64)])
+        for m in range(3):  # each member's row is that probe alone
+            assert report["stores"][path][f"member-{m}"]["accuracy"] == pytest.approx(
+                metrics.accuracy(members[m], labels))
+        assert report["stores"][path]["probe"]["accuracy"] == pytest.approx(
+            metrics.accuracy(members.mean(axis=0), labels))
+        for method in report["methods"]:
+            entry = report["corruptions"][method]
+            assert entry["error"][corruption][str(severity)] == pytest.approx(
+                1 - report["stores"][path][method]["accuracy"])
+            assert entry["ece"][corruption][str(severity)] == pytest.approx(report["stores"][path][method]["ece"])
+    probe = report["corruptions"]["probe"]
     means = [np.mean([1 - report["stores"][shifted[(c, s)]]["probe"]["accuracy"] for s in (1, 5)])
              for c in ("contrast", "gaussian_blur")]
     assert probe["mean_error"]["contrast"] == pytest.approx(means[0])
     assert probe["mce"] == pytest.approx(np.mean(means))
+
+    folder = tmp_path / "report"
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(tmp_path / "run"), "--store", clean,
+                                       "--store", str(tmp_path / "shifted"), "--report", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    assert "member-2" in result.stdout
+    with Image.open(folder / "severity.png") as image:  # error and ECE rows, a column per corruption
+        assert image.size == (640, 600) and np.asarray(image.convert("L")).std() > 5
+    per_store = sorted((folder / "reliability").iterdir())
+    assert len(per_store) == 5  # one reliability diagram per in-distribution store
+    with Image.open(per_store[0]) as image:
+        assert image.size == (1440, 288) and np.asarray(image.convert("L")).std() > 5
+    page = (folder / "report.md").read_text()
+    assert all(f"(reliability/{p.name})" in page for p in per_store)
 
 
 def test_report_folder_has_markdown_and_plots(world, tmp_path):

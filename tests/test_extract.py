@@ -230,28 +230,68 @@ def test_cifar_c_bad_specs(cifar_c_root, suffix, message):
         open_source(f"cifar10c:{root}{suffix}")
 
 
-def test_corrupt_option_applies_the_corruption_after_decoding(cifar_root, tiny_checkpoint, tmp_path):
+def test_corrupt_option_corrupts_each_shard_on_the_device_before_encoding(cifar_root, tiny_checkpoint, tmp_path):
     import open_clip
     import torch
     from PIL import Image
 
-    from lpclip_cache.corruptions import corrupt
+    from lpclip_cache.corruptions import corrupt_batch, corruption_seed
     from lpclip_cache.data import resize_to_model
     from lpclip_cache.errors import InputError
 
     store = build(tmp_path / "c.zarr", cifar_root, tiny_checkpoint, weak_views=0, strong_views=0,
-                  corrupt="contrast:4")
-    assert store.manifest["corruption"] == "contrast:4"
+                  corrupt="motion_blur:4", shard_size=64)
+    assert store.manifest["corruption"] == "motion_blur:4"
+    # rebuild shard 1 (rows 64-127) by hand: decode, resize, corrupt with the shard's seed, encode
     model = open_clip.create_model("test-tiny", pretrained=str(tiny_checkpoint)).eval()
-    key, row = store.read("keys")[7], 7
-    pixels = np.asarray(resize_to_model(Image.open(cifar_root / "test" / key).convert("RGB"), (32, 32), "shortest",
-                                        "bicubic"))
-    expected = corrupt(pixels[None], "contrast", 4, seed=row)[0]
-    tensor = torch.from_numpy(expected).permute(2, 0, 1)[None].float() / 255
+    keys = store.read("keys")[64:128]
+    pixels = np.stack([np.asarray(resize_to_model(Image.open(cifar_root / "test" / k).convert("RGB"), (32, 32),
+                                                  "shortest", "bicubic")) for k in keys])
+    generator = torch.Generator().manual_seed(corruption_seed(0, 1, "motion_blur", 4))
+    corrupted = corrupt_batch(torch.from_numpy(pixels).permute(0, 3, 1, 2), "motion_blur", 4, generator)
     mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
-        emb = torch.nn.functional.normalize(model.encode_image((tensor - mean) / std), dim=-1).numpy()[0]
-    np.testing.assert_allclose(store.read("clean/emb")[row].astype(np.float32), emb, atol=2e-3)
+        emb = torch.nn.functional.normalize(model.encode_image((corrupted.float() / 255 - mean) / std), dim=-1)
+    np.testing.assert_allclose(store.read("clean/emb")[64:128].astype(np.float32), emb.numpy(), atol=2e-3)
+    clean = build(tmp_path / "clean.zarr", cifar_root, tiny_checkpoint, weak_views=0, strong_views=0, shard_size=64)
+    assert np.abs(clean.read("clean/emb")[64:128].astype(np.float32) - emb.numpy()).max() > 0.01  # 5x the tolerance
     with pytest.raises(InputError, match="NAME:SEVERITY"):
         build(tmp_path / "d.zarr", cifar_root, tiny_checkpoint, corrupt="fog:9")
+
+
+def test_corruptions_of_small_uniform_images_happen_at_their_own_resolution():
+    from lpclip_cache.data import ArraySource
+    from lpclip_cache.extract import corrupted, corruption_size
+
+    cifar_like = ArraySource(np.zeros((4, 32, 32, 3), np.uint8), ["k"] * 4, np.zeros(4, np.int32), None, {})
+    assert corruption_size(cifar_like, (224, 224)) == (32, 32)
+    assert corruption_size(cifar_like, (32, 32)) == (32, 32)
+    assert corruption_size(cifar_like, (224, 160)) == (224, 160)  # not square like the images: model size
+    assert corruption_size(object(), (224, 224)) == (224, 224)  # files of any size: model size
+    import torch
+
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
+    out = corrupted(batch, ("pixelate", 5), 0, 0, (96, 96), torch.device("cpu"))
+    assert out.shape == (2, 3, 96, 96) and out.dtype == torch.float32 and 0 <= float(out.min()) <= float(out.max()) <= 1
+
+
+def test_corrupt_all_severities_writes_one_store_each_and_resumes(image_folder, tiny_checkpoint, tmp_path):
+    from lpclip_cache.extract import ExtractConfig, extract_corruptions
+    from lpclip_cache.store import FeatureStore
+
+    config = ExtractConfig(data=str(image_folder), out=str(tmp_path / "pixelate"), pretrained=str(tiny_checkpoint),
+                           weak_views=0, strong_views=1, num_workers=0, device="cpu", progress=False,
+                           corrupt="pixelate:all")
+    summary = extract_corruptions(config)
+    names = sorted(p.name for p in (tmp_path / "pixelate").iterdir())
+    assert names == [f"pixelate-{s}.zarr" for s in range(1, 6)]
+    embeddings = []
+    for severity in range(1, 6):
+        store = FeatureStore(tmp_path / "pixelate" / f"pixelate-{severity}.zarr")
+        assert store.meta["complete"] and store.manifest["corruption"] == f"pixelate:{severity}"
+        embeddings.append(store.read("clean/emb").astype(np.float32))
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(embeddings, embeddings[1:]))
+    assert summary["written"] == 5 * 12
+    again = extract_corruptions(config)  # every store is complete: nothing is recomputed
+    assert again["written"] == 0

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lpclip_cache.corruptions import CORRUPTIONS, corrupt
+from lpclip_cache.corruptions import corrupt
 from lpclip_cache.data import open_source
 from lpclip_cache.errors import InputError
+from lpclip_cache.world.demo import CORRUPTIONS
 from lpclip_cache.world.shapes import (
     SHAPES,
     STYLES,
