@@ -1,0 +1,392 @@
+"""Recipes: one TOML file names a whole experiment, and ``lpclip-cache run`` carries it out.
+
+A recipe gives the model, the datasets and their roles (``adapt``: the unlabelled adaptation
+set; ``test``: the in-distribution test set; ``shift``: shifted test sets, corruptions included;
+``ood``: out-of-distribution sets), the cached views, the probes to train and what to report.
+``plan`` turns it into stages (extract each dataset, train each probe, evaluate each probe on
+every test/shift/OOD store, analyse the latent space) with their outputs under ``out``;
+``run_recipe`` executes them in order. A stage whose output is complete for the same
+configuration is skipped: a store is complete when every shard is written (an incomplete one
+resumes), and a run, report or analysis when the stamp written after it finished
+(``OUT/.recipe/STAGE.json``) holds the same configuration key. Stores are never deleted by a
+recipe: one made with another configuration is an error that names the differing fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+ROLES = ("adapt", "test", "shift", "ood")
+TOP_KEYS = {"name", "description", "out", "gpu_wall_time", "model", "views", "extract", "datasets", "train",
+            "evaluate", "analyze"}
+MODEL_KEYS = {"name", "pretrained", "device", "precision", "cache_dir"}
+VIEW_KEYS = {"weak", "strong", "weak_policy", "strong_policy", "seed"}
+EXTRACT_KEYS = {"batch_size", "workers", "shard_size", "compression", "templates", "classnames", "temperature",
+                "skip_bad", "download"}
+DATASET_KEYS = {"role", "data", "split", "corrupt"} | VIEW_KEYS | EXTRACT_KEYS
+TRAIN_KEYS = {"method", "epochs", "batch_size", "lr", "weight_decay", "seed", "init", "weighting", "targets",
+              "threshold", "student", "max_views", "ensemble", "holdout"}
+EVALUATE_KEYS = {"report"}
+ANALYZE_KEYS = {"clusters", "neighbors", "projection", "k", "sweep", "neighbors_k", "seed"}
+SHAPES_TEACHER = "shapes-teacher"  # the project's offline teacher, trained once and cached
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class Stage:
+    """One step of a recipe: what runs, with which options, writing where."""
+
+    kind: str  # extract | train | evaluate | analyze
+    name: str
+    out: str
+    options: dict[str, Any]
+    needs: list[str] = field(default_factory=list)
+    key: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-{self.name}"
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe and where it came from."""
+
+    path: Path
+    name: str
+    description: str
+    out: str
+    gpu_wall_time: str
+    model: dict[str, Any]
+    datasets: dict[str, dict[str, Any]]
+    train: dict[str, dict[str, Any]]
+    evaluate: dict[str, Any]
+    analyze: dict[str, Any]
+    unresolved: list[str] = field(default_factory=list)
+
+
+def _fail(path: Path, where: str, message: str) -> InputError:
+    return InputError(f"recipe '{path}': {where}: {message}")
+
+
+def _check_keys(path: Path, where: str, table: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise _fail(path, where, f"should be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _fail(path, where, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return table
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str], path: Path) -> None:
+    """``--set a.b.c=value`` edits: the value is read as TOML (a number, true/false, a quoted
+    string or a list), or taken as a plain string when it is not valid TOML."""
+    import tomllib
+
+    for item in overrides:
+        dotted, eq, raw = item.partition("=")
+        if not eq or not dotted.strip():
+            raise InputError(f"--set '{item}' should read KEY=VALUE, e.g. model.pretrained=laion2b_s34b_b79k")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = doc
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set '{item}': '{part}' in recipe '{path}' is not a table")
+            node = child
+        node[parts[-1]] = value
+
+
+def _expand(value: Any, unresolved: list[str], where: str) -> Any:
+    """``${VAR}`` from the environment and a leading ``~`` in strings; unset variables are kept
+    as written and listed, so a dry run can still show the plan."""
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in os.environ:
+                return os.environ[name]
+            unresolved.append(f"{where} uses ${{{name}}}")
+            return match.group(0)
+
+        text = VARIABLE.sub(substitute, value)
+        return os.path.expanduser(text) if text.startswith("~") else text
+    if isinstance(value, list):
+        return [_expand(v, unresolved, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, unresolved, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read and check a recipe file; every problem is one InputError naming the file and key."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"recipe '{path}' not found: pass a .toml recipe file (examples in pipelines/)")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"recipe '{path}' is not valid TOML ({exc}): fix the file") from None
+    apply_overrides(doc, overrides or [], path)
+    _check_keys(path, "top level", doc, TOP_KEYS)
+    unresolved: list[str] = []
+    doc = _expand(doc, unresolved, "")
+    for required in ("name", "out", "model", "datasets", "train"):
+        if required not in doc:
+            raise _fail(path, required, "missing; see docs/recipes.md for the form of a recipe")
+    model = _check_keys(path, "[model]", doc["model"], MODEL_KEYS)
+    if "name" not in model:
+        raise _fail(path, "[model]", "needs name (an open_clip model, e.g. ViT-B-32)")
+    views = _check_keys(path, "[views]", doc.get("views", {}), VIEW_KEYS)
+    engine = _check_keys(path, "[extract]", doc.get("extract", {}), EXTRACT_KEYS)
+    datasets_doc = _check_keys(path, "[datasets]", doc["datasets"], set(doc["datasets"]))
+    datasets: dict[str, dict[str, Any]] = {}
+    for name, table in datasets_doc.items():
+        where = f"[datasets.{name}]"
+        table = _check_keys(path, where, table, DATASET_KEYS)
+        if table.get("role") not in ROLES:
+            raise _fail(path, where, f"role should be one of {', '.join(ROLES)}, got {table.get('role')!r}")
+        if not isinstance(table.get("data"), str):
+            raise _fail(path, where, "needs data (a --data spec: a folder, cifar10:ROOT, imagenet:ROOT, ...)")
+        evaluated = table["role"] != "adapt"
+        defaults = {**views, **({"weak": 0, "strong": 0} if evaluated else {})}
+        datasets[name] = {**engine, **defaults, **table}
+    roles = [d["role"] for d in datasets.values()]
+    if roles.count("adapt") != 1:
+        raise _fail(path, "[datasets]", f"needs exactly one dataset with role 'adapt', found {roles.count('adapt')}")
+    if "test" not in roles:
+        raise _fail(path, "[datasets]", "needs at least one dataset with role 'test'")
+    train_doc = _check_keys(path, "[train]", doc["train"], set(doc["train"]))
+    if not train_doc:
+        raise _fail(path, "[train]", "names no probe: add e.g. [train.lpclip] method = \"lpclip\"")
+    train = {name: _check_keys(path, f"[train.{name}]", table, TRAIN_KEYS) for name, table in train_doc.items()}
+    evaluate = _check_keys(path, "[evaluate]", doc.get("evaluate", {}), EVALUATE_KEYS)
+    analyze = _check_keys(path, "[analyze]", doc.get("analyze", {}), ANALYZE_KEYS)
+    for name in list(datasets) + list(train):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise _fail(path, name, "names of datasets and probes become file names: use letters, digits, _ . -")
+    return Recipe(path, str(doc["name"]), str(doc.get("description", "")), str(doc["out"]),
+                  str(doc.get("gpu_wall_time", "")), model, datasets, train, evaluate, analyze, unresolved)
+
+
+def _key(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan(recipe: Recipe) -> list[Stage]:
+    """The stages of a recipe in execution order, each with its configuration key."""
+    out = recipe.out.rstrip("/")
+    stages: list[Stage] = []
+    stores: dict[str, Stage] = {}
+    for name, table in recipe.datasets.items():
+        options = {
+            "data": table["data"], "split": table.get("split"), "model": recipe.model["name"],
+            "pretrained": recipe.model.get("pretrained", "none"), "device": recipe.model.get("device", "auto"),
+            "precision": recipe.model.get("precision", "auto"), "cache_dir": recipe.model.get("cache_dir"),
+            "weak_views": table.get("weak", 2), "strong_views": table.get("strong", 2),
+            "weak_policy": table.get("weak_policy", "weak"), "strong_policy": table.get("strong_policy", "strong"),
+            "seed": table.get("seed", 0), "corrupt": table.get("corrupt"),
+            "templates": table.get("templates"), "classnames": table.get("classnames"),
+            "temperature": table.get("temperature", 1.0), "shard_size": table.get("shard_size", 256),
+            "batch_size": table.get("batch_size", 256), "num_workers": table.get("workers", 2),
+            "compression": table.get("compression", "none"), "skip_bad": table.get("skip_bad", False),
+            "download": table.get("download", False),
+        }
+        stage = Stage("extract", name, f"{out}/stores/{name}" + ("" if _many(options["corrupt"]) else ".zarr"),
+                      options)
+        stage.key = _key(options)
+        stages.append(stage)
+        stores[name] = stage
+    adapt = next(s for s in stores.values() if recipe.datasets[s.name]["role"] == "adapt")
+    by_role = {role: [s for s in stores.values() if recipe.datasets[s.name]["role"] == role] for role in ROLES}
+    runs: dict[str, Stage] = {}
+    for name, table in recipe.train.items():
+        stage = Stage("train", name, f"{out}/runs/{name}", {"store": adapt.out, **table}, [adapt.id])
+        stage.key = _key([stage.options, adapt.key])
+        stages.append(stage)
+        runs[name] = stage
+    evaluated = by_role["test"] + by_role["shift"]
+    for name, run in runs.items():
+        options = {"run": run.out, "stores": [s.out for s in evaluated], "ood": [s.out for s in by_role["ood"]],
+                   "report": bool(recipe.evaluate.get("report", True))}
+        stage = Stage("evaluate", name, f"{out}/reports/{name}", options,
+                      [run.id, *(s.id for s in evaluated + by_role["ood"])])
+        stage.key = _key([options, run.key, *(s.key for s in evaluated + by_role["ood"])])
+        stages.append(stage)
+    analyses = [kind for kind in ("clusters", "neighbors", "projection") if recipe.analyze.get(kind, False)]
+    for store in by_role["test"]:
+        for run_name, run in runs.items():
+            for kind in analyses:
+                options = {"kind": kind, "store": store.out, "run": run.out,
+                           "k": recipe.analyze.get("neighbors_k" if kind == "neighbors" else "k"),
+                           "sweep": recipe.analyze.get("sweep", []), "seed": recipe.analyze.get("seed", 0)}
+                suffix = "png" if kind == "projection" else "json"
+                stage = Stage("analyze", f"{kind}-{store.name}-{run_name}",
+                              f"{out}/analysis/{kind}-{store.name}-{run_name}.{suffix}", options, [store.id, run.id])
+                stage.key = _key([options, store.key, run.key])
+                stages.append(stage)
+    return stages
+
+
+def _many(corrupt: str | None) -> bool:
+    from .corruptions import expand
+
+    try:
+        return bool(corrupt) and len(expand(corrupt)) > 1
+    except ValueError:
+        return False
+
+
+def _stamp_path(recipe: Recipe, stage: Stage) -> Path:
+    return Path(recipe.out) / ".recipe" / f"{stage.id}.json"
+
+
+def _store_state(path: str) -> str:
+    """complete, partial (k/n shards) or missing, read from the store's own metadata."""
+    import numpy as np
+
+    from .store import ATTR, open_group
+
+    root = Path(path)
+    if not (root / "zarr.json").is_file():
+        return "missing"
+    try:
+        group = open_group(path, mode="r")
+        if group.attrs[ATTR].get("complete"):
+            return "complete"
+        done = np.asarray(group["done"][:])
+        return f"partial ({int(done.sum())}/{done.size} shards)"
+    except Exception:  # unreadable metadata: extract itself will say what is wrong
+        return "unreadable"
+
+
+def stage_state(recipe: Recipe, stage: Stage) -> str:
+    """What running the stage would do: skip (complete), resume, or run."""
+    stamp = _stamp_path(recipe, stage)
+    stamped = stamp.is_file() and json.loads(stamp.read_text()).get("key") == stage.key
+    if stage.kind == "extract":
+        if _many(stage.options["corrupt"]):
+            from .corruptions import expand
+
+            paths = [f"{stage.out}/{n}-{s}.zarr" for n, s in expand(stage.options["corrupt"])]
+            states = [_store_state(p) for p in paths]
+            done = states.count("complete")
+            if done == len(states):
+                return "skip (complete)"
+            return f"resume ({done}/{len(states)} stores complete)" if done or "partial" in " ".join(states) else "run"
+        state = _store_state(stage.out)
+        if state == "complete":
+            return "skip (complete)"
+        return f"resume {state}" if state.startswith("partial") else "run"
+    output = Path(stage.out)
+    if stamped and output.exists():
+        return "skip (complete)"
+    return "run (replacing an older output)" if output.exists() else "run"
+
+
+def format_plan(recipe: Recipe, stages: list[Stage]) -> str:
+    """The plan as text: one line per stage with what would happen."""
+    lines = [f"recipe {recipe.name}: {recipe.description}".rstrip(": ")]
+    if recipe.gpu_wall_time:
+        lines.append(f"expected wall time: {recipe.gpu_wall_time}")
+    lines.append(f"model: {recipe.model['name']} ({recipe.model.get('pretrained', 'none')}); outputs under {recipe.out}")
+    for stage in stages:
+        detail = ""
+        if stage.kind == "extract":
+            o = stage.options
+            role = recipe.datasets[stage.name]["role"]
+            detail = f"{role}: {o['data']}" + (f" --split {o['split']}" if o["split"] else "")
+            detail += f", {o['weak_views']} weak + {o['strong_views']} strong views"
+            detail += f", --corrupt {o['corrupt']}" if o["corrupt"] else ""
+        elif stage.kind == "train":
+            detail = ", ".join(f"{k}={v}" for k, v in stage.options.items() if k != "store")
+        elif stage.kind == "evaluate":
+            detail = f"{len(stage.options['stores'])} store(s), {len(stage.options['ood'])} OOD"
+        lines.append(f"  {stage.id:<34} {stage_state(recipe, stage):<32} -> {stage.out}" + (f"  [{detail}]"
+                                                                                          if detail else ""))
+    for item in recipe.unresolved:
+        lines.append(f"  needs an environment variable: {item.lstrip('.')}")
+    return "\n".join(lines)
+
+
+def _write_stamp(recipe: Recipe, stage: Stage, seconds: float) -> None:
+    from .evaluate import write_json_atomic
+
+    write_json_atomic(_stamp_path(recipe, stage), {"key": stage.key, "stage": stage.id, "seconds": round(seconds, 2),
+                                                   "options": stage.options})
+
+
+def _resolve_pretrained(value: Any, progress: bool) -> Any:
+    if value == SHAPES_TEACHER:
+        from .world.teacher import ensure_teacher
+
+        return str(ensure_teacher(progress=progress))
+    return value
+
+
+def execute_stage(recipe: Recipe, stage: Stage, progress: bool) -> dict[str, Any]:
+    """Run one stage through the Python API; return its summary."""
+    from . import api
+
+    o = dict(stage.options)
+    if stage.kind == "extract":
+        o["pretrained"] = _resolve_pretrained(o["pretrained"], progress)
+        return api.extract(out=stage.out, progress=progress, **o)
+    if stage.kind == "train":
+        return api.train(out=stage.out, overwrite=True, progress=progress, **o)
+    if stage.kind == "evaluate":
+        report = stage.out if o["report"] else None
+        json_out = None if report else f"{stage.out}.json"
+        Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
+        return api.evaluate(run=o["run"], stores=o["stores"], ood=o["ood"], out=json_out, report=report,
+                            overwrite=True)
+    Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
+    return api.analyze(o["kind"], store=o["store"], run=o["run"], out=stage.out, k=o["k"], sweep=o["sweep"],
+                       seed=o["seed"], overwrite=True)
+
+
+def run_recipe(path: str | Path, dry_run: bool = False, overrides: list[str] | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Plan a recipe and, unless ``dry_run``, run every stage that is not complete yet."""
+    recipe = load_recipe(path, overrides)
+    stages = plan(recipe)
+    text = format_plan(recipe, stages)
+    summary: dict[str, Any] = {"recipe": recipe.name, "out": recipe.out, "plan": text,
+                               "stages": [{"id": s.id, "out": s.out, "state": stage_state(recipe, s)} for s in stages]}
+    if dry_run:
+        return summary
+    if recipe.unresolved:
+        raise InputError(f"recipe '{recipe.path}': {recipe.unresolved[0].lstrip('.')}, which is not set: export it, "
+                         "or pass --set KEY=VALUE for that key")
+    started = time.perf_counter()
+    ran, skipped = [], []
+    for index, stage in enumerate(stages, 1):
+        state = stage_state(recipe, stage)
+        if state.startswith("skip"):
+            skipped.append(stage.id)
+            if progress:
+                sys.stderr.write(f"[{index}/{len(stages)}] {stage.id}: complete, skipped\n")
+            continue
+        if progress:
+            sys.stderr.write(f"[{index}/{len(stages)}] {stage.id}: {state} -> {stage.out}\n")
+        began = time.perf_counter()
+        execute_stage(recipe, stage, progress)
+        _write_stamp(recipe, stage, time.perf_counter() - began)
+        ran.append(stage.id)
+    summary.update({"ran": ran, "skipped": skipped, "seconds": round(time.perf_counter() - started, 2)})
+    return summary
