@@ -304,7 +304,8 @@ def format_plan(recipe: Recipe, stages: list[Stage]) -> str:
     lines = [f"recipe {recipe.name}: {recipe.description}".rstrip(": ")]
     if recipe.gpu_wall_time:
         lines.append(f"expected wall time: {recipe.gpu_wall_time}")
-    lines.append(f"model: {recipe.model['name']} ({recipe.model.get('pretrained', 'none')}); outputs under {recipe.out}")
+    pretrained = recipe.model.get("pretrained", "none")
+    lines.append(f"model: {recipe.model['name']} ({pretrained}); outputs under {recipe.out}")
     for stage in stages:
         detail = ""
         if stage.kind == "extract":
