@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import StoreError
+from .errors import InputError, StoreError
 
 FORMAT_VERSION = 1
 ATTR = "lpclip_cache"
 VIEW_KINDS = ("clean", "weak", "strong")
+KIND_NAMES = {"f": "float", "iu": "integer", "b": "bool", "TUO": "string"}  # numpy dtype kinds
 
 
 def cache_key(manifest: dict[str, Any]) -> str:
@@ -69,27 +70,53 @@ def is_store(path: str | Path) -> bool:
     """True when ``path`` (a local path or an fsspec URL) is a Zarr group written by this project."""
     fs, inner = filesystem(path)
     try:
-        return ATTR in json.loads(fs.cat_file(f"{inner}/zarr.json")).get("attributes", {})
+        document = json.loads(fs.cat_file(f"{inner}/zarr.json"))
     except (FileNotFoundError, ValueError, OSError):
         return False
+    attributes = document.get("attributes") if isinstance(document, dict) else None
+    return isinstance(attributes, dict) and ATTR in attributes
 
 
-def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str) -> None:
-    """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours."""
+def refuse_output_inside(out: str | Path, inputs: list[str | Path], option: str = "--out") -> None:
+    """An InputError when ``out`` is one of the inputs or lies inside one (local paths only).
+
+    Writing there would mix outputs into a store or run, or (with --overwrite) replace an input.
+    """
+    if is_url(out):
+        return
+    target = Path(out).expanduser().resolve()
+    for given in inputs:
+        if is_url(given):
+            continue
+        source = Path(given).expanduser().resolve()
+        if target == source or source in target.parents:
+            raise InputError(
+                f"{option} '{out}' lies inside the input '{given}': write it elsewhere, beside the input"
+            )
+
+
+def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str, remove: bool = True) -> None:
+    """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours.
+
+    ``remove=False`` only checks, so a command can refuse early and delete the old output once
+    its inputs have proven sound (a bad input then leaves the old output as it was).
+    """
     fs, inner = filesystem(path)
     if not fs.exists(inner):
         return
     if not overwrite:
         raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another --out")
     if fs.isdir(inner) and not fs.ls(inner):
-        fs.rm(inner, recursive=True)
+        if remove:
+            fs.rm(inner, recursive=True)
         return
     if not is_ours(path):
         raise StoreError(
             f"'{path}' exists and is not a {what} written by lpclip-cache: refusing to delete it; "
             "choose another --out"
         )
-    fs.rm(inner, recursive=True)
+    if remove:
+        fs.rm(inner, recursive=True)
 
 
 @dataclass(frozen=True)
@@ -140,25 +167,38 @@ class StoreLock:
         import os
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.seek(0)
-            holder = self.handle.read().strip() or "another process"
-            self.handle.close()
-            raise StoreError(
-                f"store '{str(self.path)[:-5]}' is being written by {holder}: wait for it to finish, "
-                "or write another --out"
-            ) from None
+        while True:
+            self.handle = open(self.path, "a+")
+            try:
+                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.handle.seek(0)
+                holder = self.handle.read().strip() or "another process"
+                self.handle.close()
+                raise StoreError(
+                    f"store '{str(self.path)[:-5]}' is being written by {holder}: wait for it to finish, "
+                    "or write another --out"
+                ) from None
+            if self._still_linked():
+                break
+            self.handle.close()  # the holder deleted this file as it let go: lock the one now there
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"pid {os.getpid()}")
         self.handle.flush()
         return self
 
+    def _still_linked(self) -> bool:
+        """True when the locked file is still the one at ``self.path`` (not unlinked meanwhile)."""
+        import os
+
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # still locked: one who opened it meanwhile sees it unlinked, retries
         self.handle.close()
 
 
@@ -228,35 +268,136 @@ def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], ove
 
 
 class FeatureStore:
-    """A store opened for reading, validated on open."""
+    """A store opened for reading, validated on open.
+
+    Opening checks the attribute (format version, layout, manifest fields the readers use) and
+    every array's presence, shape and dtype against the layout, so a damaged or foreign store is
+    one StoreError naming what is wrong, never a KeyError or a shape error later. Float arrays of
+    a complete store are checked for NaN and infinity in valid rows as they are read.
+    """
 
     def __init__(self, path: str | Path, require_complete: bool = True) -> None:
         self.path = str(path) if is_url(path) else Path(path)
+        self._valid: np.ndarray | None = None
         fs, inner = filesystem(path)
         if not fs.exists(inner):
             raise StoreError(f"store '{self.path}' does not exist: run 'lpclip-cache extract' to make one")
+        try:
+            fs.cat_file(f"{inner}/zarr.json")
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # not a store: said just below
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read store '{self.path}' ({exc.strerror or type(exc).__name__}): "
+                "check that you may read it and every file in it"
+            ) from exc
         if not is_store(self.path):
             raise StoreError(
                 f"'{self.path}' is not an lpclip-cache store (no zarr.json with an '{ATTR}' attribute): "
                 "pass the --out folder of 'lpclip-cache extract'"
             )
-        self.group = open_group(self.path, mode="r")
-        meta = dict(self.group.attrs[ATTR])
+        try:
+            self.group = open_group(self.path, mode="r")
+            meta = self.group.attrs[ATTR]
+        except Exception as exc:  # zarr raises many types on malformed metadata
+            raise self.damaged(f"its zarr.json cannot be read as a Zarr group ({type(exc).__name__})") from exc
+        if not isinstance(meta, dict):
+            raise self.damaged(f"its '{ATTR}' attribute is not a JSON object (got {type(meta).__name__})")
         version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise StoreError(
                 f"store '{self.path}' has format version {version}, newer than this lpclip-cache reads "
                 f"({FORMAT_VERSION}): upgrade lpclip-cache"
             )
-        self.meta = meta
-        self.manifest: dict[str, Any] = meta["manifest"]
-        self.layout = Layout(**meta["layout"])
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise self.damaged(f"its format version is {version!r}, not a version lpclip-cache wrote")
+        self.meta = dict(meta)
+        self.layout = self._check_layout(meta.get("layout"))
+        self.manifest: dict[str, Any] = self._check_manifest(meta.get("manifest"))
+        if not isinstance(meta.get("cache_key"), str):
+            raise self.damaged("its attribute has no cache_key string")
+        self._check_arrays()
         if require_complete and not meta.get("complete"):
-            done = int(np.asarray(self.group["done"][:]).sum())
+            done = int(np.count_nonzero(self.read("done")))
             raise StoreError(
                 f"store '{self.path}' is incomplete ({done} of {self.layout.n_shards} shards written): "
-                "extraction stopped before the end; run the same extract command again with --overwrite"
+                "extraction stopped before the end; run the same extract command again to finish it "
+                "(finished shards are kept)"
             )
+
+    def damaged(self, what: str) -> StoreError:
+        """The one error of a store whose files are not what lpclip-cache writes."""
+        return StoreError(f"store '{self.path}' is damaged or was not written by lpclip-cache: {what}; re-extract it")
+
+    def _check_layout(self, layout: Any) -> Layout:
+        fields = ("n", "dim", "n_classes", "weak_views", "strong_views", "shard_size")
+        if not isinstance(layout, dict) or set(layout) != set(fields):
+            raise self.damaged(f"its layout should be an object with exactly {', '.join(fields)}")
+        minimum = {"n": 0, "dim": 1, "n_classes": 1, "weak_views": 0, "strong_views": 0, "shard_size": 1}
+        for name in fields:
+            value = layout[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum[name]:
+                raise self.damaged(f"its layout field {name} is {value!r}, not an integer >= {minimum[name]}")
+        return Layout(**layout)
+
+    def _check_manifest(self, manifest: Any) -> dict[str, Any]:
+        if not isinstance(manifest, dict):
+            raise self.damaged("its manifest is not an object")
+        names = manifest.get("classnames")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise self.damaged("its manifest has no classnames list of strings")
+        if len(names) != self.layout.n_classes:
+            raise self.damaged(f"its manifest lists {len(names)} class names but its layout {self.layout.n_classes}")
+        model = manifest.get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            raise self.damaged("its manifest has no model name")
+        teacher = manifest.get("teacher")
+        for key in ("logit_scale", "temperature"):
+            value = teacher.get(key) if isinstance(teacher, dict) else None
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not np.isfinite(value) or value <= 0:
+                raise self.damaged(f"its manifest's teacher.{key} is {value!r}, not a positive number")
+        return manifest
+
+    def _check_arrays(self) -> None:
+        """Every array the layout implies exists with its shape and kind of dtype."""
+        layout = self.layout
+        floats, ints, text = "f", "iu", "TUO"
+        expected: dict[str, tuple[tuple[int, ...], str]] = {}
+        for kind in VIEW_KINDS:
+            views = layout.views(kind)
+            if views == 0:
+                continue
+            lead = (layout.n,) if kind == "clean" else (layout.n, views)
+            expected[f"{kind}/emb"] = ((*lead, layout.dim), floats)
+            expected[f"{kind}/label"] = (lead, ints)
+            expected[f"{kind}/conf"] = (lead, floats)
+        expected["head"] = ((layout.n_classes, layout.dim), floats)
+        expected["labels"] = ((layout.n,), ints)
+        expected["valid"] = ((layout.n,), "b")
+        expected["keys"] = ((layout.n,), text)
+        expected["reason"] = ((layout.n,), text)
+        expected["done"] = ((layout.n_shards,), ints)
+        for name, (shape, kinds) in expected.items():
+            try:
+                node = self.group[name]
+            except KeyError:
+                raise self.damaged(f"array '{name}' is missing") from None
+            except PermissionError as exc:
+                raise StoreError(
+                    f"cannot read array '{name}' of store '{self.path}' ({exc.strerror}): check that you may "
+                    "read every file in it"
+                ) from exc
+            except Exception as exc:
+                raise self.damaged(f"array '{name}' cannot be opened ({type(exc).__name__})") from exc
+            if not isinstance(node, zarr.Array):
+                raise self.damaged(f"'{name}' is a group, not an array")
+            dtype_kind = getattr(node.dtype, "kind", "?")
+            if tuple(node.shape) != shape or dtype_kind not in kinds:
+                raise self.damaged(
+                    f"array '{name}' is {node.dtype} {tuple(node.shape)}, but its layout needs shape {shape} "
+                    f"({KIND_NAMES[kinds]})"
+                )
 
     @property
     def cache_key(self) -> str:
@@ -287,8 +428,46 @@ class FeatureStore:
         return True
 
     def read(self, name: str) -> np.ndarray:
-        """A whole array as numpy."""
-        return np.asarray(self.group[name][...])
+        """A whole array as numpy (see ``read_rows``)."""
+        return self.read_rows(name)
+
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None, check_finite: bool = True) -> np.ndarray:
+        """Rows ``start:stop`` of an array as numpy.
+
+        In a complete store, NaN or infinity in a float array's valid rows (or anywhere in the
+        head) is a StoreError unless ``check_finite`` is False (``verify`` counts them instead).
+        """
+        try:
+            data = np.asarray(self.group[name][start:stop])
+        except PermissionError as exc:
+            raise StoreError(
+                f"cannot read array '{name}' of store '{self.path}' ({exc.strerror}): check that you may read "
+                "every file in it"
+            ) from exc
+        except Exception as exc:  # a missing or malformed chunk: zarr and the codecs raise many types
+            reason = str(exc).splitlines()[0][:120] if str(exc) else ""
+            raise self.damaged(f"array '{name}' cannot be read ({type(exc).__name__}: {reason})") from exc
+        if check_finite and self.meta.get("complete") and data.dtype.kind == "f":
+            self._check_finite(name, data, start)
+        return data
+
+    def _check_finite(self, name: str, data: np.ndarray, start: int) -> None:
+        if name == "head":
+            rows = np.ones(len(data), bool)
+        else:
+            if self._valid is None:
+                self._valid = self.read_rows("valid").astype(bool)
+            rows = self._valid[start : start + len(data)]
+        bad = 0
+        for first in range(0, len(data), 4096):  # blocks bound the temporary memory
+            block = data[first : first + 4096]
+            finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+            bad += int((~finite & rows[first : first + 4096]).sum())
+        if bad:
+            raise StoreError(
+                f"store '{self.path}' holds NaN or infinite values in '{name}' ({bad} valid row(s)): it is "
+                f"damaged; see 'lpclip-cache verify {self.path}', then re-extract it"
+            )
 
     def head(self) -> np.ndarray:
         """The zero-shot head W_t (C x D float32)."""
@@ -301,7 +480,10 @@ class FeatureStore:
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every array's shape and dtype, by path."""
         out: dict[str, tuple[tuple[int, ...], str]] = {}
-        for name, node in self.group.members(max_depth=None):
-            if isinstance(node, zarr.Array):
-                out[name] = (tuple(node.shape), str(node.dtype))
+        try:
+            for name, node in self.group.members(max_depth=None):
+                if isinstance(node, zarr.Array):
+                    out[name] = (tuple(node.shape), str(node.dtype))
+        except Exception as exc:  # a malformed zarr.json below the root
+            raise self.damaged(f"its arrays cannot be listed ({type(exc).__name__})") from exc
         return dict(sorted(out.items()))

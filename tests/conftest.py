@@ -76,6 +76,22 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def shapes_teacher(tmp_path_factory: pytest.TempPathFactory):
+    """The demo's default teacher, trained once per session into a private cache folder that
+    ``$LPCLIP_CACHE_DIR`` points at for the rest of the session (and its subprocesses)."""
+    from lpclip_cache.world.teacher import TeacherConfig, ensure_teacher
+
+    folder = tmp_path_factory.mktemp("teacher-cache")
+    previous = os.environ.get("LPCLIP_CACHE_DIR")
+    os.environ["LPCLIP_CACHE_DIR"] = str(folder)
+    yield ensure_teacher(TeacherConfig(), progress=False)
+    if previous is None:
+        os.environ.pop("LPCLIP_CACHE_DIR", None)
+    else:
+        os.environ["LPCLIP_CACHE_DIR"] = previous
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``lpclip-cache`` in a fresh interpreter, as a user would."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}

@@ -115,21 +115,9 @@ def test_teacher_training_is_deterministic(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def teacher_cache(tmp_path_factory):
-    """The default teacher, trained once for this module into a private cache folder."""
-    import os
-
-    from lpclip_cache.world.teacher import ensure_teacher
-
-    folder = tmp_path_factory.mktemp("teacher-cache")
-    previous = os.environ.get("LPCLIP_CACHE_DIR")
-    os.environ["LPCLIP_CACHE_DIR"] = str(folder)
-    checkpoint = ensure_teacher(TeacherConfig(), progress=False)
-    yield checkpoint
-    if previous is None:
-        os.environ.pop("LPCLIP_CACHE_DIR")
-    else:
-        os.environ["LPCLIP_CACHE_DIR"] = previous
+def teacher_cache(shapes_teacher):
+    """The default teacher (trained once per test session, see conftest)."""
+    return shapes_teacher
 
 
 def test_trained_teacher_loads_by_path_and_beats_chance_zero_shot(teacher_cache, tmp_path):
