@@ -287,11 +287,11 @@ def stage_state(recipe: Recipe, stage: Stage) -> str:
             states = [_store_state(p) for p in paths]
             done = states.count("complete")
             if done == len(states):
-                return "skip (complete)"
+                return "skip (complete)" if stamped else "check (complete; configuration not yet compared)"
             return f"resume ({done}/{len(states)} stores complete)" if done or "partial" in " ".join(states) else "run"
         state = _store_state(stage.out)
         if state == "complete":
-            return "skip (complete)"
+            return "skip (complete)" if stamped else "check (complete; configuration not yet compared)"
         return f"resume {state}" if state.startswith("partial") else "run"
     output = Path(stage.out)
     if stamped and output.exists():

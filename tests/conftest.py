@@ -82,7 +82,10 @@ def shapes_teacher(tmp_path_factory: pytest.TempPathFactory):
     ``$LPCLIP_CACHE_DIR`` points at for the rest of the session (and its subprocesses)."""
     from lpclip_cache.world.teacher import TeacherConfig, ensure_teacher
 
-    folder = tmp_path_factory.mktemp("teacher-cache")
+    # LPCLIP_TEST_CACHE_DIR reuses a folder across sessions (the file name hashes the teacher's
+    # configuration, so a stale teacher is never picked up); CI leaves it unset and trains once.
+    reuse = os.environ.get("LPCLIP_TEST_CACHE_DIR")
+    folder = Path(reuse) if reuse else tmp_path_factory.mktemp("teacher-cache")
     previous = os.environ.get("LPCLIP_CACHE_DIR")
     os.environ["LPCLIP_CACHE_DIR"] = str(folder)
     yield ensure_teacher(TeacherConfig(), progress=False)

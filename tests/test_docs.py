@@ -32,9 +32,11 @@ def test_runnable_blocks_exist_in_the_pages_that_promise_them():
 
 
 @pytest.mark.parametrize("page", [p for p in DOCS if offline_blocks(p)], ids=lambda p: p.name)
-def test_offline_blocks_run(page, tmp_path, shapes_teacher):
+def test_offline_blocks_run(page, tmp_path, request):
     """Each page's blocks run in order in a fresh folder (with ``pipelines/`` beside them, as in
     a clone), like a reader following the page."""
+    if any("pipelines/demo.toml" in code for _, code in offline_blocks(page)):
+        request.getfixturevalue("shapes_teacher")  # the demo recipe's teacher, trained once per session
     (tmp_path / "pipelines").symlink_to(ROOT / "pipelines")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1"}

@@ -1,0 +1,147 @@
+"""Recipes: every shipped recipe plans with --dry-run, the demo recipe runs for real, finished
+stages are skipped, a changed option re-runs exactly what depends on it, and bad recipes are one
+clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from lpclip_cache.errors import InputError, StoreError
+from lpclip_cache.recipe import load_recipe, plan, run_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "pipelines").glob("*.toml"))
+VARIABLES = ("CIFAR10_ROOT", "CIFAR100_ROOT", "SVHN_ROOT", "MNIST_ROOT", "IMAGENET_ROOT", "IMAGENET_V2_ROOT",
+             "IMAGENET_SKETCH_ROOT", "IMAGENET_A_ROOT", "IMAGENET_R_ROOT", "DATA_ROOT")
+
+
+def test_the_shipped_recipes_cover_the_experiments():
+    assert {p.stem for p in RECIPES} >= {"demo", "cifar10", "cifar100", "imagenet", "folder"}
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        assert recipe.gpu_wall_time, f"{path.name} states no expected wall time"
+        if path.stem != "demo":  # the model of the CLIP literature, with the LAION alternative named
+            assert (recipe.model["name"], recipe.model["pretrained"]) == ("ViT-B-32-quickgelu", "openai")
+            assert "laion2b_s34b_b79k" in path.read_text()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_plans_with_dry_run(path, tmp_path):
+    env = {name: str(tmp_path / name.lower()) for name in VARIABLES}
+    done = run_cli("run", str(path), "--dry-run", "--json", "--set", f"out={tmp_path / 'out'}", env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    recipe = load_recipe(path, [f"out={tmp_path / 'out'}"])
+    kinds = [stage["id"].split("-")[0] for stage in summary["stages"]]
+    assert kinds.count("extract") == len(recipe.datasets) and kinds.count("train") == len(recipe.train)
+    assert kinds.count("evaluate") == len(recipe.train)
+    assert kinds == sorted(kinds, key=["extract", "train", "evaluate", "analyze"].index)  # in dependency order
+    assert all(stage["state"] == "run" for stage in summary["stages"])
+    assert "needs an environment variable" not in summary["plan"]
+    assert not (tmp_path / "out").exists(), "a dry run wrote something"
+
+
+def test_a_dry_run_lists_the_variables_a_recipe_still_needs(tmp_path):
+    done = run_cli("run", str(ROOT / "pipelines" / "imagenet.toml"), "--dry-run", env={"IMAGENET_ROOT": ""})
+    assert done.returncode == 0
+    assert "datasets.a.data uses ${IMAGENET_A_ROOT}" in done.stdout
+    real = run_cli("run", str(ROOT / "pipelines" / "imagenet.toml"), "--set", f"out={tmp_path}/x")
+    assert real.returncode == 3 and "which is not set" in real.stderr and "Traceback" not in real.stderr
+
+
+SMALL = ["datasets.train.data=shapes:train:n=240", "datasets.test.data=shapes:test:n=160",
+         "datasets.outline.data=shapes:test:outline:n=160", "datasets.texture.data=shapes:test:texture:n=160",
+         "datasets.contrast.data=shapes:test:n=160", "datasets.strokes.data=shapes:ood:n=160", "views.weak=2",
+         "views.strong=2", "train.lpclip.epochs=2", "train.supervised.epochs=2"]
+
+
+def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shapes_teacher):
+    out = tmp_path / "demo"
+    sets = [*SMALL, f"out={out}"]
+    first = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
+    assert first["skipped"] == [] and len(first["ran"]) == 14
+    report = json.loads((out / "reports" / "lpclip" / "report.json").read_text())
+    assert report["methods"] == ["teacher", "probe"]
+    assert len(report["stores"]) == 3 + 5  # test, outline, texture, then contrast-1..5
+    assert set(report["corruptions"]["probe"]["error"]) == {"contrast"}
+    assert (out / "analysis" / "clusters-test-lpclip.json").is_file()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()}
+
+    again = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
+    assert again["ran"] == [] and len(again["skipped"]) == 14
+    assert {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()} == stamps
+
+    changed = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=[*sets, "train.lpclip.epochs=3"],
+                         progress=False)
+    assert changed["ran"] == ["train-lpclip", "evaluate-lpclip", "analyze-clusters-test-lpclip",
+                              "analyze-neighbors-test-lpclip"]
+
+    store = out / "stores" / "train.zarr" / "zarr.json"
+    before = store.read_bytes()
+    with pytest.raises(StoreError, match="differs in: .*views.weak"):
+        run_recipe(ROOT / "pipelines" / "demo.toml", overrides=[*sets, "views.weak=3"], progress=False)
+    assert store.read_bytes() == before  # the expensive store is never replaced by a recipe
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+name = "t"
+out = "OUT"
+[model]
+name = "test-tiny"
+[datasets.train]
+role = "adapt"
+data = "shapes:train:n=32"
+[datasets.test]
+role = "test"
+data = "shapes:test:n=32"
+[train.p]
+method = "lpclip"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name = ", "is not valid TOML"),
+        (BASE + "colour = 3\n", "unknown key(s) colour"),
+        (BASE.replace('role = "test"', 'role = "eval"'), "role should be one of adapt, test, shift, ood"),
+        (BASE.replace('role = "test"', 'role = "adapt"'), "exactly one dataset with role 'adapt', found 2"),
+        (BASE.replace('[train.p]\nmethod = "lpclip"\n', "[train]\n"), "names no probe"),
+        (BASE + "[train.q]\nepoch = 3\n", "[train.q]: unknown key(s) epoch"),
+        (BASE.replace('name = "test-tiny"', 'pretrained = "none"'), "needs name"),
+        (BASE.replace("[train.p]", "[train.'a b']"), "become file names"),
+        (BASE.replace('data = "shapes:test:n=32"', 'split = "x"'), "needs data"),
+    ],
+)
+def test_bad_recipes_are_one_clear_error(tmp_path, text, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        load_recipe(write(tmp_path, text))
+
+
+def test_cli_errors_for_recipes_are_one_line(tmp_path):
+    missing = run_cli("run", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 3 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    bad_set = run_cli("run", str(write(tmp_path, BASE)), "--set", "model")
+    assert bad_set.returncode == 3 and "should read KEY=VALUE" in bad_set.stderr
+
+
+def test_overrides_are_read_as_toml_values(tmp_path):
+    recipe = load_recipe(write(tmp_path, BASE), ["train.p.epochs=4", "views.weak=1", "model.pretrained=tiny.pt",
+                                                "analyze.sweep=[2, 3]"])
+    assert recipe.train["p"]["epochs"] == 4 and recipe.datasets["train"]["weak"] == 1
+    assert recipe.model["pretrained"] == "tiny.pt" and recipe.analyze["sweep"] == [2, 3]
+    stages = plan(recipe)
+    train = next(s for s in stages if s.id == "train-p")
+    assert train.options["store"] == "OUT/stores/train.zarr" and train.needs == ["extract-train"]
+    assert next(s for s in stages if s.id == "extract-test").options["weak_views"] == 0  # evaluation: clean only
