@@ -1,7 +1,7 @@
 """Rebuild the generated part of docs/troubleshooting.md from the error messages in the code.
 
-Every ``raise InputError(...)``, ``ModelError``, ``StoreError`` or ``LpclipError`` (and the
-project's message helpers that build one) is listed under its exit code with the module and
+Every ``raise InputError(...)``, ``ModelError``, ``StoreError`` or ``LpclipError``, and every
+function that builds one (``return StoreError(...)``), is listed under its exit code with the module and
 function that raise it; the parts of a message that depend on the input are shown as ``…``.
 
     python docs/build_troubleshooting.py          # rewrite the page
@@ -51,9 +51,15 @@ def collect() -> list[tuple[str, str, str]]:
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(function):
-                if not isinstance(node, ast.Raise) or not isinstance(node.exc, ast.Call):
+                # raise XError(...), or return XError(...) in a function that builds one
+                value = None
+                if isinstance(node, ast.Raise):
+                    value = node.exc
+                elif isinstance(node, ast.Return):
+                    value = node.value
+                if not isinstance(value, ast.Call):
                     continue
-                call = node.exc
+                call = value
                 name = getattr(call.func, "id", None) or getattr(call.func, "attr", None)
                 kind = name if name in CODES else HELPERS.get(name or "")
                 if kind is None or not call.args:

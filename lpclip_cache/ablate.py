@@ -57,16 +57,26 @@ def is_ablation(path: Path) -> bool:
 
 
 def run_ablation(config: AblationConfig) -> dict[str, Any]:
-    """Train and evaluate every variant; write ablation.json and ablation.md into ``config.out``."""
-    from .evaluate import evaluate
+    """Train and evaluate every variant; write ablation.json and ablation.md into ``config.out``.
+
+    The folder is filled under a hidden name and renamed into place at the end, so an
+    interrupted ablation leaves nothing at ``config.out`` (and an old one there stays whole).
+    """
+    from .atomic import atomic_dir
     from .store import FeatureStore, prepare_output
-    from .train import TrainConfig, train
 
     if not config.eval_stores:
         raise InputError("ablate needs at least one --eval store to score the variants on")
     store = FeatureStore(config.store)
-    out = Path(config.out)
-    prepare_output(out, config.overwrite, is_ablation, "ablation folder")
+    prepare_output(Path(config.out), config.overwrite, is_ablation, "ablation folder", remove=False)
+    with atomic_dir(config.out, "ablation folder", replace=config.overwrite) as staging:
+        return _ablate_into(config, store, staging)
+
+
+def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any]:
+    from .evaluate import evaluate
+    from .train import TrainConfig, train
+
     (out / "runs").mkdir(parents=True)
     max_views = max(store.layout.weak_views, store.layout.strong_views, 1)
     rows: dict[str, Any] = {}
@@ -93,8 +103,8 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
             }
     results = {"tool": "lpclip-cache", "store": config.store, "epochs": config.epochs, "lr": config.lr,
                "rows": {"teacher": teacher_row, **rows}}
-    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "ablation.md").write_text(format_table(results, markdown=True) + "\n")
+    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -180,8 +180,11 @@ def latent_neighbors(store_path: str, k: int = 10, run_path: str | None = None) 
 
 
 def projection_plot(store_path: str, out: str, run_path: str | None = None) -> dict[str, Any]:
-    """A 2-D PCA projection of each space, coloured by true label, pseudo-label and correctness (PNG)."""
+    """A 2-D PCA projection of each space, coloured by true label, pseudo-label and correctness (PNG,
+    written whole or not at all)."""
     import matplotlib
+
+    from .atomic import atomic_file
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -205,7 +208,8 @@ def projection_plot(store_path: str, out: str, run_path: str | None = None) -> d
             axis.set_xticks([])
             axis.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    with atomic_file(out, "plot") as temp:
+        fig.savefig(temp, dpi=100)
     plt.close(fig)
     return {"store": store_path, "out": out, "spaces": list(spaces), "explained_variance_2d": explained}
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -17,19 +19,26 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import LpclipError
-
-EXIT_INTERRUPTED = 130
+from .errors import Interrupted, LpclipError, StoreError
 
 
 def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn an LpclipError into one line and its exit code (``--debug`` shows the traceback)."""
+    """Turn an LpclipError into one line and its exit code (``--debug`` shows the traceback).
+
+    SIGINT (Ctrl-C) and SIGTERM stop the command the same way, by an exception in the main
+    thread, so its cleanup runs (partial outputs removed, the store lock released); the process
+    then prints one ``interrupted`` line and exits 130 (SIGINT) or 143 (SIGTERM). A disk found
+    full by a write no command names is one line and exit 5 too.
+    """
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .atomic import DISK_FULL
+
         debug = click.get_current_context().find_root().params.get("debug", False)
         if not debug:
             logging.getLogger().setLevel(logging.ERROR)
+        previous = interrupt_on_sigterm()
         try:
             return command(*args, **kwargs)
         except LpclipError as exc:
@@ -37,11 +46,39 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"lpclip-cache: error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("lpclip-cache: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            message = getattr(exc, "message", "")
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")  # end a progress line left open
+            click.echo(f"lpclip-cache: interrupted by {signal.Signals(signum).name}"
+                       + (f": {message}" if message else ""), err=True)
+            sys.exit(128 + signum)
+        except OSError as exc:
+            if debug or exc.errno not in DISK_FULL:
+                raise
+            where = f" writing '{exc.filename}'" if exc.filename else ""
+            click.echo(f"lpclip-cache: error: {DISK_FULL[exc.errno]}{where}: free space and run the same command "
+                       "again", err=True)
+            sys.exit(StoreError.exit_code)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def interrupt_on_sigterm() -> Any:
+    """Make SIGTERM raise ``Interrupted`` in the main thread, as SIGINT raises KeyboardInterrupt;
+    return the handler it replaced (None off the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return signal.SIG_DFL if previous is None else previous  # None: set outside Python
 
 
 def emit(summary: dict[str, Any], as_json: bool, text: str | None = None) -> None:
@@ -170,13 +207,14 @@ def is_report(path: Path) -> bool:
 
 
 def write_report(report: dict[str, Any], out: str, overwrite: bool) -> None:
-    """Write a report JSON atomically, refusing to replace what is not ours."""
-    from .evaluate import write_json_atomic
+    """Write a report JSON atomically, refusing to replace what is not ours (a report there is
+    replaced by the rename, so it stays whole until the new one is)."""
+    from .atomic import write_json_atomic
     from .store import prepare_output
 
     path = Path(out)
-    prepare_output(path, overwrite, is_report, "report")
-    write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report})
+    prepare_output(path, overwrite, is_report, "report", remove=False)
+    write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report}, "report")
 
 
 def is_report_folder(path: Path) -> bool:
@@ -217,8 +255,8 @@ def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: 
     if out:
         write_report(report, out, overwrite)
     if report_dir:
-        prepare_output(Path(report_dir), overwrite, is_report_folder, "report folder")  # inputs were sound
-        write_report_folder({"tool": "lpclip-cache", "version": __version__, **report}, run_path, Path(report_dir))
+        write_report_folder({"tool": "lpclip-cache", "version": __version__, **report}, run_path, Path(report_dir),
+                            replace=overwrite)  # an old folder goes only once the new one is whole
     written = ", ".join(p for p in (out, report_dir) if p)
     emit(report, as_json, format_table(report) + f"\nwrote {written}")
 
@@ -288,8 +326,8 @@ def projection(store: str, run_path: str | None, out: str, overwrite: bool, as_j
     from .store import prepare_output, refuse_output_inside
 
     refuse_output_inside(out, [store, *([run_path] if run_path else [])])
-    prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot")
-    summary = projection_plot(store, out, run_path)
+    prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot", remove=False)
+    summary = projection_plot(store, out, run_path)  # written whole, then renamed over any old plot
     emit(summary, as_json, f"wrote {out}")
 
 
@@ -488,3 +526,23 @@ def select_command(store: str, out: str, lrs: str, weight_decays: str, epochs: i
     chosen = result["chosen"]
     emit(result, as_json, f"chose lr={chosen['lr']:g} weight_decay={chosen['weight_decay']:g} "
          f"epochs={chosen['best_epoch']} (held-out agreement {chosen['holdout_agreement']:.4f}); wrote {out}")
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path())
+@click.option("--dry-run", is_flag=True, help="Print the plan (what would run, resume or be skipped) and stop.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set model.pretrained=laion2b_s34b_b79k (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@json_option
+@report_errors
+def run_command(recipe: str, dry_run: bool, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
+    """Run a recipe (TOML): extract, train, evaluate and analyze in order, skipping finished stages."""
+    from .recipe import run_recipe
+
+    summary = run_recipe(recipe, dry_run=dry_run, overrides=list(overrides), progress=not quiet)
+    if dry_run:
+        emit(summary, as_json, summary["plan"])
+        return
+    emit(summary, as_json, f"recipe {summary['recipe']}: ran {len(summary['ran'])} stage(s), skipped "
+         f"{len(summary['skipped'])} already complete, in {summary['seconds']:.1f} s; outputs under {summary['out']}")

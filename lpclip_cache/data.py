@@ -240,6 +240,71 @@ def _cifar_classnames(variant: str) -> list[str]:
     return load_classnames(variant)
 
 
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format: a magic number giving the dtype and rank, the sizes,
+    then the data), plain or gzipped."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as stream:
+        data = stream.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise InputError(f"'{path}' is not an IDX file of unsigned bytes (bad magic number): point at the MNIST "
+                         "files t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]")
+    rank = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * rank)
+    if body.size != int(np.prod(shape)):
+        raise InputError(f"'{path}' is truncated: its header says {shape} but it holds {body.size} bytes; "
+                         "download it again")
+    return body.reshape(shape)
+
+
+def mnist_idx(spec: str, rest: str, split: str | None, download: bool) -> ArraySource:
+    """``mnist:ROOT``: MNIST from its original IDX files in ROOT (``t10k-*`` for the test split,
+    ``train-*`` for train), gzipped or not; digits become 3-channel images."""
+    root = Path(rest).expanduser()
+    split = split or "test"
+    prefix = {"test": "t10k", "train": "train"}.get(split)
+    if prefix is None:
+        raise InputError(f"mnist has splits 'train' and 'test', not '{split}': pass --split train|test")
+    found = {}
+    for kind, rank in (("images", 3), ("labels", 1)):
+        candidates = [root / f"{prefix}-{kind}-idx{rank}-ubyte{gz}" for gz in (".gz", "")]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise InputError(f"mnist: '{candidates[0]}' not found (nor without .gz): point at the folder holding "
+                             f"the {split} IDX files")
+        found[kind] = read_idx(path)
+    images, labels = found["images"], found["labels"]
+    if images.ndim != 3 or len(images) != len(labels):
+        raise InputError(f"mnist: images {images.shape} and labels {labels.shape} under '{root}' do not match")
+    pixels = np.repeat(images[..., None], 3, axis=-1)
+    identity = {"kind": "mnist", "spec": spec, "root": str(root.resolve()), "split": split}
+    keys = [f"mnist/{split}/{i}" for i in range(len(labels))]
+    classnames = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return ArraySource(pixels, keys, labels.astype(np.int32), classnames, identity)
+
+
+def svhn_torchvision(spec: str, rest: str, split: str | None, download: bool) -> ArraySource:
+    """``svhn:ROOT``: SVHN (cropped digits) read through torchvision from ROOT (``test_32x32.mat``)."""
+    from torchvision import datasets
+
+    split = split or "test"
+    if split not in ("train", "test", "extra"):
+        raise InputError(f"svhn has splits 'train', 'test' and 'extra', not '{split}'")
+    try:
+        dataset = datasets.SVHN(root=rest, split=split, download=download)
+    except RuntimeError as exc:
+        raise InputError(f"svhn not found under '{rest}' ({str(exc).splitlines()[0]}): add --download on a "
+                         f"connected machine, or point at the folder holding {split}_32x32.mat") from exc
+    pixels = np.ascontiguousarray(dataset.data.transpose(0, 2, 3, 1))
+    identity = {"kind": "svhn", "spec": spec, "root": str(Path(rest).resolve()), "split": split}
+    keys = [f"svhn/{split}/{i}" for i in range(len(pixels))]
+    classnames = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return ArraySource(pixels, keys, np.asarray(dataset.labels, np.int32), classnames, identity)
+
+
 def imagenet_wordnet() -> tuple[list[str], dict[str, list[str]]]:
     """The 1000 ImageNet WordNet IDs in class-index order, and the named 200-class subsets."""
     import json
@@ -291,6 +356,8 @@ BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
     "cifar100c": cifar_corrupted("cifar100"),
     "shapes": generated_shapes,
     "imagenet": imagenet_folder,
+    "mnist": mnist_idx,
+    "svhn": svhn_torchvision,
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class LpclipError(Exception):
     """A user-facing error: what is wrong, where, and what to do.
@@ -33,3 +35,28 @@ class StoreError(LpclipError):
     """A feature store or run directory that is missing, invalid or incompatible."""
 
     exit_code = 5
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM, raised in the main thread so that cleanup runs: ``finally``
+    blocks, the store writer joined, the store lock released.
+
+    A ``KeyboardInterrupt`` (so ``except Exception`` never swallows it). ``message`` says what
+    was left and what to do; ``exit_code`` is 128 + the signal number: 130 for SIGINT, 143 for
+    SIGTERM.
+    """
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process stopped by a signal."""
+        return 128 + self.signum
+
+    @classmethod
+    def of(cls, exc: BaseException, message: str) -> Interrupted:
+        """The interrupt ``exc`` (a plain ``KeyboardInterrupt`` is SIGINT) with a message of what was left."""
+        return cls(getattr(exc, "signum", signal.SIGINT), message)

@@ -8,9 +8,6 @@ in-distribution reference and OOD as the positive class.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -266,15 +263,8 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def write_json_atomic(path: Path, data: dict[str, Any], what: str = "report") -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it into place (see ``atomic``)."""
+    from .atomic import write_json_atomic as write
+
+    write(path, data, what)

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .atomic import write_error
+from .errors import InputError, Interrupted
 from .progress import Progress
+
+RESUME = "run the same command again: it resumes, keeping the shards already done"
 
 
 @dataclass
@@ -70,8 +73,8 @@ def check_config(config: ExtractConfig) -> None:
         return
     out = Path(config.out).resolve()
     prefix, _, rest = config.data.partition(":")
-    data = Path(rest.split(":")[0] if prefix in ("cifar10", "cifar100", "cifar10c", "cifar100c", "imagenet")
-                else config.data)
+    data = Path(rest.split(":")[0] if prefix in ("cifar10", "cifar100", "cifar10c", "cifar100c", "imagenet", "mnist",
+                                                 "svhn") else config.data)
     data = data.expanduser().resolve()
     if data.exists() and (out == data or data in out.parents):
         raise InputError(f"--out '{config.out}' lies inside the input data '{data}': write the store elsewhere")
@@ -227,9 +230,12 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         if lock is not None:
             lock.__enter__()
         if ranks.is_main:
-            state = start_store(out, layout, manifest, config.overwrite)
-            if state == "new":
-                open_group(out, mode="r+")["head"][...] = head.numpy()
+            try:
+                state = start_store(out, layout, manifest, config.overwrite)
+                if state == "new":
+                    open_group(out, mode="r+")["head"][...] = head.numpy()
+            except OSError as exc:
+                raise write_error("store", out, exc, "run the same command again") from exc
         else:
             state = None
         state = ranks.gather(state)[0]
@@ -241,6 +247,8 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         ranks.barrier()
         seconds = time.perf_counter() - started
         invalid = finish_store(out, ranks) if ranks.is_main else []
+    except KeyboardInterrupt as exc:  # the writer is joined by now: every shard marked done is whole
+        raise Interrupted.of(exc, shards_left(out, layout)) from None
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
@@ -300,6 +308,17 @@ def extract_corruptions(config: ExtractConfig) -> dict[str, Any]:
     }
 
 
+def shards_left(out: str | Path, layout: Any) -> str:
+    """What an interrupted extraction leaves: how many shards are done, and how to finish."""
+    from .store import open_group
+
+    try:
+        done = int(np.count_nonzero(np.asarray(open_group(out, mode="r")["done"][:])))
+    except Exception:  # the store was not created yet, or cannot be read: say only what to do
+        return f"store '{out}' is unfinished; run the same command again to resume it"
+    return f"{done} of {layout.n_shards} shards of store '{out}' are done; run the same command again to resume"
+
+
 def finish_store(out: str | Path, ranks: Any) -> list[tuple[str, str]]:
     """Rank 0: check every shard is done, list invalid samples, mark the store complete."""
     from .store import ATTR, StoreError, open_group
@@ -315,7 +334,10 @@ def finish_store(out: str | Path, ranks: Any) -> list[tuple[str, str]]:
     meta = dict(root.attrs[ATTR])
     meta["complete"] = True
     meta["invalid"] = [{"key": k, "reason": r} for k, r in invalid]
-    root.attrs[ATTR] = meta
+    try:
+        root.attrs[ATTR] = meta  # zarr replaces zarr.json whole (a temporary file, then a rename)
+    except OSError as exc:
+        raise write_error("store", out, exc, RESUME) from exc
     return invalid
 
 
@@ -347,6 +369,16 @@ def corrupted(pixels: Any, corruption: tuple[str, int], seed: int, shard: int, s
         images = torch.nn.functional.interpolate(images, size=tuple(size), mode="bicubic", align_corners=False)
         images = images.clamp_(0.0, 1.0)
     return images
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process group):
+    the main process handles the interrupt and shuts its workers down, so none of them prints
+    a traceback or dies under the loader."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def write_shards(
@@ -389,6 +421,7 @@ def write_shards(
         num_workers=config.num_workers,
         collate_fn=default_collate_shard,
         pin_memory=device.type == "cuda",
+        worker_init_fn=leave_signals_to_the_main_process,
     )
     views = ViewMaker(loaded.preprocess, *policies, config.seed, device)
     model = loaded.model
@@ -407,9 +440,12 @@ def write_shards(
         return np.concatenate(parts)
 
     def write(shard: int, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
-        for name, value in arrays.items():
-            root[name][start:stop] = value
-        root["done"][shard] = 1
+        try:
+            for name, value in arrays.items():
+                root[name][start:stop] = value
+            root["done"][shard] = 1  # only once the shard's chunks are all written
+        except OSError as exc:
+            raise write_error("store", config.out, exc, RESUME) from exc
 
     progress = Progress(sum(len(b) for b in batches), f"extract {store_name(config.out)}", "img",
                         enabled=config.progress)

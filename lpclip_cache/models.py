@@ -100,8 +100,14 @@ def resolve_pretrained(name: str, pretrained: str | None) -> PretrainedSource:
     if pretrained is None or pretrained.lower() in ("none", "random", ""):
         return PretrainedSource("none")
     path = Path(pretrained).expanduser()
-    if path.is_file():
-        return PretrainedSource("file", str(path.resolve()), file_sha256(path))
+    try:
+        if path.is_file():
+            return PretrainedSource("file", str(path.resolve()), file_sha256(path))
+    except OSError as exc:  # no permission to read the file or to look into its folder
+        raise ModelError(
+            f"cannot read checkpoint file '{pretrained}' ({exc.strerror or type(exc).__name__}): "
+            "check that you may read it, or pass another --pretrained"
+        ) from exc
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained in tags:
         return PretrainedSource("tag", pretrained)
@@ -163,7 +169,7 @@ def load_model(
             name, pretrained=weights, device=torch_device, cache_dir=cache_dir, weights_only=True
         )
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:300]
+        first = load_error_summary(exc)
         if source.kind == "file":
             raise ModelError(
                 f"checkpoint '{source.value}' does not fit architecture {name} ({first}); "
@@ -196,6 +202,24 @@ def load_model(
         quick_gelu=quick_gelu,
         device=torch_device,
     )
+
+
+def load_error_summary(exc: RuntimeError) -> str:
+    """One short line for an error of building a model or loading its weights.
+
+    ``load_state_dict`` lists every missing, unexpected and misshapen tensor over many lines; this
+    counts them and names the first misshapen one.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    if not lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[0][:300]
+    shapes = [line[len("size mismatch for "):].split(":")[0] for line in lines if line.startswith("size mismatch for ")]
+    missing = sum(line.count('"') // 2 for line in lines if line.startswith("Missing key(s)"))
+    unexpected = sum(line.count('"') // 2 for line in lines if line.startswith("Unexpected key(s)"))
+    parts = [f"{len(shapes)} tensor(s) of another shape, first {shapes[0]}"] if shapes else []
+    parts += [f"{missing} missing tensor(s)"] if missing else []
+    parts += [f"{unexpected} unexpected tensor(s)"] if unexpected else []
+    return "; ".join(parts) or lines[0][:300]
 
 
 @torch.no_grad()

@@ -9,9 +9,6 @@ the training curve).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,25 +107,32 @@ def is_run(path: Path) -> bool:
     return (path / "run.json").is_file() and (path / "probe.safetensors").is_file()
 
 
-def save_run(path: Path, weight: np.ndarray, bias: np.ndarray, head: np.ndarray, info: dict[str, Any]) -> None:
-    """Write a run atomically: into a temporary sibling directory, then renamed into place."""
+def save_run(
+    path: Path, weight: np.ndarray, bias: np.ndarray, head: np.ndarray, info: dict[str, Any], replace: bool = False
+) -> None:
+    """Write a run atomically: into a hidden sibling folder, then renamed into place.
+
+    A run already at ``path`` is replaced only with ``replace`` (``--overwrite``), and only once
+    the new one is whole; without it, a run another process put there meanwhile is a StoreError.
+    A failed write (a full disk) leaves no folder behind and ``path`` as it was.
+    """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    from .atomic import atomic_dir, rust_io_error
+
+    with atomic_dir(path, "run", replace) as staging:
         tensors = {
             "weight": np.ascontiguousarray(weight, np.float32),
             "bias": np.ascontiguousarray(bias, np.float32),
             "head": np.ascontiguousarray(head, np.float32),
         }
-        save_file(tensors, str(staging / "probe.safetensors"), metadata={"format": "lpclip-cache-probe"})
+        try:
+            save_file(tensors, str(staging / "probe.safetensors"), metadata={"format": "lpclip-cache-probe"})
+        except SafetensorError as exc:  # how the Rust writer reports an I/O error, a full disk included
+            raise rust_io_error(exc) from exc
         record = {"format_version": RUN_FORMAT_VERSION, **info}
         (staging / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load_run(path: str | Path) -> Run:
@@ -137,15 +141,21 @@ def load_run(path: str | Path) -> Run:
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"run '{path}' does not exist: pass the --out folder of 'lpclip-cache train'")
-    if not is_run(path):
-        raise StoreError(f"'{path}' is not an lpclip-cache run (needs run.json and probe.safetensors)")
     try:
+        if not path.exists():
+            raise StoreError(f"run '{path}' does not exist: pass the --out folder of 'lpclip-cache train'")
+        if not is_run(path):
+            raise StoreError(f"'{path}' is not an lpclip-cache run (needs run.json and probe.safetensors)")
         info = json.loads((path / "run.json").read_text())
         tensors = load_file(str(path / "probe.safetensors"))
+    except PermissionError as exc:
+        raise StoreError(
+            f"cannot read run '{path}' ({exc.strerror}): check that you may read it and the files in it"
+        ) from exc
     except (ValueError, SafetensorError, OSError) as exc:
         raise StoreError(f"run '{path}' is damaged ({exc}): train it again") from exc
+    if not isinstance(info, dict):
+        raise StoreError(f"run '{path}' is damaged (run.json holds no object): train it again")
     version = info.get("format_version")
     if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
         raise StoreError(f"run '{path}' has format version {version}, newer than this lpclip-cache reads")
@@ -155,4 +165,6 @@ def load_run(path: str | Path) -> Run:
         or weight.shape[-2:] != head.shape or bias.shape != weight.shape[:-1]
     ):
         raise StoreError(f"run '{path}' has a probe file with missing or inconsistent tensors: train it again")
+    if not all(np.isfinite(t).all() for t in (weight, bias, head)):
+        raise StoreError(f"run '{path}' holds NaN or infinite probe weights: train it again from a sound store")
     return Run(path, weight, bias, head, info)

@@ -87,12 +87,24 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
     return fpr, tpr
 
 
-def write_report_folder(report: dict[str, Any], run_path: str, folder: Path) -> list[Path]:
-    """Write report.json, report.md and the plots into ``folder``; return the plot paths."""
+def write_report_folder(report: dict[str, Any], run_path: str, folder: Path, replace: bool = False) -> list[Path]:
+    """Write report.json, report.md and the plots into ``folder``; return the plot paths.
+
+    The folder is filled under a hidden name and renamed into place whole; a report folder
+    already at ``folder`` is replaced only with ``replace``, and only then.
+    """
+    from .atomic import atomic_dir
+
+    folder = Path(folder)
+    with atomic_dir(folder, "report folder", replace) as staging:
+        plots = _write_report_files(report, run_path, staging)
+    return [folder / plot.relative_to(staging) for plot in plots]
+
+
+def _write_report_files(report: dict[str, Any], run_path: str, folder: Path) -> list[Path]:
     from .probe import load_run
 
     plt = _pyplot()
-    folder.mkdir(parents=True, exist_ok=True)
     run = load_run(run_path)
     methods = list(report.get("methods", METHOD_NAMES))
     first = next(iter(report["stores"]))

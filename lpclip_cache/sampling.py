@@ -91,8 +91,9 @@ class PairSource:
         return list(dict.fromkeys(names))
 
     def _read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows of one array; the clean view gets a view axis of length 1 like the others."""
-        data = np.asarray(self.store.group[name][start:stop])
+        """Rows of one array (NaN or infinity in a valid row is a StoreError); the clean view gets a view
+        axis of length 1 like the others."""
+        data = self.store.read_rows(name, start, stop)
         return data[:, None] if name.startswith("clean/") else data
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -103,7 +104,7 @@ class PairSource:
 
     def valid_count(self) -> int:
         """Samples training will see per epoch (held-out shards excluded)."""
-        valid = self.cache["valid"] if not self.streaming else np.asarray(self.store.group["valid"][:])
+        valid = self.cache["valid"] if not self.streaming else self.store.read("valid")
         size = self.store.layout.shard_size
         return int(sum(valid[s * size : (s + 1) * size].sum() for s in range(self.store.layout.n_shards)
                        if s not in self.excluded))

@@ -36,6 +36,7 @@ class SelectConfig:
 
 def select(config: SelectConfig, base: Any | None = None) -> dict[str, Any]:
     """Run the search, train the chosen setting on all data into ``config.out``; return the grid."""
+    from .atomic import write_json_atomic
     from .store import FeatureStore
     from .train import TrainConfig, train
 
@@ -69,5 +70,5 @@ def select(config: SelectConfig, base: Any | None = None) -> dict[str, Any]:
     summary = train(final)
     result = {"chosen": {k: chosen[k] for k in ("lr", "weight_decay", "best_epoch", "holdout_agreement")},
               "holdout": config.holdout, "grid": grid, "run": summary}
-    (Path(config.out) / "selection.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(Path(config.out) / "selection.json", result, "selection")
     return result

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, StoreError
+from .errors import InputError, Interrupted, StoreError
 from .progress import Progress
 
 METHODS = ("lpclip", "supervised")
@@ -176,12 +176,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     from .probe import is_run, save_run
     from .sampling import MEMORY_BUDGET_BYTES, PairSource, holdout_shards
-    from .store import FeatureStore, is_url, prepare_output
+    from .store import FeatureStore, is_url, prepare_output, refuse_output_inside
 
     check_config(config)
+    refuse_output_inside(config.out, [config.store])
     out = Path(config.out)
     store = FeatureStore(config.store)
-    prepare_output(out, config.overwrite, is_run, "run")
+    prepare_output(out, config.overwrite, is_run, "run", remove=False)  # replaced once the new run is whole
     teacher_side, student_side = sides(store, config)
     held_out = holdout_shards(store.layout.n_shards, config.holdout, config.seed)
     source = PairSource(
@@ -222,35 +223,40 @@ def train(config: TrainConfig) -> dict[str, Any]:
     spans = [(s * size, min(store.layout.n, (s + 1) * size)) for s in sorted(held_out)] or [
         (0, min(store.layout.n, 4096))
     ]
-    kept = np.concatenate([np.asarray(store.group["valid"][a:b]) for a, b in spans])
-    monitor_emb = np.concatenate([np.asarray(store.group["clean/emb"][a:b]) for a, b in spans])[kept]
+    kept = np.concatenate([store.read_rows("valid", a, b) for a, b in spans])
+    monitor_emb = np.concatenate([store.read_rows("clean/emb", a, b) for a, b in spans])[kept]
     monitor = torch.from_numpy(monitor_emb.astype(np.float32))
     monitor_label = torch.from_numpy(
-        np.concatenate([np.asarray(store.group["clean/label"][a:b]) for a, b in spans])[kept].astype(np.int64)
+        np.concatenate([store.read_rows("clean/label", a, b) for a, b in spans])[kept].astype(np.int64)
     )
 
     soft = config.targets == "soft" and config.method == "lpclip"
     progress = Progress(config.epochs * n, f"train {out.name}", "samples", enabled=config.progress)
     curve: list[dict[str, float]] = []
     started = time.perf_counter()
-    for epoch in range(config.epochs):
-        rng = np.random.default_rng([config.seed, epoch, 1])
-        total_loss, seen = 0.0, 0
-        for buffer in source.epoch(config.seed, epoch):
-            inputs, targets, weights = member_batches(buffer, config, rng, head, scale, store.temperature)
-            rows = inputs.shape[1]
-            for start in range(0, rows, config.batch_size):
-                batch = slice(start, start + config.batch_size)
-                loss = probe_step(weight, bias, inputs[:, batch], targets[:, batch], weights[:, batch], soft)
-                optimizer.step()
-                size = min(config.batch_size, rows - start)
-                total_loss += loss * size
-                seen += size
-                progress.update(size)
-        with torch.no_grad():
-            probs = torch.softmax(monitor @ weight.transpose(1, 2) + bias[:, None, :], dim=-1).mean(0)
-            agreement = float((probs.argmax(1) == monitor_label).float().mean()) if monitor.shape[0] else 0.0
-        curve.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "teacher_agreement": agreement})
+    epoch = 0
+    try:
+        for epoch in range(config.epochs):
+            rng = np.random.default_rng([config.seed, epoch, 1])
+            total_loss, seen = 0.0, 0
+            for buffer in source.epoch(config.seed, epoch):
+                inputs, targets, weights = member_batches(buffer, config, rng, head, scale, store.temperature)
+                rows = inputs.shape[1]
+                for start in range(0, rows, config.batch_size):
+                    batch = slice(start, start + config.batch_size)
+                    loss = probe_step(weight, bias, inputs[:, batch], targets[:, batch], weights[:, batch], soft)
+                    optimizer.step()
+                    size = min(config.batch_size, rows - start)
+                    total_loss += loss * size
+                    seen += size
+                    progress.update(size)
+            with torch.no_grad():
+                probs = torch.softmax(monitor @ weight.transpose(1, 2) + bias[:, None, :], dim=-1).mean(0)
+                agreement = float((probs.argmax(1) == monitor_label).float().mean()) if monitor.shape[0] else 0.0
+            curve.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "teacher_agreement": agreement})
+    except KeyboardInterrupt as exc:  # nothing is written before the end: say so, and how to finish
+        raise Interrupted.of(exc, f"training stopped in epoch {epoch + 1} of {config.epochs}; run '{out}' was not "
+                             "written (any run already there is untouched): run the same command again") from None
     elapsed = time.perf_counter() - started
     progress.close()
 
@@ -282,7 +288,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     final_bias = bias.detach().numpy()
     if members == 1:
         final_weight, final_bias = final_weight[0], final_bias[0]
-    save_run(out, final_weight, final_bias, head, info)
+    prepare_output(out, config.overwrite, is_run, "run", remove=False)  # still refused if it is not ours
+    save_run(out, final_weight, final_bias, head, info, replace=config.overwrite)  # an old run goes only now
     return {
         "run": str(out),
         "method": config.method,

@@ -6,7 +6,6 @@ Both read the store one shard of rows at a time, so memory stays bounded for any
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,9 @@ def verify(path: str) -> dict[str, Any]:
         problems.append(f"marked complete but {int((done == 0).sum())} shard(s) are not done")
     if cache_key(store.manifest) != store.cache_key:
         problems.append("manifest does not match its cache key (the attributes were edited)")
-    if len(store.classnames) != layout.n_classes:
-        problems.append(f"manifest lists {len(store.classnames)} classes, layout says {layout.n_classes}")
-    arrays = store.arrays()
-    for kind in ("clean", "weak", "strong"):
-        views = layout.views(kind)
-        if views and f"{kind}/emb" in arrays:
-            lead = (layout.n,) if kind == "clean" else (layout.n, views)
-            if arrays[f"{kind}/emb"][0] != (*lead, layout.dim):
-                problems.append(f"{kind}/emb has shape {arrays[f'{kind}/emb'][0]}, layout needs {(*lead, layout.dim)}")
-        elif views:
-            problems.append(f"{kind}/emb is missing")
-    head = store.head()
+    # opening checked the attribute and every array's shape against the layout: what is left to
+    # check is content
+    head = store.read_rows("head", check_finite=False)
     if not np.isfinite(head).all() or np.abs(np.linalg.norm(head, axis=1) - 1).max() > 1e-4:
         problems.append("head rows are not finite unit vectors")
 
@@ -55,16 +45,16 @@ def verify(path: str) -> dict[str, Any]:
     valid_all = store.read("valid")
     done_rows = np.repeat(done.astype(bool), layout.shard_size)[: layout.n]
     for kind in ("clean", "weak", "strong"):
-        if f"{kind}/emb" not in arrays:
+        if not layout.views(kind):
             continue
         nonfinite = non_unit = bad_label = bad_conf = 0
         for start, stop in _row_blocks(layout.n, layout.shard_size):
             rows = valid_all[start:stop] & done_rows[start:stop]
             if not rows.any():
                 continue
-            emb = np.asarray(store.group[f"{kind}/emb"][start:stop])[rows].astype(np.float32)
-            label = np.asarray(store.group[f"{kind}/label"][start:stop])[rows]
-            conf = np.asarray(store.group[f"{kind}/conf"][start:stop])[rows]
+            emb = store.read_rows(f"{kind}/emb", start, stop, check_finite=False)[rows].astype(np.float32)
+            label = store.read_rows(f"{kind}/label", start, stop)[rows]
+            conf = store.read_rows(f"{kind}/conf", start, stop, check_finite=False)[rows]
             finite = np.isfinite(emb).all(axis=-1)
             nonfinite += int((~finite).sum())
             norms = np.linalg.norm(np.where(np.isfinite(emb), emb, 0), axis=-1)
@@ -106,12 +96,14 @@ def export_hdf5(path: str, out: str, overwrite: bool = False) -> dict[str, Any]:
     """Copy a complete store into one HDF5 file (same array paths; manifest as JSON attribute)."""
     import h5py
 
-    from .store import FeatureStore, prepare_output
+    from .atomic import atomic_file
+    from .store import FeatureStore, prepare_output, refuse_output_inside
 
     store = FeatureStore(path)
     target = Path(out)
     if target.suffix not in (".h5", ".hdf5"):
         raise InputError(f"--out '{out}' should end in .h5 or .hdf5")
+    refuse_output_inside(out, [path])
 
     def is_export(candidate: Path) -> bool:
         try:
@@ -120,26 +112,19 @@ def export_hdf5(path: str, out: str, overwrite: bool = False) -> dict[str, Any]:
         except OSError:
             return False
 
-    prepare_output(target, overwrite, is_export, "HDF5 export")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.partial")
-    try:
+    prepare_output(target, overwrite, is_export, "HDF5 export", remove=False)  # the rename replaces it whole
+    with atomic_file(target, "HDF5 export") as staging:
         with h5py.File(staging, "w") as handle:
             handle.attrs["lpclip_cache"] = json.dumps(store.meta, default=str)
             handle.attrs["cache_key"] = store.cache_key
             for name, (shape, _) in store.arrays().items():
-                source = store.group[name]
                 if name in ("keys", "reason"):
                     data = handle.create_dataset(name, shape=shape, dtype=h5py.string_dtype("utf-8"))
                 else:
-                    data = handle.create_dataset(name, shape=shape, dtype=source.dtype)
+                    data = handle.create_dataset(name, shape=shape, dtype=store.group[name].dtype)
                 for start, stop in _row_blocks(shape[0], store.layout.shard_size):
-                    block = np.asarray(source[start:stop])
+                    block = store.read_rows(name, start, stop, check_finite=False)
                     data[start:stop] = block.astype(object) if name in ("keys", "reason") else block
-        os.replace(staging, target)
-    except BaseException:
-        staging.unlink(missing_ok=True)
-        raise
     return {"store": path, "out": str(target), "bytes": target.stat().st_size}
 
 

@@ -91,7 +91,7 @@ def test_every_command_is_documented_with_exactly_its_options():
     for name, command in commands.items():
         real = cli_options(command)
         listed = {o for o in documented[name] if o.startswith("--")}
-        assert listed == real, f"{name}: documented but absent {listed - real}; present but undocumented {real - listed}"
+        assert listed == real, f"{name}: documented, absent {listed - real}; present, undocumented {real - listed}"
 
 
 def slug(heading: str) -> str:

@@ -44,9 +44,13 @@ class DemoConfig:
     progress: bool = True
 
 
+STARTED = ".lpclip-cache-demo"  # written first: an interrupted demo's folder is still recognisably ours
+
+
 def is_demo(path: Path) -> bool:
-    """True when ``path`` is a demo output folder."""
-    return (path / "results.json").is_file() and (path / "stores").is_dir()
+    """True when ``path`` is a demo output folder, finished or left by an interrupted demo (so
+    ``--overwrite`` can replace it)."""
+    return (path / "stores").is_dir() and ((path / "results.json").is_file() or (path / STARTED).is_file())
 
 
 def log(message: str, enabled: bool) -> None:
@@ -81,6 +85,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     prepare_output(out, config.overwrite, is_demo, "demo output")
     stores = out / "stores"
     stores.mkdir(parents=True)
+    (out / STARTED).write_text("a demo is writing this folder; results.json appears when it has finished\n")
     timings: dict[str, float] = {}
 
     def timed(name: str, since: float) -> float:
@@ -129,6 +134,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - started, 2)}
     results["teacher_checkpoint"] = str(checkpoint)
     write_outputs(out, results, runs, eval_stores)
+    (out / STARTED).unlink()  # results.json now marks the folder
     return results
 
 
@@ -184,7 +190,8 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
 
 
 def write_outputs(out: Path, results: dict[str, Any], runs: dict[str, str], eval_stores: dict[str, str]) -> None:
-    """results.json, results.md and the plots."""
+    """results.json, results.md and the plots, each written whole or not at all (results.json last)."""
+    from ..atomic import write_json_atomic, write_text_atomic
     from .plots import accuracy_by_severity, reliability_diagrams
 
     plots = {
@@ -193,7 +200,6 @@ def write_outputs(out: Path, results: dict[str, Any], runs: dict[str, str], eval
         "severity": accuracy_by_severity(out / "severity.png", results, CORRUPTIONS),
     }
     results["plots"] = {k: str(v) for k, v in plots.items()}
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     clusters = results["clusters"]["spaces"]
     cluster_lines = [
         f"| {space} | {v['vs_true_labels']['purity']:.3f} | {v['vs_true_labels']['nmi']:.3f} | "
@@ -226,4 +232,5 @@ def write_outputs(out: Path, results: dict[str, Any], runs: dict[str, str], eval
         "![accuracy by severity](severity.png)",
         "",
     ]
-    (out / "results.md").write_text("\n".join(markdown))
+    write_text_atomic(out / "results.md", "\n".join(markdown), "demo results")
+    write_json_atomic(out / "results.json", results, "demo results")  # last: it marks the demo finished

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_file
+
 COLOURS = {"teacher": "#7f7f7f", "lpclip": "#1f77b4", "supervised": "#2ca02c"}
 LABELS = {"teacher": "zero-shot teacher", "lpclip": "LP-CLIP (no labels)", "supervised": "supervised probe"}
 
@@ -48,7 +50,8 @@ def reliability_diagrams(path: Path, lpclip_run: str, supervised_run: str, store
         axis.set_title(f"{LABELS[method]}\nECE {ece(p, labels, n_bins):.3f}")
         axis.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_file(path, "plot") as temp:
+        fig.savefig(temp)
     plt.close(fig)
     return path
 
@@ -74,6 +77,7 @@ def accuracy_by_severity(path: Path, results: dict[str, Any], corruptions: tuple
         if index == 0:
             axis.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_file(path, "plot") as temp:
+        fig.savefig(temp)
     plt.close(fig)
     return path

@@ -64,8 +64,10 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
     """Train the small CLIP contrastively on generated image-caption pairs; save and describe it."""
     import open_clip
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from ..atomic import atomic_file, rust_io_error, write_json_atomic
     from ..models import load_model
     from .shapes import captions, render, sample_attributes, split_rng
 
@@ -120,11 +122,6 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
         torch.set_num_threads(previous_threads)
 
     path = out or checkpoint_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.partial")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(staging), metadata={"model": MODEL_NAME, "config": json.dumps(asdict(config))})
-    os.replace(staging, path)
     record = {
         "model": MODEL_NAME,
         "checkpoint": str(path),
@@ -135,7 +132,14 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
         "loss_last": float(np.mean(losses[-10:])),
         "logit_scale": float(model.logit_scale.detach().exp()),
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    # the description first, the checkpoint (what ensure_teacher looks for) last; each whole or absent
+    write_json_atomic(path.with_suffix(".json"), record, "teacher description")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_file(path, "teacher checkpoint") as staging:
+        try:
+            save_file(state, str(staging), metadata={"model": MODEL_NAME, "config": json.dumps(asdict(config))})
+        except SafetensorError as exc:  # how the Rust writer reports an I/O error, a full disk included
+            raise rust_io_error(exc) from exc
     return record
 
 

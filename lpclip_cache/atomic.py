@@ -1,0 +1,162 @@
+"""Outputs written whole or not at all: a hidden sibling is written, then renamed into place.
+
+A rename within one directory is atomic, so a reader, a crash or a full disk never leaves a
+half-written file at an output path that looks complete, and an output being replaced
+(``--overwrite``) stays whole until the new one is. A failed write removes its sibling and
+becomes one ``StoreError`` naming the output (see ``write_error``).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def write_error(what: str, path: str | Path, exc: OSError, then: str = "") -> StoreError:
+    """The one line for an output that could not be written: what, where, why and what to do.
+
+    ``then`` is what to do once the cause is fixed (default: run the same command again; any
+    output already there is untouched).
+    """
+    reason = DISK_FULL.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    fix = "free space" if exc.errno in DISK_FULL else "check that you may write there"
+    then = then or f"run the same command again (any {what} already there is untouched)"
+    return StoreError(f"cannot write {what} '{path}' ({reason}): {fix}, then {then}")
+
+
+def rust_io_error(exc: Exception) -> OSError:
+    """The OSError behind a safetensors ``SafetensorError`` ("... (os error 28)"), which is how its
+    Rust writer reports an I/O failure such as a full disk."""
+    code = re.search(r"os error (\d+)", str(exc))
+    return OSError(int(code.group(1)) if code else errno.EIO, str(exc))
+
+
+def sibling(path: Path, tag: str) -> Path:
+    """A hidden, unique name beside ``path`` that keeps its suffix (plot writers read the format from it)."""
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.{tag}{path.suffix}")
+
+
+def _flush_to_disk(path: Path) -> None:
+    """fsync a file, or every file in a folder, so a rename never outruns the data on power loss."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for name in files:
+        descriptor = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+@contextmanager
+def atomic_file(path: str | Path, what: str = "output") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to, renamed onto ``path`` when the block succeeds.
+
+    On any error (an interrupt included) the temporary file is removed and ``path`` is left as
+    it was; an ``OSError`` becomes a ``StoreError`` naming ``what`` and ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(what, path, exc) from exc
+    temp = sibling(path, "partial")
+    try:
+        yield temp
+        _flush_to_disk(temp)
+        os.replace(temp, path)
+    except BaseException as exc:
+        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(what, path, exc) from exc
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str, what: str = "output") -> None:
+    """Write ``text`` to ``path`` whole or not at all."""
+    with atomic_file(path, what) as temp, open(temp, "w") as stream:
+        stream.write(text)
+
+
+def write_json_atomic(path: str | Path, data: Any, what: str = "report") -> None:
+    """Write ``data`` as indented JSON to ``path`` whole or not at all."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n", what)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, what: str, replace: bool = False) -> Iterator[Path]:
+    """A hidden folder beside ``path`` to fill, which takes ``path``'s place when the block succeeds.
+
+    ``path`` absent (or an empty folder): one rename. ``path`` present and ``replace``: it is
+    renamed aside, the new folder renamed in, then the old one deleted, so a run or report at
+    ``path`` is always whole (between the two renames ``path`` is briefly absent). ``path``
+    present without ``replace`` (another process wrote it meanwhile): a ``StoreError``, and
+    ``path`` is left as it is. On any error the hidden folder is removed.
+    """
+    path = Path(path)
+    staging = sibling(path, "partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as exc:
+        raise write_error(what, path, exc) from exc
+    try:
+        yield staging
+        _flush_to_disk(staging)
+        _move_into_place(staging, path, what, replace)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise write_error(what, path, exc) from exc
+        raise
+
+
+def _move_into_place(staging: Path, path: Path, what: str, replace: bool) -> None:
+    """Rename ``staging`` to ``path``; with ``replace``, move what is there aside first (again if
+    another writer slips in between) and delete it after."""
+    moved_aside: list[Path] = []
+    # an interrupt between two renames would leave path missing: hold SIGINT and SIGTERM until
+    # the new folder is in place (their handlers run right after)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        while True:
+            try:
+                os.rename(staging, path)  # atomic; succeeds onto a missing path or an empty folder
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                if not replace:
+                    raise StoreError(
+                        f"{what} '{path}' was written by another process while this one was working: pass "
+                        "--overwrite to replace it, or choose another --out"
+                    ) from None
+            old = sibling(path, "old")
+            try:
+                os.rename(path, old)
+            except FileNotFoundError:
+                continue  # another writer moved it aside meanwhile
+            moved_aside.append(old)
+    except BaseException:
+        if moved_aside and not path.exists():
+            os.rename(moved_aside.pop(), path)  # put the last whole one back
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for old in moved_aside:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
