@@ -77,7 +77,7 @@ def baseline(folder: Path, model_name: str, weak: int, strong: int, workers: int
 
 def ours(folder: Path, model_name: str, weak: int, strong: int, workers: int, batch: int, out: Path) -> float:
     """``lpclip_cache.extract`` into a real store. Returns views/s (model loading excluded, as above)."""
-    from lpclip_cache.extract import ExtractConfig, extract
+    from lpclip_cache.extraction import ExtractConfig, extract
 
     summary = extract(ExtractConfig(
         data=str(folder), out=str(out), model=model_name, pretrained="none", weak_views=weak,

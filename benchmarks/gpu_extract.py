@@ -24,7 +24,7 @@ def encoder_only(model_name: str, device: str, batch: int, seconds: float) -> fl
     """Views/s of the image tower alone on device-resident normalised tensors."""
     import torch
 
-    from lpclip_cache.extract import autocast_dtype
+    from lpclip_cache.extraction import autocast_dtype
     from lpclip_cache.models import load_model
 
     loaded = load_model(model_name, "none", device=device)
@@ -51,7 +51,7 @@ def encoder_only(model_name: str, device: str, batch: int, seconds: float) -> fl
 
 def end_to_end(model_name: str, device: str, images: int, views: int, batch: int, workers: int, out: Path) -> float:
     """Views/s of ``extract`` on generated shapes images (decoded to the model's input size)."""
-    from lpclip_cache.extract import ExtractConfig, extract
+    from lpclip_cache.extraction import ExtractConfig, extract
 
     summary = extract(ExtractConfig(
         data=f"shapes:train:n={images}", out=str(out), model=model_name, pretrained="none", weak_views=views,

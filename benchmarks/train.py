@@ -64,7 +64,7 @@ def synthetic_store(path: Path, n: int, dim: int, classes: int, seed: int = 0) -
 
 def cached_rate(store: Path, out: Path, epochs: int, batch: int) -> float:
     """Samples/s of LP-CLIP training from the store."""
-    from lpclip_cache.train import TrainConfig, train
+    from lpclip_cache.training import TrainConfig, train
 
     summary = train(TrainConfig(store=str(store), out=str(out), epochs=epochs, batch_size=batch, progress=False,
                                 overwrite=True))
@@ -77,7 +77,7 @@ def online_rate(steps: int, batch: int) -> float:
 
     from lpclip_cache.augment import ViewMaker, load_policy
     from lpclip_cache.models import load_model, zero_shot_head
-    from lpclip_cache.train import weighted_cross_entropy
+    from lpclip_cache.training import weighted_cross_entropy
 
     loaded = load_model("ViT-B-32", "none", device="cpu")
     head = zero_shot_head(loaded, [f"class {i}" for i in range(10)], ["a photo of a {}."])

@@ -74,8 +74,8 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
 
 
 def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any]:
-    from .evaluate import evaluate
-    from .train import TrainConfig, train
+    from .evaluation import evaluate
+    from .training import TrainConfig, train
 
     (out / "runs").mkdir(parents=True)
     max_views = max(store.layout.weak_views, store.layout.strong_views, 1)

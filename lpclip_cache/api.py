@@ -29,8 +29,8 @@ def extract(data: str, out: str, **options: Any) -> dict[str, Any]:
     A ``corrupt`` value naming several corruptions (``"all"``, ``"fog:all"``) writes one store per
     corruption into the folder ``out`` and returns ``{"folder", "stores", "images", "written"}``.
     """
-    from .extract import ExtractConfig, corruption_plan, extract_corruptions
-    from .extract import extract as run_extract
+    from .extraction import ExtractConfig, corruption_plan, extract_corruptions
+    from .extraction import extract as run_extract
 
     config = ExtractConfig(data=str(data), out=str(out), **options)
     if len(corruption_plan(config.corrupt)) > 1:
@@ -40,20 +40,21 @@ def extract(data: str, out: str, **options: Any) -> dict[str, Any]:
 
 def train(store: str, out: str, **options: Any) -> dict[str, Any]:
     """``lpclip-cache train``: train an LP-CLIP (or supervised) probe from a store into a run."""
-    from .train import TrainConfig
-    from .train import train as run_train
+    from .training import TrainConfig
+    from .training import train as run_train
 
     return run_train(TrainConfig(store=str(store), out=str(out), **options))
 
 
 def is_report(path: Path) -> bool:
-    """True when ``path`` is a report JSON written by this project."""
+    """True when ``path`` is a JSON report written by this tool."""
     import json
 
     try:
-        return json.loads(path.read_text()).get("tool") == "lpclip-cache"
-    except (OSError, ValueError, AttributeError):
+        data = json.loads(path.read_text())
+    except (ValueError, OSError):
         return False
+    return isinstance(data, dict) and data.get("tool") == "lpclip-cache"
 
 
 def is_report_folder(path: Path) -> bool:
@@ -62,14 +63,15 @@ def is_report_folder(path: Path) -> bool:
 
 
 def write_report(report: dict[str, Any], out: str | Path, overwrite: bool) -> None:
-    """Write a report JSON atomically, refusing to replace what is not ours."""
+    """Write a report JSON atomically, refusing to replace what is not ours (a report there is
+    replaced by the rename, so it stays whole until the new one is)."""
     from . import __version__
-    from .evaluate import write_json_atomic
+    from .atomic import write_json_atomic
     from .store import prepare_output
 
     path = Path(out)
-    prepare_output(path, overwrite, is_report, "report")
-    write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report})
+    prepare_output(path, overwrite, is_report, "report", remove=False)
+    write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report}, "report")
 
 
 def evaluate(run: str, stores: Sequence[str], ood: Sequence[str] = (), out: str | None = None,
@@ -77,17 +79,24 @@ def evaluate(run: str, stores: Sequence[str], ood: Sequence[str] = (), out: str 
     """``lpclip-cache evaluate``: score the teacher and the probe; write ``out`` (JSON) and/or the
     ``report`` folder (JSON, Markdown, PNG plots) when given; return the report."""
     from . import __version__
-    from .evaluate import evaluate as run_evaluate
+    from .evaluation import evaluate as run_evaluate
     from .report import write_report_folder
-    from .store import prepare_output
+    from .store import prepare_output, refuse_output_inside
 
+    run, stores, ood = str(run), [str(s) for s in stores], [str(s) for s in ood]
+    for option, target in (("--out", out), ("--report", report)):
+        if target:
+            refuse_output_inside(str(target), [run, *stores, *ood], option)
+    if out:  # refuse early; nothing is removed before the inputs have proven sound
+        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
     if report:
-        prepare_output(Path(report), overwrite, is_report_folder, "report folder")
-    result = run_evaluate(str(run), [str(s) for s in stores], [str(s) for s in ood])
+        prepare_output(Path(report), overwrite, is_report_folder, "report folder", remove=False)
+    result = run_evaluate(run, stores, ood)
     if out:
         write_report(result, out, overwrite)
     if report:
-        write_report_folder({"tool": "lpclip-cache", "version": __version__, **result}, str(run), Path(report))
+        write_report_folder({"tool": "lpclip-cache", "version": __version__, **result}, run, Path(report),
+                            replace=overwrite)  # an old folder goes only once the new one is whole
     return result
 
 
@@ -100,25 +109,28 @@ def analyze(kind: str, store: str, out: str | None = None, run: str | None = Non
 
     if kind not in ("clusters", "neighbors", "projection"):
         raise InputError(f"analyze kind must be clusters, neighbors or projection, got '{kind}'")
+    store, run = str(store), (str(run) if run else None)
     if out:
-        refuse_output_inside(out, [str(store), *([str(run)] if run else [])])
+        refuse_output_inside(str(out), [store, *([run] if run else [])])
     if kind == "projection":
-        from .analyze import projection_plot
+        from .analysis import projection_plot
 
         if not out:
             raise InputError("analyze projection needs out (the PNG file to write)")
-        prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot")
-        return projection_plot(str(store), str(out), run)
+        prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot", remove=False)
+        return projection_plot(store, str(out), run)  # written whole, then renamed over any old plot
+    if out:
+        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
     if kind == "clusters":
-        from .analyze import latent_clusters
+        from .analysis import latent_clusters
         from .store import FeatureStore
 
-        clusters = k if k is not None else FeatureStore(str(store)).layout.n_classes
-        result = latent_clusters(str(store), int(clusters), run, seed, tuple(int(v) for v in sweep))
+        clusters = k if k is not None else FeatureStore(store).layout.n_classes
+        result = latent_clusters(store, int(clusters), run, seed, tuple(int(v) for v in sweep))
     else:
-        from .analyze import latent_neighbors
+        from .analysis import latent_neighbors
 
-        result = latent_neighbors(str(store), int(k) if k is not None else 10, run)
+        result = latent_neighbors(store, int(k) if k is not None else 10, run)
     if out:
         write_report(result, out, overwrite)
     return result

@@ -13,7 +13,6 @@ import sys
 import threading
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 from typing import Any
 
 import click
@@ -138,16 +137,13 @@ def main(debug: bool) -> None:
 @report_errors
 def extract(as_json: bool, quiet: bool, **options: Any) -> None:
     """Run CLIP once over clean, weak and strong views of a dataset and write a feature store."""
-    from .extract import ExtractConfig, corruption_plan, extract_corruptions
-    from .extract import extract as run_extract
+    from . import api
 
-    config = ExtractConfig(progress=not quiet, **options)
-    if len(corruption_plan(config.corrupt)) > 1:
-        summary = extract_corruptions(config)
+    summary = api.extract(progress=not quiet, **options)
+    if "stores" in summary:  # several corruptions: one store each
         lines = [f"wrote {s['store']}: {s['images']} images, {s['views_per_s']:.1f} views/s" for s in summary["stores"]]
         emit(summary, as_json, "\n".join(lines))
         return
-    summary = run_extract(config)
     emit(
         summary,
         as_json,
@@ -184,10 +180,9 @@ def extract(as_json: bool, quiet: bool, **options: Any) -> None:
 @report_errors
 def train(as_json: bool, quiet: bool, **options: Any) -> None:
     """Train the linear probe from cached weak/strong pairs (LP-CLIP) or true labels (reference)."""
-    from .train import TrainConfig
-    from .train import train as run_train
+    from . import api
 
-    summary = run_train(TrainConfig(progress=not quiet, **options))
+    summary = api.train(progress=not quiet, **options)
     emit(
         summary,
         as_json,
@@ -195,31 +190,6 @@ def train(as_json: bool, quiet: bool, **options: Any) -> None:
         f"{summary['final_loss']:.4f}, teacher agreement {summary['teacher_agreement']:.3f}, "
         f"{summary['samples_per_s']:,.0f} samples/s",
     )
-
-
-def is_report(path: Path) -> bool:
-    """True when ``path`` is a JSON report written by this tool."""
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, OSError):
-        return False
-    return isinstance(data, dict) and data.get("tool") == "lpclip-cache"
-
-
-def write_report(report: dict[str, Any], out: str, overwrite: bool) -> None:
-    """Write a report JSON atomically, refusing to replace what is not ours (a report there is
-    replaced by the rename, so it stays whole until the new one is)."""
-    from .atomic import write_json_atomic
-    from .store import prepare_output
-
-    path = Path(out)
-    prepare_output(path, overwrite, is_report, "report", remove=False)
-    write_json_atomic(path, {"tool": "lpclip-cache", "version": __version__, **report}, "report")
-
-
-def is_report_folder(path: Path) -> bool:
-    """True when ``path`` is a folder written by ``evaluate --report``."""
-    return (path / "report.json").is_file()
 
 
 @main.command()
@@ -235,28 +205,13 @@ def is_report_folder(path: Path) -> bool:
 def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str | None, report_dir: str | None,
              overwrite: bool, as_json: bool) -> None:
     """Accuracy, calibration and OOD detection of the teacher and the probe on stores."""
+    from . import api
     from .errors import InputError
-    from .evaluate import evaluate as run_evaluate
-    from .evaluate import format_table
-    from .store import prepare_output, refuse_output_inside
+    from .evaluation import format_table
 
     if not out and not report_dir:
         raise InputError("evaluate needs --out REPORT.json or --report DIR (or both)")
-    for option, target in (("--out", out), ("--report", report_dir)):
-        if target:
-            refuse_output_inside(target, [run_path, *stores, *ood], option)
-    if out:  # refuse early; nothing is removed before the inputs have proven sound
-        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
-    if report_dir:
-        from .report import write_report_folder
-
-        prepare_output(Path(report_dir), overwrite, is_report_folder, "report folder", remove=False)
-    report = run_evaluate(run_path, list(stores), list(ood))
-    if out:
-        write_report(report, out, overwrite)
-    if report_dir:
-        write_report_folder({"tool": "lpclip-cache", "version": __version__, **report}, run_path, Path(report_dir),
-                            replace=overwrite)  # an old folder goes only once the new one is whole
+    report = api.evaluate(run_path, stores, ood, out=out, report=report_dir, overwrite=overwrite)
     written = ", ".join(p for p in (out, report_dir) if p)
     emit(report, as_json, format_table(report) + f"\nwrote {written}")
 
@@ -284,13 +239,11 @@ def latent() -> None:
 def clusters(store: str, run_path: str | None, k: int, sweep: str, seed: int, out: str, overwrite: bool,
              as_json: bool) -> None:
     """FAISS spherical k-means; purity, NMI and ARI against true labels and pseudo-labels."""
-    from .analyze import format_table, latent_clusters
-    from .store import refuse_output_inside
+    from . import api
+    from .analysis import format_table
 
-    refuse_output_inside(out, [store, *([run_path] if run_path else [])])
     ks = tuple(int(v) for v in float_list(sweep, "--sweep")) if sweep else ()
-    report = latent_clusters(store, k, run_path, seed, ks)
-    write_report(report, out, overwrite)
+    report = api.analyze("clusters", store, out=out, run=run_path, k=k, sweep=ks, seed=seed, overwrite=overwrite)
     emit(report, as_json, format_table(report) + f"\nwrote {out}")
 
 
@@ -304,12 +257,10 @@ def clusters(store: str, run_path: str | None, k: int, sweep: str, seed: int, ou
 @report_errors
 def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: bool, as_json: bool) -> None:
     """kNN label agreement (FAISS), silhouette and intra/inter-class distance ratio."""
-    from .analyze import format_neighbors, latent_neighbors
-    from .store import refuse_output_inside
+    from . import api
+    from .analysis import format_neighbors
 
-    refuse_output_inside(out, [store, *([run_path] if run_path else [])])
-    report = latent_neighbors(store, k, run_path)
-    write_report(report, out, overwrite)
+    report = api.analyze("neighbors", store, out=out, run=run_path, k=k, overwrite=overwrite)
     emit(report, as_json, format_neighbors(report) + f"\nwrote {out}")
 
 
@@ -322,12 +273,9 @@ def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: boo
 @report_errors
 def projection(store: str, run_path: str | None, out: str, overwrite: bool, as_json: bool) -> None:
     """A 2-D PCA projection coloured by true label, pseudo-label and the teacher's correctness (PNG)."""
-    from .analyze import projection_plot
-    from .store import prepare_output, refuse_output_inside
+    from . import api
 
-    refuse_output_inside(out, [store, *([run_path] if run_path else [])])
-    prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot", remove=False)
-    summary = projection_plot(store, out, run_path)  # written whole, then renamed over any old plot
+    summary = api.analyze("projection", store, out=out, run=run_path, overwrite=overwrite)
     emit(summary, as_json, f"wrote {out}")
 
 
@@ -538,9 +486,9 @@ def select_command(store: str, out: str, lrs: str, weight_decays: str, epochs: i
 @report_errors
 def run_command(recipe: str, dry_run: bool, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Run a recipe (TOML): extract, train, evaluate and analyze in order, skipping finished stages."""
-    from .recipe import run_recipe
+    from . import api
 
-    summary = run_recipe(recipe, dry_run=dry_run, overrides=list(overrides), progress=not quiet)
+    summary = api.run(recipe, dry_run=dry_run, overrides=overrides, progress=not quiet)
     if dry_run:
         emit(summary, as_json, summary["plan"])
         return

@@ -326,7 +326,7 @@ def format_plan(recipe: Recipe, stages: list[Stage]) -> str:
 
 
 def _write_stamp(recipe: Recipe, stage: Stage, seconds: float) -> None:
-    from .evaluate import write_json_atomic
+    from .evaluation import write_json_atomic
 
     write_json_atomic(_stamp_path(recipe, stage), {"key": stage.key, "stage": stage.id, "seconds": round(seconds, 2),
                                                    "options": stage.options})

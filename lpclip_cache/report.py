@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import METHOD_NAMES
+from .evaluation import METHOD_NAMES
 
 COLOURS = {"teacher": "#7f7f7f", "probe": "#1f77b4"}
 MEMBER_COLOURS = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -53,7 +53,7 @@ def _pyplot() -> Any:
 def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each method's probabilities and the labels of one in-distribution store's valid rows
     (on its class subset when it has one)."""
-    from .evaluate import in_distribution_outputs
+    from .evaluation import in_distribution_outputs
     from .probe import softmax
     from .store import FeatureStore
 
@@ -63,7 +63,7 @@ def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarr
 
 def _ood_outputs(run: Any, store_path: str) -> dict[str, np.ndarray]:
     """Each method's probabilities on an OOD store (the run's whole label space)."""
-    from .evaluate import score_store
+    from .evaluation import score_store
     from .store import FeatureStore
 
     return score_store(run, FeatureStore(store_path))
@@ -201,7 +201,7 @@ def _write_report_files(report: dict[str, Any], run_path: str, folder: Path) -> 
 
 def markdown(report: dict[str, Any], plots: list[Path], folder: Path) -> str:
     """The report as a Markdown page."""
-    from .evaluate import format_table
+    from .evaluation import format_table
 
     lines = [f"# Evaluation of `{report['run']}`", "", "```", format_table(report), "```", ""]
     for method, entry in report.get("corruptions", {}).items():

@@ -38,7 +38,7 @@ def select(config: SelectConfig, base: Any | None = None) -> dict[str, Any]:
     """Run the search, train the chosen setting on all data into ``config.out``; return the grid."""
     from .atomic import write_json_atomic
     from .store import FeatureStore
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     if not config.lrs or not config.weight_decays or config.epochs < 1:
         raise InputError("select needs at least one --lr, one --weight-decay and --epochs >= 1")

@@ -7,10 +7,10 @@ import pytest
 from conftest import clustered_embeddings, unit, write_store
 
 from lpclip_cache import metrics
-from lpclip_cache.analyze import latent_clusters, spherical_kmeans
+from lpclip_cache.analysis import latent_clusters, spherical_kmeans
 from lpclip_cache.errors import StoreError
-from lpclip_cache.evaluate import evaluate
-from lpclip_cache.train import TrainConfig, train
+from lpclip_cache.evaluation import evaluate
+from lpclip_cache.training import TrainConfig, train
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_report_has_every_calibration_metric_and_ood_score(world):
 def test_neighbour_and_geometry_scores_match_brute_force():
     from sklearn.metrics import silhouette_score
 
-    from lpclip_cache.analyze import class_geometry, knn_agreement
+    from lpclip_cache.analysis import class_geometry, knn_agreement
 
     _, labels, points, _ = clustered_embeddings(300, 4, 12, spread=0.4, seed=8)
     labels[:1] = 9  # a class with a single member
@@ -194,10 +194,10 @@ def test_corrupted_stores_are_aggregated_for_the_teacher_the_ensemble_and_each_m
     from PIL import Image
 
     from lpclip_cache.cli import main
-    from lpclip_cache.extract import ExtractConfig, extract
+    from lpclip_cache.extraction import ExtractConfig, extract
     from lpclip_cache.probe import load_run
     from lpclip_cache.store import FeatureStore
-    from lpclip_cache.train import TrainConfig, train
+    from lpclip_cache.training import TrainConfig, train
 
     def store(path, spec):
         extract(ExtractConfig(data=spec, out=str(path), model="test-tiny", weak_views=1,

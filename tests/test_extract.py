@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lpclip_cache.extract import ExtractConfig, extract
+from lpclip_cache.extraction import ExtractConfig, extract
 from lpclip_cache.store import FeatureStore
 
 ARRAYS = ("clean/emb", "clean/label", "clean/conf", "weak/emb", "weak/label", "weak/conf",
@@ -262,7 +262,7 @@ def test_corrupt_option_corrupts_each_shard_on_the_device_before_encoding(cifar_
 
 def test_corruptions_of_small_uniform_images_happen_at_their_own_resolution():
     from lpclip_cache.data import ArraySource
-    from lpclip_cache.extract import corrupted, corruption_size
+    from lpclip_cache.extraction import corrupted, corruption_size
 
     cifar_like = ArraySource(np.zeros((4, 32, 32, 3), np.uint8), ["k"] * 4, np.zeros(4, np.int32), None, {})
     assert corruption_size(cifar_like, (224, 224)) == (32, 32)
@@ -277,7 +277,7 @@ def test_corruptions_of_small_uniform_images_happen_at_their_own_resolution():
 
 
 def test_corrupt_all_severities_writes_one_store_each_and_resumes(image_folder, tiny_checkpoint, tmp_path):
-    from lpclip_cache.extract import ExtractConfig, extract_corruptions
+    from lpclip_cache.extraction import ExtractConfig, extract_corruptions
     from lpclip_cache.store import FeatureStore
 
     config = ExtractConfig(data=str(image_folder), out=str(tmp_path / "pixelate"), pretrained=str(tiny_checkpoint),

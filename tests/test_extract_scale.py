@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
-from lpclip_cache.extract import ExtractConfig, extract
+from lpclip_cache.extraction import ExtractConfig, extract
 from lpclip_cache.store import FeatureStore, StoreLock
 
 DATA = "shapes:train:n=640:seed=3"
@@ -168,7 +168,7 @@ def test_export_hdf5_holds_the_same_arrays(reference, tmp_path):
 
 
 def test_a_store_on_an_fsspec_url_works_end_to_end(reference, tiny_checkpoint, tmp_path):
-    from lpclip_cache.train import TrainConfig, train
+    from lpclip_cache.training import TrainConfig, train
     from lpclip_cache.verify import verify
 
     url = f"file://{tmp_path}/remote/s.zarr"

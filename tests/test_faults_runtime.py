@@ -33,10 +33,10 @@ from conftest import clustered_embeddings, run_cli, write_store
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
-from lpclip_cache.extract import ExtractConfig, extract
+from lpclip_cache.extraction import ExtractConfig, extract
 from lpclip_cache.probe import load_run
 from lpclip_cache.store import FeatureStore, StoreLock
-from lpclip_cache.train import TrainConfig, train
+from lpclip_cache.training import TrainConfig, train
 
 DATA = "shapes:train:n=160:seed=5"
 SHARD = 16

@@ -11,7 +11,7 @@ from conftest import clustered_embeddings, write_store
 
 from lpclip_cache.errors import StoreError
 from lpclip_cache.probe import load_run
-from lpclip_cache.train import TrainConfig, train, weighted_cross_entropy
+from lpclip_cache.training import TrainConfig, train, weighted_cross_entropy
 
 
 def test_weighted_cross_entropy_matches_its_formula_by_hand():

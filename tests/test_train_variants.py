@@ -11,7 +11,7 @@ from conftest import clustered_embeddings, unit, write_store
 
 from lpclip_cache.probe import load_run
 from lpclip_cache.sampling import Buffer
-from lpclip_cache.train import TrainConfig, member_batches, soft_cross_entropy, train
+from lpclip_cache.training import TrainConfig, member_batches, soft_cross_entropy, train
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_ensemble_trains_distinct_members_in_one_pass(stores):
 
 
 def test_ensemble_mutual_information_is_an_ood_score(stores, tmp_path):
-    from lpclip_cache.evaluate import evaluate
+    from lpclip_cache.evaluation import evaluate
 
     ood = write_store(tmp_path / "ood.zarr", unit(np.random.default_rng(3).normal(size=(200, 16))),
                       unit(np.eye(5, 16)), np.full(200, -1), scale=20)
@@ -175,7 +175,7 @@ def test_every_lpclip_variant_is_blind_to_true_labels(stores, options):
 def test_closed_form_step_equals_autograd_of_the_loss(soft):
     import torch
 
-    from lpclip_cache.train import probe_step, weighted_cross_entropy
+    from lpclip_cache.training import probe_step, weighted_cross_entropy
 
     generator = torch.Generator().manual_seed(0)
     members, batch, classes, dim = 2, 7, 4, 5

@@ -121,7 +121,7 @@ def teacher_cache(shapes_teacher):
 
 
 def test_trained_teacher_loads_by_path_and_beats_chance_zero_shot(teacher_cache, tmp_path):
-    from lpclip_cache.extract import ExtractConfig, extract
+    from lpclip_cache.extraction import ExtractConfig, extract
     from lpclip_cache.store import FeatureStore
 
     extract(ExtractConfig(data="shapes:test:n=600:seed=5", out=str(tmp_path / "t.zarr"), model="lpclip-shapes",

@@ -73,11 +73,11 @@ def domains(config: DemoConfig) -> dict[str, str]:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole demo into ``config.out``; return the results (also written as JSON)."""
-    from ..analyze import latent_clusters
-    from ..evaluate import evaluate
-    from ..extract import ExtractConfig, extract
+    from ..analysis import latent_clusters
+    from ..evaluation import evaluate
+    from ..extraction import ExtractConfig, extract
     from ..store import prepare_output
-    from ..train import TrainConfig, train
+    from ..training import TrainConfig, train
     from .teacher import ensure_teacher
 
     started = time.perf_counter()

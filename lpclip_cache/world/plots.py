@@ -24,7 +24,7 @@ def _figure(width: float, height: float) -> Any:
 
 def reliability_diagrams(path: Path, lpclip_run: str, supervised_run: str, store_path: str, n_bins: int = 15) -> Path:
     """One reliability diagram per method on a store (bars: accuracy per confidence bin)."""
-    from ..evaluate import score_store
+    from ..evaluation import score_store
     from ..metrics import ece, reliability_bins
     from ..probe import load_run
     from ..store import FeatureStore

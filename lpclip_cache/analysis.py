@@ -58,7 +58,7 @@ def score_space(points: np.ndarray, k: int, seed: int, references: dict[str, np.
 def load_spaces(store_path: str, run_path: str | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The spaces to analyse (CLIP's clean embeddings, and the probe's logits with a run) and the
     reference labellings (teacher pseudo-labels, and true labels where every one is known)."""
-    from .evaluate import check_compatible
+    from .evaluation import check_compatible
     from .probe import load_run
     from .store import FeatureStore
 

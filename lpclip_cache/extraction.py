@@ -84,7 +84,8 @@ def parse_corruption(spec: str | None) -> tuple[str, int] | None:
     """``gaussian_noise:3`` -> (name, severity), or None; a clear error for anything else."""
     pairs = corruption_plan(spec)
     if len(pairs) > 1:
-        raise InputError(f"--corrupt '{spec}' names {len(pairs)} stores: use extract_corruptions for more than one")
+        raise InputError(f"--corrupt '{spec}' names {len(pairs)} corruptions: the command line and "
+                         "lpclip_cache.extract write one store per corruption into the folder --out")
     return pairs[0] if pairs else None
 
 
