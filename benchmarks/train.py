@@ -63,9 +63,11 @@ def synthetic_store(path: Path, n: int, dim: int, classes: int, seed: int = 0) -
 
 
 def cached_rate(store: Path, out: Path, epochs: int, batch: int) -> float:
-    """Samples/s of LP-CLIP training from the store."""
+    """Samples/s of LP-CLIP training from the store, after one untimed warm-up epoch (first-call
+    costs: allocator, GEMM kernels, the store's first read)."""
     from lpclip_cache.training import TrainConfig, train
 
+    train(TrainConfig(store=str(store), out=str(out), epochs=1, batch_size=batch, progress=False, overwrite=True))
     summary = train(TrainConfig(store=str(store), out=str(out), epochs=epochs, batch_size=batch, progress=False,
                                 overwrite=True))
     return summary["samples_per_s"]
