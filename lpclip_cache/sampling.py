@@ -37,12 +37,18 @@ class Buffer:
     def __len__(self) -> int:
         return int(self.rows.size)
 
+    def flat(self, name: str) -> np.ndarray:
+        """An array with its sample and view axes merged: entry ``row * views + view``."""
+        array = self.arrays[name]
+        return array.reshape(array.shape[0] * array.shape[1], *array.shape[2:])
+
+    def positions(self, name: str, views: np.ndarray) -> np.ndarray:
+        """Where ``array[rows[i], views[i]]`` lies in ``flat(name)``, for every i."""
+        return self.rows * self.arrays[name].shape[1] + views
+
     def take(self, name: str, views: np.ndarray) -> np.ndarray:
         """``array[rows[i], views[i]]`` for every i, as one gather on the flattened array."""
-        array = self.arrays[name]
-        count = array.shape[1]
-        flat = array.reshape(array.shape[0] * count, *array.shape[2:])
-        return np.take(flat, self.rows * count + views, axis=0)
+        return np.take(self.flat(name), self.positions(name, views), axis=0)
 
     def truth(self) -> np.ndarray:
         """True labels of the rows (the supervised reference only)."""
