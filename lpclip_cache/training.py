@@ -95,10 +95,11 @@ def soft_cross_entropy(logits: Any, target_probs: Any, weights: Any) -> Any:
     return (weights * per_sample).sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
 
 
-# How a step lays out its work (measured with benchmarks/train.py on one core): up to a few hundred
-# classes the logits are laid out classes x rows, in blocks of 512 rows whose fp32 embeddings and
-# logits stay in the core's L2 cache, which makes both products about a fifth faster; beyond that the
-# softmax across the rows' stride costs more than that gains, and the products prefer 2048 rows.
+# How a step lays out its work (measured on one core, docs/performance.md): up to a few hundred
+# classes the logits are laid out classes x rows, in blocks of 512 rows (1 MiB of fp32 embeddings,
+# gathered, converted and used by both products while still cached), which takes about a fifth
+# less time in the two products than whole batches rows x classes; beyond that the softmax across
+# the rows' stride costs more than that gains, and the products prefer blocks of 2048 rows.
 CLASSES_MAJOR_UP_TO = 256
 BLOCK_ROWS = {True: 512, False: 2048}  # by classes_major
 
@@ -121,47 +122,50 @@ def probe_step(
     with torch.no_grad():
         members, classes, dim = weight.shape
         classes_major = classes <= CLASSES_MAJOR_UP_TO
-        axis = 0 if classes_major else 1
+        axis = 0 if classes_major else 1  # the class axis of a block's logits
         rows = index.shape[1]
         grad_weight = torch.zeros_like(weight)
         grad_bias = torch.zeros_like(bias)
         block = max(1, min(block or BLOCK_ROWS[classes_major], rows))
         gathered = torch.empty(block, dim, dtype=source.dtype)
         converted = gathered if source.dtype == torch.float32 else torch.empty(block, dim)
+        # per row: the log-probability of its target (hard) or its cross-entropy (soft), shaped
+        # like one row of the block's logits along the class axis
+        per_row = torch.empty(rows)
+        row_shape = (1, -1) if classes_major else (-1, 1)
         total = 0.0
         for m in range(members):
             norm = weights[m].sum().clamp_min(tiny)
             scaled = weights[m] / (norm * members)  # d loss / d logits = scaled_i (p_i - t_i)
-            loss = torch.zeros(())
-            for start in range(0, rows, block):
-                stop = min(rows, start + block)
-                x = converted[: stop - start]
-                torch.index_select(source, 0, index[m, start:stop], out=gathered[: stop - start])
+            if soft:
+                target_blocks = (targets[m].t() if classes_major else targets[m]).split(block, dim=1 - axis)
+            else:
+                target_blocks = targets[m].view(row_shape).split(block, dim=1 - axis)
+            blocks = zip(index[m].split(block), target_blocks, scaled.view(row_shape).split(block, dim=1 - axis),
+                         per_row.view(row_shape).split(block, dim=1 - axis))
+            for rows_of, target, w, out in blocks:
+                count = rows_of.shape[0]
+                x = converted[:count]
+                torch.index_select(source, 0, rows_of, out=gathered[:count])
                 if x.data_ptr() != gathered.data_ptr():
-                    x.copy_(gathered[: stop - start])
+                    x.copy_(gathered[:count])
                 if classes_major:  # logits as classes x rows
                     logits = torch.addmm(bias[m, :, None], weight[m], x.t())
-                    w = scaled[None, start:stop]
-                    target = targets[m, start:stop].t() if soft else targets[None, m, start:stop]
                 else:
                     logits = torch.addmm(bias[m], x, weight[m].t())
-                    w = scaled[start:stop, None]
-                    target = targets[m, start:stop] if soft else targets[m, start:stop, None]
                 if soft:
                     grad = torch.log_softmax(logits, dim=axis)
-                    loss -= (target * grad).sum(dim=axis) @ weights[m, start:stop]
+                    torch.sum(target * grad, dim=axis, keepdim=True, out=out)
                     grad.exp_().sub_(target).mul_(w)
                 else:
                     grad = torch.softmax(logits, dim=axis)  # one pass fewer than log_softmax then exp
-                    picked = grad.gather(axis, target).view(-1).clamp_min_(tiny).log_()
-                    loss -= weights[m, start:stop] @ picked
+                    torch.gather(grad, axis, target, out=out)
                     grad.mul_(w).scatter_add_(axis, target, -w)
-                if classes_major:
-                    grad_weight[m].addmm_(grad, x)
-                else:
-                    grad_weight[m].addmm_(grad.t(), x)
+                grad_weight[m].addmm_(grad if classes_major else grad.t(), x)
                 grad_bias[m] += grad.sum(dim=1 - axis)
-            total += float(loss / norm)
+            if not soft:
+                per_row.clamp_min_(tiny).log_()
+            total -= float(weights[m] @ per_row / norm)
     weight.grad, bias.grad = grad_weight, grad_bias
     return total / members
 
