@@ -128,7 +128,8 @@ def probe_step(
         grad_bias = torch.zeros_like(bias)
         block = max(1, min(block or BLOCK_ROWS[classes_major], rows))
         gathered = torch.empty(block, dim, dtype=source.dtype)
-        converted = gathered if source.dtype == torch.float32 else torch.empty(block, dim)
+        convert = source.dtype != torch.float32
+        converted = torch.empty(block, dim) if convert else gathered
         # per row: the log-probability of its target (hard) or its cross-entropy (soft), shaped
         # like one row of the block's logits along the class axis
         per_row = torch.empty(rows)
@@ -147,7 +148,7 @@ def probe_step(
                 count = rows_of.shape[0]
                 x = converted[:count]
                 torch.index_select(source, 0, rows_of, out=gathered[:count])
-                if x.data_ptr() != gathered.data_ptr():
+                if convert:
                     x.copy_(gathered[:count])
                 if classes_major:  # logits as classes x rows
                     logits = torch.addmm(bias[m, :, None], weight[m], x.t())
