@@ -376,6 +376,11 @@ def open_source(spec: str, split: str | None = None, download: bool = False) -> 
     return FolderSource.open(Path(spec).expanduser(), spec, split)
 
 
+def high_bit_depth(image: Image.Image) -> bool:
+    """Whether PIL would clip the image's values when converting it to 8 bits (integer and float modes)."""
+    return image.mode.startswith("I") or image.mode == "F"
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB, keeping the brightness of high-bit-depth images.
 
@@ -384,7 +389,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     intensities (0-65535, scaled to 0-255) and float images (``F``) as 0-1 intensities. Other
     modes use PIL's conversion, as open_clip does (alpha is dropped, CMYK and palettes mapped).
     """
-    if image.mode.startswith("I") or image.mode == "F":
+    if high_bit_depth(image):
         values = np.asarray(image, dtype=np.float64)
         if image.mode == "F":
             values = np.nan_to_num(values * 255.0, nan=0.0, posinf=255.0, neginf=0.0)
@@ -395,24 +400,69 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_to_model(image: Image.Image, size: tuple[int, int], mode: str, interpolation: str) -> Image.Image:
-    """Resize and crop the way open_clip's evaluation preprocessing does (shortest/squash/longest)."""
-    height, width = size
-    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[interpolation]
-    if mode == "squash":
-        return image.resize((width, height), resample)
-    scale_fn = min if mode == "longest" else max
-    scale = scale_fn(height / image.height, width / image.width)
-    new_w, new_h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), resample)
-    if mode == "longest":
-        canvas = Image.new("RGB", (width, height), (0, 0, 0))
-        canvas.paste(image, ((width - new_w) // 2, (height - new_h) // 2))
-        return canvas
-    left = int(round((new_w - width) / 2.0))
-    top = int(round((new_h - height) / 2.0))
+RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+def _resize_exact(image: Image.Image, width: int, height: int, resample: int) -> Image.Image:
+    """Resize to exactly ``width`` x ``height``; an image already that size is returned as it is
+    (torchvision's ``resize`` skips the resampling then, and so must we)."""
+    return image if image.size == (width, height) else image.resize((width, height), resample)
+
+
+def _keep_ratio_size(image: Image.Image, height: int, width: int, longest: bool) -> tuple[int, int]:
+    """(width, height) after scaling so that the shorter (or longer) side fits, each side rounded:
+    open_clip's ``ResizeKeepRatio`` rule for non-square targets and ``resize_mode`` longest."""
+    ratios = (image.height / height, image.width / width)
+    ratio = max(ratios) if longest else min(ratios)
+    return round(image.width / ratio), round(image.height / ratio)
+
+
+def _center_crop(image: Image.Image, height: int, width: int, fill: int) -> Image.Image:
+    """torchvision's ``center_crop``: pad a side that is too short (left/top get the smaller half),
+    then cut the centre, offsets rounded half to even as Python's ``round`` does."""
+    if width > image.width or height > image.height:
+        pad_w, pad_h = max(0, width - image.width), max(0, height - image.height)
+        canvas = Image.new(image.mode, (image.width + pad_w, image.height + pad_h), (fill,) * len(image.getbands()))
+        canvas.paste(image, (pad_w // 2, pad_h // 2))
+        image = canvas
+        if image.size == (width, height):
+            return image
+    top = int(round((image.height - height) / 2.0))
+    left = int(round((image.width - width) / 2.0))
     return image.crop((left, top, left + width, top + height))
+
+
+def resize_to_model(image: Image.Image, size: tuple[int, int], mode: str, interpolation: str,
+                    fill: int = 0) -> Image.Image:
+    """Resize and crop as open_clip's evaluation preprocessing does, for each ``resize_mode``.
+
+    - shortest, square target: torchvision's ``Resize(int)``: the shorter side becomes the
+      target and the longer side is *truncated* (``int(size * long / short)``: 500x375 -> 298x224),
+      then a centre crop;
+    - shortest, non-square target: open_clip's ``ResizeKeepRatio`` (sides rounded, and always
+      bicubic, whatever ``interpolation`` says, as open_clip does), then a centre crop;
+    - longest: ``ResizeKeepRatio`` on the longer side with ``interpolation``, then a centre pad
+      with ``fill``;
+    - squash: a plain resize to the target.
+
+    The image is resized in its own mode and converted to RGB afterwards by the caller, as
+    open_clip does (so palette images resize with PIL's nearest neighbour, as there).
+    """
+    height, width = size
+    resample = RESAMPLE[interpolation]
+    if mode == "squash":
+        return _resize_exact(image, width, height, resample)
+    if mode == "longest":
+        return _center_crop(_resize_exact(image, *_keep_ratio_size(image, height, width, True), resample),
+                            height, width, fill)
+    if height == width:
+        short, long = sorted(image.size)
+        new_long = int(height * long / short)
+        new_size = (height, new_long) if image.width <= image.height else (new_long, height)
+        image = _resize_exact(image, *new_size, resample)
+    else:
+        image = _resize_exact(image, *_keep_ratio_size(image, height, width, False), Image.BICUBIC)
+    return _center_crop(image, height, width, 0)
 
 
 class DecodedDataset:
@@ -428,11 +478,13 @@ class DecodedDataset:
         size: tuple[int, int],
         mode: str,
         interpolation: str,
+        fill: int = 0,
     ) -> None:
         self.source = source
         self.size = size
         self.mode = mode
         self.interpolation = interpolation
+        self.fill = fill
 
     def __len__(self) -> int:
         return len(self.source)
@@ -448,15 +500,20 @@ class DecodedDataset:
         return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
 
     def decode(self, index: int) -> np.ndarray:
-        """The image at ``index`` as resized uint8 H x W x 3 pixels.
+        """The image at ``index`` as resized uint8 H x W x 3 pixels, equal to what open_clip's
+        evaluation transform makes of it before ``ToTensor``.
 
-        An image over PIL's ``MAX_IMAGE_PIXELS`` (a possible decompression bomb) is refused here,
-        where PIL itself only warns until twice that size.
+        The image is resized in its own mode and converted to RGB afterwards, in open_clip's order;
+        only high-bit-depth images are converted first (see ``to_rgb``). An image over PIL's
+        ``MAX_IMAGE_PIXELS`` (a possible decompression bomb) is refused here, where PIL itself only
+        warns until twice that size.
         """
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with self.source.image(index) as image:
-                image = resize_to_model(to_rgb(image), self.size, self.mode, self.interpolation)
+                if high_bit_depth(image):
+                    image = to_rgb(image)
+                image = to_rgb(resize_to_model(image, self.size, self.mode, self.interpolation, self.fill))
                 return np.asarray(image, dtype=np.uint8).copy()
 
 

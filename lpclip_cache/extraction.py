@@ -166,7 +166,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     from .data import open_source
     from .models import load_model, zero_shot_head
     from .prompts import load_classnames, load_templates
-    from .store import Layout, StoreLock, cache_key, is_url, open_group, start_store
+    from .store import ROW_ORDER, Layout, StoreLock, cache_key, is_url, open_group, start_store
 
     check_config(config)
     source = open_source(config.data, config.split, config.download)
@@ -208,6 +208,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
             "seed": config.seed,
             "shard_size": config.shard_size,
         },
+        "rows": ROW_ORDER,
         "dataset": {**source.identity, "n": len(source), "fingerprint": source.fingerprint()},
         "precision": str(cast).replace("torch.", "") if cast else "fp32",
         "device": loaded.device.type,
@@ -404,18 +405,19 @@ def write_shards(
     from .augment import ViewMaker
     from .data import DecodedDataset, default_collate_shard
     from .probe import teacher_outputs
-    from .store import open_group, store_name
+    from .store import open_group, row_order, store_name
 
     root = open_group(config.out, mode="r+")
     done = np.asarray(root["done"][:])
     todo = [s for s in range(layout.n_shards) if ranks.owns(s) and not done[s]]
-    n = layout.n
-    batches = [list(range(s * layout.shard_size, min(n, (s + 1) * layout.shard_size))) for s in todo]
+    order = row_order(layout.n)
+    batches = [order[s * layout.shard_size: (s + 1) * layout.shard_size].tolist() for s in todo]
     device = loaded.device
     size = tuple(loaded.preprocess["size"])
     corruption = parse_corruption(config.corrupt)
     decode_size = corruption_size(source, size) if corruption else size
-    decoded = DecodedDataset(source, decode_size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"])
+    decoded = DecodedDataset(source, decode_size, loaded.preprocess["resize_mode"], loaded.preprocess["interpolation"],
+                             int(loaded.preprocess.get("fill_color", 0)))
     loader = torch.utils.data.DataLoader(
         decoded,
         batch_sampler=batches,
@@ -452,9 +454,9 @@ def write_shards(
                         enabled=config.progress)
     pending = []
     with ThreadPoolExecutor(max_workers=1) as writer:
-        for indices, pixels, ok, reasons in loader:
-            start, stop = int(indices[0]), int(indices[-1]) + 1
-            shard = start // layout.shard_size
+        for shard, (indices, pixels, ok, reasons) in zip(todo, loader):
+            start = shard * layout.shard_size
+            stop = start + len(indices)
             bad = [(source.keys[i], r) for i, good, r in zip(indices.tolist(), ok.tolist(), reasons) if not good]
             if bad and not config.skip_bad:
                 key, reason = bad[0]
@@ -476,9 +478,9 @@ def write_shards(
                 stacked = np.stack([encode(views.view(images, kind, shard, v)) for v in range(count)], axis=1)
                 arrays[f"{kind}/emb"] = stacked
                 arrays[f"{kind}/label"], arrays[f"{kind}/conf"] = teacher_outputs(stacked, head, scale, temperature)
-            arrays["labels"] = source.labels[start:stop]
+            arrays["labels"] = source.labels[indices.numpy()]
             arrays["valid"] = ok.numpy()
-            arrays["keys"] = keys[start:stop]
+            arrays["keys"] = keys[indices.numpy()]
             arrays["reason"] = np.array(reasons, dtype=str)
             pending.append(writer.submit(write, shard, start, stop, arrays))
             if len(pending) > 2:  # at most two shards wait for the disk; errors surface here

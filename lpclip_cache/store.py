@@ -8,7 +8,7 @@ Layout (see docs/store-format.md)::
     strong/emb N x Ks x D float16   (only when Ks > 0), strong/label, strong/conf N x Ks
     head       C x D      float32   zero-shot head (unit rows)
     labels     N          int32     ground truth, -1 where unknown
-    keys       N          string    file path or index of each sample
+    keys       N          string    file path or index of each sample (rows are in ``row_order``)
     valid      N          bool      False where the image could not be decoded
     reason     N          string    why it could not be decoded ("" where valid)
     done       S          uint8     1 for each shard written whole (one chunk per shard)
@@ -41,6 +41,22 @@ def cache_key(manifest: dict[str, Any]) -> str:
     """The sha256 of the manifest's canonical JSON: two stores with equal keys hold equal numbers."""
     text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+ROW_ORDER = "permutation-1"  # recorded in the manifest: a change of the rule below changes this name
+
+
+def row_order(n: int) -> np.ndarray:
+    """The source sample each store row holds: a fixed pseudo-random permutation of ``range(n)``.
+
+    Extraction writes samples in this order, so that a class-sorted source (an ImageFolder tree)
+    does not give class-sorted shards: training shuffles shards and the rows of a few shards
+    together, and that mixes classes like a uniform shuffle only if every shard already does.
+    It depends on ``n`` alone: every rank of a distributed extraction and every resumed run
+    computes the same order, and stores of one dataset made with other view seeds, corruptions
+    or models line up row by row. The ``keys`` array maps each row back to its sample.
+    """
+    return np.random.default_rng([n, 0x0D3D]).permutation(n)
 
 
 def is_url(target: str | Path) -> bool:

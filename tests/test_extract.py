@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lpclip_cache.extraction import ExtractConfig, extract
-from lpclip_cache.store import FeatureStore
+from lpclip_cache.store import FeatureStore, row_order
 
 ARRAYS = ("clean/emb", "clean/label", "clean/conf", "weak/emb", "weak/label", "weak/conf",
           "strong/emb", "strong/label", "strong/conf", "head", "labels", "keys", "valid", "done")
@@ -156,7 +156,10 @@ def test_labels_and_keys_follow_the_folder(store_pair):
     store = store_pair[0]
     keys = store.read("keys")
     labels = store.labels()
-    assert keys[0] == "airplane/0000.jpg" and keys[-1] == "truck/0019.jpg"
+    in_folder_order = [f"{c}/{i:04d}.jpg" for c in store.classnames for i in range(20)]
+    # rows hold the folder's samples in the store's fixed permutation, and keys say which is where
+    assert keys.tolist() == [in_folder_order[i] for i in row_order(200)]
+    assert sorted(keys.tolist()) == in_folder_order
     assert np.bincount(labels).tolist() == [20] * 10
     assert all(store.classnames[label] == key.split("/")[0] for key, label in zip(keys, labels))
 
@@ -278,7 +281,7 @@ def test_corruptions_of_small_uniform_images_happen_at_their_own_resolution():
 
 def test_corrupt_all_severities_writes_one_store_each_and_resumes(image_folder, tiny_checkpoint, tmp_path):
     from lpclip_cache.extraction import ExtractConfig, extract_corruptions
-    from lpclip_cache.store import FeatureStore
+    from lpclip_cache.store import FeatureStore, row_order
 
     config = ExtractConfig(data=str(image_folder), out=str(tmp_path / "pixelate"), pretrained=str(tiny_checkpoint),
                            weak_views=0, strong_views=1, num_workers=0, device="cpu", progress=False,

@@ -307,8 +307,11 @@ ODD_MODES = {
     "16bit_low": ("l16.png", "I;16", 257 * 7, (7, 7, 7), 0),
     "16bit_black": ("k16.png", "I;16", 0, (0, 0, 0), 0),
     "float_half": ("f.tif", "F", 0.5, (128, 128, 128), 0),
-    "rgba_transparent": ("a.png", "RGBA", (10, 200, 30, 0), (10, 200, 30), 0),
-    "gray_alpha": ("la.png", "LA", (90, 40), (90, 90, 90), 0),
+    # open_clip resizes before dropping alpha, and PIL resizes RGBA premultiplied: a fully
+    # transparent image comes out black (test_preprocess_fidelity checks the equality itself)
+    "rgba_transparent": ("a.png", "RGBA", (10, 200, 30, 0), (0, 0, 0), 0),
+    # resized in LA mode as open_clip does, through premultiplied alpha: 90 at alpha 40 comes back 89
+    "gray_alpha": ("la.png", "LA", (90, 40), (90, 90, 90), 1),
     "palette": ("p.png", "P", (250, 10, 20), (250, 10, 20), 0),
 }
 
