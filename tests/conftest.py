@@ -1,42 +1,39 @@
-"""Shared fixtures: real CIFAR-10 JPEGs from ../shared/data, generated images, tiny checkpoints."""
+"""Shared fixtures: real CIFAR-10 JPEGs shipped in tests/data, generated images, tiny checkpoints."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LPCLIP_SHARED_DATA", ROOT.parent / "shared" / "data"))
-CIFAR_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
+CIFAR_FIXTURE = ROOT / "tests" / "data" / "cifar10"  # 20 real test JPEGs per class (see its README)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # No network here: make the hub client fail fast instead of retrying for a minute.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def extract_cifar_subset(dest: Path, split: str, per_class: int) -> Path:
-    """Extract the first ``per_class`` JPEGs of each class of a CIFAR-10 split into ``dest``."""
-    if not CIFAR_TAR.is_file():
-        pytest.fail(f"real test images missing: {CIFAR_TAR} (see ../shared/data/README.md)")
-    wanted = {f"{split}/{c}/{i:04d}.jpg" for c in CLASSES for i in range(per_class)}
-    with tarfile.open(CIFAR_TAR, "r:gz") as archive:
-        members = [m for m in archive if m.name.lstrip("./") in wanted]
-        archive.extractall(dest, members=members, filter="data")
-    root = dest / split if (dest / split).is_dir() else next(dest.rglob(split))
-    assert sum(1 for _ in root.rglob("*.jpg")) == per_class * len(CLASSES)
-    return dest
+def cifar_files(split: str = "test") -> list[Path]:
+    """The fixture's JPEGs, class by class, in file order."""
+    files = sorted((CIFAR_FIXTURE / split).glob("*/*.jpg"))
+    assert len(files) == 20 * len(CLASSES), f"the CIFAR-10 fixture under {CIFAR_FIXTURE} is incomplete"
+    return files
 
 
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ImageFolder root with ``test/<class>/`` holding 20 real CIFAR-10 JPEGs per class."""
-    return extract_cifar_subset(tmp_path_factory.mktemp("cifar"), "test", 20)
+    """An ImageFolder root with ``test/<class>/`` holding 20 real CIFAR-10 JPEGs per class (a copy of
+    the repository's fixture, so tests may add files beside them)."""
+    dest = tmp_path_factory.mktemp("cifar")
+    shutil.copytree(CIFAR_FIXTURE / "test", dest / "test")
+    cifar_files()
+    return dest
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40, seed: int = 0) -> Path:

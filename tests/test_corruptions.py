@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import colorsys
 import io
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import CIFAR_TAR
+from conftest import cifar_files
 from PIL import Image
 
 from lpclip_cache import corruptions as C
@@ -19,22 +18,17 @@ from lpclip_cache import corruptions as C
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur", "snow",
           "frost", "fog", "elastic_transform"}
 # Mean change grows strictly with severity for these (the published parameters of glass blur,
-# snow, frost, elastic and saturate are not ordered that way, and pixelate only nearly).
+# snow, frost, elastic and saturate are not ordered that way, and pixelate only nearly; motion
+# blur's severities 3 and 4 share sigma 2.0 and differ only in the radius that truncates the
+# streak, so over the 200 fixture images they change the images by the same amount, 12.8 and 12.7).
 MONOTONE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "defocus_blur", "gaussian_blur",
-            "motion_blur", "zoom_blur", "fog", "brightness", "contrast", "jpeg_compression")
+            "zoom_blur", "fog", "brightness", "contrast", "jpeg_compression")
 
 
 @pytest.fixture(scope="module")
 def cifar_images() -> np.ndarray:
-    """48 real CIFAR-10 test images, uint8 N x 32 x 32 x 3."""
-    images = []
-    with tarfile.open(CIFAR_TAR, "r:gz") as archive:
-        for member in archive:
-            if member.isfile() and "/test/" in f"/{member.name.lstrip('./')}" and member.name.endswith(".jpg"):
-                images.append(np.asarray(Image.open(archive.extractfile(member)).convert("RGB")))
-                if len(images) == 48:
-                    break
-    return np.stack(images)
+    """The repository's 200 real CIFAR-10 test images, uint8 N x 32 x 32 x 3."""
+    return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in cifar_files()])
 
 
 def as_float(images: np.ndarray) -> torch.Tensor:
