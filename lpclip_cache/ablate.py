@@ -9,6 +9,7 @@ the table isolates each ingredient. Only the supervised row reads true labels.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any
     teacher_row: dict[str, Any] = {}
     for name, options in variants(config, max_views).items():
         if config.progress:
-            print(f"[ablate] {name}", flush=True)
+            sys.stderr.write(f"[ablate] {name}\n")  # progress, never on stdout (--json)
         run = out / "runs" / name
         summary = train(TrainConfig(store=config.store, out=str(run), epochs=config.epochs, lr=config.lr,
                                     batch_size=config.batch_size, seed=config.seed, progress=False, **options))

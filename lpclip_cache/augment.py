@@ -1,9 +1,13 @@
 """Views made on the compute device from a uint8 batch: clean, weak and strong.
 
-Policies are data (``resources/policies/*.json`` or a user's JSON file). Kornia's own
-RandAugment draws one operation set per call for the whole batch, so the strong policy here
-draws ``num_ops`` operation indices per sample on the device and applies each operation to the
-samples that chose it: every sample gets its own operations and its own magnitudes.
+Policies are data (``resources/policies/*.json`` or a user's JSON file). The strong policy is
+FixMatch's RandAugment: ``num_ops`` operations per sample, each drawn uniformly from the policy's
+list with a magnitude drawn uniformly in that operation's range. Each operation is a batched
+function of float images in [0, 1] and a per-sample magnitude that reproduces PIL's and
+torchvision's definition of the operation (brightness multiplies, contrast blends with the mean
+grey, ...); Kornia's own RandAugment draws one operation set per call for the whole batch, and its
+brightness and contrast differ from PIL's, so it is not used here. The weak policy for small
+images shifts by whole pixels with reflected borders (FixMatch's pad-and-crop): no resampling blur.
 
 Every random draw comes from torch's generator, seeded per (seed, shard, view kind, view index)
 inside ``torch.random.fork_rng``: a shard's views do not depend on what ran before it.
@@ -13,39 +17,226 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
 
 from .errors import InputError
 
-OpBuilder = Callable[[dict[str, Any]], torch.nn.Module | None]
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma: PIL's "L" and torchvision's rgb_to_grayscale
 
 
-def _pair(value: float | list[float]) -> tuple[float, float]:
-    return (float(value[0]), float(value[1])) if isinstance(value, (list, tuple)) else (-value, value)
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, 1, 1, 1)
 
 
-OPS: dict[str, OpBuilder] = {
-    "identity": lambda cfg: None,
-    "auto_contrast": lambda cfg: K.RandomAutoContrast(p=1.0),
-    "equalize": lambda cfg: K.RandomEqualize(p=1.0),
-    "rotate": lambda cfg: K.RandomRotation(degrees=float(cfg["degrees"]), p=1.0),
-    "solarize": lambda cfg: K.RandomSolarize(thresholds=float(cfg["thresholds"]), additions=0.0, p=1.0),
-    "color": lambda cfg: K.RandomSaturation(saturation=tuple(cfg["saturation"]), p=1.0),
-    "posterize": lambda cfg: K.RandomPosterize(bits=tuple(float(b) for b in cfg["bits"]), p=1.0),
-    "contrast": lambda cfg: K.RandomContrast(contrast=tuple(cfg["contrast"]), p=1.0),
-    "brightness": lambda cfg: K.RandomBrightness(brightness=tuple(cfg["brightness"]), p=1.0),
-    "sharpness": lambda cfg: K.RandomSharpness(sharpness=float(cfg["sharpness"]), p=1.0),
-    "shear_x": lambda cfg: K.RandomAffine(degrees=0.0, shear=(*_pair(cfg["shear"]), 0.0, 0.0), p=1.0),
-    "shear_y": lambda cfg: K.RandomAffine(degrees=0.0, shear=(0.0, 0.0, *_pair(cfg["shear"])), p=1.0),
-    "translate_x": lambda cfg: K.RandomAffine(degrees=0.0, translate=(float(cfg["fraction"]), 0.0), p=1.0),
-    "translate_y": lambda cfg: K.RandomAffine(degrees=0.0, translate=(0.0, float(cfg["fraction"])), p=1.0),
+def _blend(images: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageEnhance: ``degenerate + factor * (images - degenerate)`` per sample, clamped."""
+    return (degenerate + _per_sample(factor) * (images - degenerate)).clamp_(0.0, 1.0)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """B x 1 x H x W luma of B x 3 x H x W RGB images (ITU-R 601-2 weights)."""
+    r, g, b = images.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def to_levels(images: torch.Tensor) -> torch.Tensor:
+    """The nearest 8-bit levels (int64, 0 to 255) of float images in [0, 1]."""
+    return images.mul(255.0).round_().clamp_(0, 255).long()
+
+
+def brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's Brightness: blend with black, i.e. multiply by ``factor`` (0 black, 1 unchanged)."""
+    return _blend(images, torch.zeros_like(images), factor)
+
+
+def contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's Contrast: blend with the image's mean grey level (0 flat grey, 1 unchanged)."""
+    return _blend(images, grayscale(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def color(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's Color (saturation): blend with the grayscale image (0 grey, 1 unchanged)."""
+    return _blend(images, grayscale(images), factor)
+
+
+def sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's Sharpness: blend with PIL's 3x3 SMOOTH filter (0 smoothed, 1 unchanged); border pixels are kept."""
+    smooth = images.clone()  # SMOOTH is [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13: the 3x3 sum plus 4 x the centre
+    smooth[..., 1:-1, 1:-1] = (F.avg_pool2d(images, 3, stride=1) * 9.0 + 4.0 * images[..., 1:-1, 1:-1]) / 13.0
+    return _blend(images, smooth, factor)
+
+
+def posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Keep the top ``bits`` bits (1 to 8) of each 8-bit channel value."""
+    mask = 256 - torch.pow(2, 8 - bits.long())
+    return (to_levels(images) & mask.view(-1, 1, 1, 1)).to(images.dtype) / 255.0
+
+
+def solarize(images: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Invert the channel values whose 8-bit level is at least ``256 * threshold`` (0: all, 1: none)."""
+    inverted = to_levels(images) >= _per_sample(threshold) * 256.0
+    return torch.where(inverted, 1.0 - images, images)
+
+
+def autocontrast(images: torch.Tensor) -> torch.Tensor:
+    """Stretch each channel of each image linearly so that its minimum is 0 and its maximum 1."""
+    low = images.amin(dim=(2, 3), keepdim=True)
+    high = images.amax(dim=(2, 3), keepdim=True)
+    flat = high <= low
+    scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low).clamp_min(1e-12))
+    return ((images - torch.where(flat, torch.zeros_like(low), low)) * scale).clamp_(0.0, 1.0)
+
+
+def equalize(images: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each channel of each image, with PIL's (and torchvision's) lookup table."""
+    b, c, h, w = images.shape
+    levels = to_levels(images).view(b * c, h * w)
+    hist = torch.zeros(b * c, 256, dtype=torch.int64, device=images.device)
+    hist.scatter_add_(1, levels, torch.ones_like(levels))
+    cumulative = hist.cumsum(1)
+    top = hist.gather(1, cumulative.argmax(1, keepdim=True))  # pixels at the highest level present
+    step = (h * w - top) // 255
+    lut = ((cumulative[:, :-1] + step // 2) // step.clamp_min(1)).clamp_(0, 255)
+    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1)
+    equalized = (lut.gather(1, levels).to(images.dtype) / 255.0).view(b, c, h, w)
+    return torch.where((step > 0).view(b, c, 1, 1), equalized, images)
+
+
+def warp(images: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Resample image i at ``inverse[i] @ p + offset[i]`` for each output pixel centre p, bilinear, 0 outside.
+
+    Coordinates are in pixels from the image centre, x right and y down (torchvision's convention).
+    """
+    b, _, h, w = images.shape
+    half = torch.tensor([w / 2.0, h / 2.0], dtype=images.dtype, device=images.device)
+    linear = inverse.to(images.dtype) * half.view(1, 1, 2) / half.view(1, 2, 1)
+    theta = torch.cat([linear, (offset.to(images.dtype) / half).unsqueeze(2)], dim=2)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _matrices(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.stack([a, b], dim=1), torch.stack([c, d], dim=1)], dim=1)
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate counter-clockwise by ``degrees`` about the image centre (PIL's rotate, torchvision's rotate)."""
+    angle = torch.deg2rad(degrees.to(images.dtype))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    return warp(images, _matrices(cos, -sin, sin, cos), torch.zeros(len(images), 2, device=images.device))
+
+
+def shear_x(images: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    """FixMatch's ShearX: PIL's affine transform (1, v, 0, 0, 1, 0), i.e. x_in = x + v * y from the top-left corner."""
+    v = coefficient.to(images.dtype)
+    one, zero = torch.ones_like(v), torch.zeros_like(v)
+    return warp(images, _matrices(one, v, zero, one), torch.stack([v * images.shape[2] / 2.0, zero], dim=1))
+
+
+def shear_y(images: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
+    """FixMatch's ShearY: PIL's affine transform (1, 0, 0, v, 1, 0), i.e. y_in = y + v * x from the top-left corner."""
+    v = coefficient.to(images.dtype)
+    one, zero = torch.ones_like(v), torch.zeros_like(v)
+    return warp(images, _matrices(one, zero, v, one), torch.stack([zero, v * images.shape[3] / 2.0], dim=1))
+
+
+def _translate(images: torch.Tensor, pixels_x: torch.Tensor, pixels_y: torch.Tensor) -> torch.Tensor:
+    one, zero = torch.ones_like(pixels_x), torch.zeros_like(pixels_x)
+    return warp(images, _matrices(one, zero, zero, one), torch.stack([pixels_x, pixels_y], dim=1))
+
+
+def translate_x(images: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """FixMatch's TranslateX: x_in = x + round(fraction * width) (content moves left for fraction > 0), 0 outside."""
+    pixels = torch.round(fraction.to(images.dtype) * images.shape[3])
+    return _translate(images, pixels, torch.zeros_like(pixels))
+
+
+def translate_y(images: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """FixMatch's TranslateY: y_in = y + round(fraction * height) (content moves up for fraction > 0), 0 outside."""
+    pixels = torch.round(fraction.to(images.dtype) * images.shape[2])
+    return _translate(images, torch.zeros_like(pixels), pixels)
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Move image i by whole pixels (dy[i] down, dx[i] right), filling the border by reflection (no edge repeat).
+
+    The result equals a crop of the reflect-padded image (FixMatch's weak augmentation: pad, random crop).
+    """
+    b, c, h, w = images.shape
+    rows = _reflect(torch.arange(h, device=images.device).view(1, h) - dy.view(b, 1), h)
+    cols = _reflect(torch.arange(w, device=images.device).view(1, w) - dx.view(b, 1), w)
+    out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w))
+    return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+@dataclass(frozen=True)
+class Op:
+    """A strong-view operation: ``apply(images, magnitudes)``, and the allowed magnitude range (None: no magnitude)."""
+
+    apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    limits: tuple[float, float] | None = None
+    integer: bool = False
+
+
+OPS: dict[str, Op] = {
+    "identity": Op(lambda x, m: x),
+    "auto_contrast": Op(lambda x, m: autocontrast(x)),
+    "equalize": Op(lambda x, m: equalize(x)),
+    "rotate": Op(rotate, (-180.0, 180.0)),
+    "solarize": Op(solarize, (0.0, 1.0)),
+    "color": Op(color, (0.0, math.inf)),
+    "posterize": Op(posterize, (1, 8), integer=True),
+    "contrast": Op(contrast, (0.0, math.inf)),
+    "brightness": Op(brightness, (0.0, math.inf)),
+    "sharpness": Op(sharpness, (0.0, math.inf)),
+    "shear_x": Op(shear_x, (-1.0, 1.0)),
+    "shear_y": Op(shear_y, (-1.0, 1.0)),
+    "translate_x": Op(translate_x, (-1.0, 1.0)),
+    "translate_y": Op(translate_y, (-1.0, 1.0)),
 }
+POLICY_KEYS = ("name", "description", "crop", "flip", "shift", "num_ops", "ops", "erase", "erase_scale")
+
+
+def _check_op(path: Path, entry: Any) -> None:
+    """One line of InputError unless ``entry`` is a known op with a valid magnitude range."""
+    if not isinstance(entry, dict):
+        raise InputError(f"augmentation policy '{path}' lists {json.dumps(entry)} as an op: write {{\"op\": NAME}}")
+    name = entry.get("op")
+    if name not in OPS:
+        raise InputError(f"augmentation policy '{path}' names unknown op '{name}': use one of {', '.join(OPS)}")
+    op = OPS[name]
+    extra = sorted(set(entry) - ({"op", "range"} if op.limits else {"op"}))
+    if extra:
+        hint = "give 'op' and 'range'" if op.limits else "this op takes no magnitude, give only 'op'"
+        raise InputError(f"augmentation policy '{path}': op '{name}' has unknown field(s) {', '.join(extra)}: {hint}")
+    if op.limits is None:
+        return
+    low, high = op.limits
+    value = entry.get("range")
+    kind = int if op.integer else (int, float)
+    pair = isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value
+    )
+    if not (pair and low <= value[0] <= value[1] <= high):
+        numbers = "integers" if op.integer else "numbers"
+        raise InputError(
+            f"augmentation policy '{path}': op '{name}' needs \"range\": [low, high], two {numbers} with "
+            f"{low:g} <= low <= high <= {high:g}, got {json.dumps(value)}"
+        )
 
 
 def load_policy(name_or_path: str) -> dict[str, Any]:
@@ -58,13 +249,24 @@ def load_policy(name_or_path: str) -> dict[str, Any]:
         policy = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"augmentation policy '{path}' is not valid JSON ({exc}): fix the file") from exc
-    for op in policy.get("ops", []):
-        if op.get("op") not in OPS:
-            raise InputError(
-                f"augmentation policy '{path}' names unknown op '{op.get('op')}': use one of {', '.join(OPS)}"
-            )
+    if not isinstance(policy, dict):
+        raise InputError(f"augmentation policy '{path}' is not a JSON object: fix the file")
+    unknown = sorted(set(policy) - set(POLICY_KEYS))
+    if unknown:
+        raise InputError(
+            f"augmentation policy '{path}' has unknown key(s) {', '.join(unknown)}: use {', '.join(POLICY_KEYS)}"
+        )
+    if not isinstance(policy.get("ops", []), list):
+        raise InputError(f"augmentation policy '{path}': ops must be a list of {{\"op\": NAME, ...}} objects")
+    for entry in policy.get("ops", []):
+        _check_op(path, entry)
     if policy.get("num_ops", 0) and not policy.get("ops"):
         raise InputError(f"augmentation policy '{path}' asks for num_ops > 0 but lists no ops: add ops")
+    fraction = policy.get("shift", 0.0)
+    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 0.5:
+        raise InputError(
+            f"augmentation policy '{path}': shift must be a fraction of the size in [0, 0.5), got {fraction}"
+        )
     return policy
 
 
@@ -87,14 +289,9 @@ class PolicyViews(torch.nn.Module):
             else None
         )
         self.flip = K.RandomHorizontalFlip(p=float(policy["flip"])) if policy.get("flip") else None
-        shift = float(policy.get("translate", 0.0))
-        self.translate = (
-            K.RandomAffine(degrees=0.0, translate=(shift, shift), padding_mode="reflection", p=1.0) if shift else None
-        )
+        self.shift = float(policy.get("shift", 0.0))
         self.num_ops = int(policy.get("num_ops", 0))
-        self.ops = torch.nn.ModuleList(
-            [m if (m := OPS[op["op"]](op)) is not None else torch.nn.Identity() for op in policy.get("ops", [])]
-        )
+        self.ops = [(entry["op"], *entry.get("range", (0.0, 0.0))) for entry in policy.get("ops", [])]
         erase_scale = tuple(policy.get("erase_scale", (0.02, 0.25)))
         self.erase = K.RandomErasing(p=float(policy["erase"]), scale=erase_scale) if policy.get("erase") else None
 
@@ -105,24 +302,39 @@ class PolicyViews(torch.nn.Module):
             x = self.crop(x)
         if self.flip is not None:
             x = self.flip(x)
-        if self.translate is not None:
-            x = self.translate(x)
+        if self.shift:
+            x = self.random_shift(x)
         for _ in range(self.num_ops):
-            x = self.apply_ops(x, torch.randint(len(self.ops), (x.shape[0],), device=x.device))
+            choice = torch.randint(len(self.ops), (x.shape[0],), device=x.device)
+            x = self.apply_ops(x, choice, torch.rand(x.shape[0], device=x.device))
         if self.erase is not None:
             x = self.erase(x)
         return x
 
+    def random_shift(self, images: torch.Tensor) -> torch.Tensor:
+        """Shift each image by its own whole number of pixels, up to ``shift`` of the size, reflecting the border."""
+        b, _, h, w = images.shape
+        most_y, most_x = round(self.shift * h), round(self.shift * w)
+        dy = torch.randint(-most_y, most_y + 1, (b,), device=images.device)
+        dx = torch.randint(-most_x, most_x + 1, (b,), device=images.device)
+        return shift(images, dy, dx)
 
-    def apply_ops(self, images: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """Apply op ``choice[i]`` to sample i: each op runs once on the samples that chose it."""
+    def magnitudes(self, index: int, level: torch.Tensor) -> torch.Tensor:
+        """Op ``index``'s magnitudes for per-sample levels in [0, 1): uniform in its range (integers: each equally)."""
+        name, low, high = self.ops[index]
+        if OPS[name].integer:
+            return torch.floor(low + (high - low + 1) * level).clamp_(max=high)
+        return low + (high - low) * level
+
+    def apply_ops(self, images: torch.Tensor, choice: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Apply op ``choice[i]`` to sample i at magnitude level ``level[i]``: each op runs once, on its samples."""
         out = images.clone()
-        for index, op in enumerate(self.ops):
-            if isinstance(op, torch.nn.Identity):
+        for index, (name, _, _) in enumerate(self.ops):
+            if name == "identity":
                 continue
             members = (choice == index).nonzero(as_tuple=True)[0]
             if members.numel():
-                out[members] = op(images[members]).clamp_(0.0, 1.0)
+                out[members] = OPS[name].apply(images[members], self.magnitudes(index, level[members]))
         return out
 
 

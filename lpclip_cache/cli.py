@@ -339,12 +339,14 @@ def info_lines(store: str, opened: Any, summary: dict[str, Any]) -> list[str]:
 
 
 @main.command("models")
+@json_option
 @report_errors
-def list_models() -> None:
+def list_models(as_json: bool) -> None:
     """List the open_clip architectures (the project's own included)."""
     from .models import list_model_names
 
-    click.echo("\n".join(list_model_names()))
+    names = list_model_names()
+    emit({"models": names}, as_json, "\n".join(names))
 
 
 @main.command()

@@ -2,12 +2,17 @@
 
 Every store is scored with the run's own head and probe on its clean view, so an OOD store's
 class names do not matter. In-distribution stores must share the run's embedding space and
-classes; OOD detection uses the maximum softmax probability, with the first ``--store`` as the
-in-distribution reference and OOD as the positive class.
+classes; OOD detection uses the maximum softmax probability (and the scores under ``scores``),
+with the first ``--store`` as the in-distribution reference and OOD as the positive class.
+
+Every row comes from ``outputs_in``: each method's logits over one class space (a store's class
+subset, or all classes), softmaxed per component (the teacher, a probe, each member of an
+ensemble) and, for an ensemble, averaged.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from .errors import StoreError
 from .probe import softmax
 
 METHOD_NAMES = ("teacher", "probe")
+SEVERITIES = (1, 2, 3, 4, 5)  # of every corruption, for a mean corruption error
 
 
 def method_names(members: int) -> tuple[str, ...]:
@@ -85,63 +91,139 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     return values
 
 
-OOD_SCORES = {
-    "msp": lambda probs, logits: metrics.max_softmax_probability(probs),
-    "entropy": lambda probs, logits: metrics.entropy_score(probs),
-    "max_logit": lambda probs, logits: metrics.max_logit_score(logits),
-    "energy": lambda probs, logits: metrics.energy_score(logits),
-}
+@dataclass
+class MethodOutputs:
+    """One method's outputs on a store's rows, in one class space.
+
+    ``logits`` (M x N x K) are its components' own: the teacher's or one probe's (M = 1), or each
+    member's of an ensemble; ``member_probs`` are their softmaxes and ``probs`` the method's
+    prediction (an ensemble's: the mean of its members' probabilities).
+    """
+
+    logits: np.ndarray
+    member_probs: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def of(cls, logits: np.ndarray) -> MethodOutputs:
+        """The outputs of components with these M x N x K logits (float64)."""
+        member_probs = softmax(logits, np.float64)
+        return cls(logits, member_probs, member_probs[0] if len(logits) == 1 else member_probs.mean(axis=0))
+
+    @property
+    def members(self) -> int:
+        """How many components the method averages (more than one for an ensemble)."""
+        return len(self.logits)
 
 
-def ood_scores(probs: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Every in-distribution confidence score of a method's outputs (higher = more in-distribution)."""
-    return {name: score(probs, logits) for name, score in OOD_SCORES.items()}
+def ood_scores(outputs: MethodOutputs) -> dict[str, np.ndarray]:
+    """Every in-distribution confidence score of a method's outputs (higher = more in-distribution).
 
-
-def score_logits(run: Any, store: Any) -> dict[str, np.ndarray]:
-    """Logits of each method on a store's valid clean embeddings (an ensemble: log mean
-    probabilities for ``probe``, and each member's own logits)."""
-    from .probe import teacher_logits
-
-    emb = store.read("clean/emb")[store.read("valid")]
-    logits = {
-        "teacher": teacher_logits(emb, run.head, run.logit_scale, run.temperature).astype(np.float64),
-        "probe": run.probe_logits(emb).astype(np.float64),
+    ``msp`` and ``entropy`` come from its probabilities; ``max_logit`` and ``energy`` from each
+    component's own logits, averaged (an ensemble's averaged probabilities have no logits of their
+    own: their log-sum-exp is 0); an ensemble adds ``mutual_information`` (negated).
+    """
+    scores = {
+        "msp": metrics.max_softmax_probability(outputs.probs),
+        "entropy": metrics.entropy_score(outputs.probs),
+        "max_logit": np.mean([metrics.max_logit_score(logits) for logits in outputs.logits], axis=0),
+        "energy": np.mean([metrics.energy_score(logits) for logits in outputs.logits], axis=0),
     }
-    if run.members > 1:
-        for m, member in enumerate(run.member_logits(emb)):
-            logits[f"member-{m}"] = member.astype(np.float64)
-    return logits
+    if outputs.members > 1:
+        scores["mutual_information"] = metrics.mutual_information_score(outputs.member_probs)
+    return scores
 
 
 def class_subset(store: Any) -> list[int] | None:
     """The classes an in-distribution store holds when it covers only part of the label space
-    (``imagenet:`` folders such as ImageNet-A and -R), else None."""
+    (``imagenet:`` folders such as ImageNet-A and -R), sorted, else None."""
     subset = store.manifest.get("dataset", {}).get("class_subset")
-    return [int(c) for c in subset] if subset else None
+    if not subset:
+        return None
+    n = len(store.classnames)
+    if (
+        not isinstance(subset, list)
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in subset)
+        or len(set(subset)) != len(subset)
+    ):
+        raise StoreError(
+            f"store '{store.path}' has a damaged dataset.class_subset (it must list distinct class indices "
+            f"in [0, {n})): extract it again"
+        )
+    return sorted(subset)
 
 
-def in_distribution_outputs(run: Any, store: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each method's logits and the labels of a store's valid rows, restricted to the store's
-    class subset when it has one (logits of the other classes dropped, labels renumbered)."""
-    logits = score_logits(run, store)
-    labels = store.labels()[store.read("valid")]
-    subset = class_subset(store)
-    if subset is not None:
-        logits = {m: v[:, subset] for m, v in logits.items()}
-        position = np.full(len(store.classnames), -1, np.int64)
-        position[subset] = np.arange(len(subset))
-        labels = np.where(labels >= 0, position[np.maximum(labels, 0)], labels)
-    return logits, labels
+def outputs_in(run: Any, store: Any, classes: list[int] | None) -> dict[str, MethodOutputs]:
+    """Each method's outputs on a store's valid clean embeddings over the run's ``classes`` (None:
+    all of them): the other classes' logits are dropped before any softmax, for the teacher and
+    every member alike, so an ensemble averages its members' renormalised probabilities."""
+    from .probe import teacher_logits
+
+    emb = store.read("clean/emb")[store.read("valid")]
+    head = run.head if classes is None else run.head[classes]
+    teacher = teacher_logits(emb, head, run.logit_scale, run.temperature).astype(np.float64)
+    probe = MethodOutputs.of(run.member_logits(emb, classes).astype(np.float64))
+    outputs = {"teacher": MethodOutputs.of(teacher[None]), "probe": probe}
+    if run.members > 1:
+        for m in range(run.members):
+            outputs[f"member-{m}"] = MethodOutputs(probe.logits[m : m + 1], probe.member_probs[m : m + 1],
+                                                   probe.member_probs[m])
+    return outputs
+
+
+def labels_in(store: Any, classes: list[int] | None) -> np.ndarray:
+    """The labels of a store's valid rows as positions in ``classes`` (None: unchanged; -1 stays
+    unknown); a label outside ``classes`` is a StoreError naming the store."""
+    labels = store.labels()[store.read("valid")].astype(np.int64)
+    if classes is None:
+        return labels
+    names = store.classnames
+    position = np.full(len(names), -1, np.int64)
+    position[classes] = np.arange(len(classes))
+    in_range = (labels >= 0) & (labels < len(names))
+    mapped = np.where(in_range, position[np.where(in_range, labels, 0)], -1)
+    outside = (labels >= 0) & (mapped < 0)
+    if outside.any():
+        first = int(labels[outside][0])
+        name = f" '{names[first]}'" if first < len(names) else ""
+        raise StoreError(
+            f"store '{store.path}' has {int(outside.sum())} labels outside its class subset (e.g. {first}{name}; "
+            f"its dataset.class_subset lists {len(classes)} classes): its labels and manifest disagree, "
+            "extract it again"
+        )
+    return mapped
+
+
+def in_distribution_outputs(run: Any, store: Any) -> tuple[dict[str, MethodOutputs], np.ndarray]:
+    """Each method's outputs and the labels of a store's valid rows in the store's class space:
+    its class subset when it has one (see ``outputs_in``), else all the run's classes."""
+    classes = class_subset(store)
+    labels = labels_in(store, classes)
+    return outputs_in(run, store, classes), labels
 
 
 def score_store(run: Any, store: Any) -> dict[str, np.ndarray]:
-    """Probabilities of each method on a store's valid clean embeddings."""
-    return {method: softmax(logits, np.float64) for method, logits in score_logits(run, store).items()}
+    """Probabilities of each method on a store's valid clean embeddings over all the run's classes
+    (``in_distribution_outputs`` scores a store with a class subset on its subset)."""
+    return {method: outputs.probs for method, outputs in outputs_in(run, store, None).items()}
+
+
+def detection(id_conf: np.ndarray, ood_conf: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPR and FPR at 95% TPR of one score (OOD positive)."""
+    return {
+        "auroc": metrics.auroc(id_conf, ood_conf),
+        "aupr": metrics.aupr(id_conf, ood_conf),
+        "fpr95": metrics.fpr_at_95_tpr(id_conf, ood_conf),
+    }
 
 
 def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate a run on in-distribution stores and OOD stores; return the report as a dict."""
+    """Evaluate a run on in-distribution stores and OOD stores; return the report as a dict.
+
+    OOD stores are scored in the class space of the reference (the first in-distribution store):
+    its class subset when it has one, else all the run's classes; an OOD store's own subset is
+    not used, since a detector may not know which classes an OOD sample's set holds.
+    """
     from .probe import load_run
     from .store import FeatureStore
 
@@ -156,54 +238,48 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
         "ensemble": run.members,
         "methods": list(methods),
         "metrics": {"ece_bins": 15, "ood_score": "max softmax probability (others under 'scores')",
-                    "ood_positive": True},
+                    "ood_positive": True, "ood_classes": "the reference store's (its class subset, else all)"},
         "stores": {},
         "ood": {},
     }
-    reference: dict[str, np.ndarray] | None = None
+    reference: dict[str, dict[str, np.ndarray]] = {}
     reference_name = ""
+    reference_classes: list[int] | None = None
     for path in stores:
         store = FeatureStore(path)
         check_compatible(run, store, "in-distribution")
-        logits, labels = in_distribution_outputs(run, store)
-        probs = {m: softmax(v, np.float64) for m, v in logits.items()}
+        classes = class_subset(store)
+        outputs, labels = in_distribution_outputs(run, store)
         entry: dict[str, Any] = {"samples": int(labels.size)}
-        if class_subset(store) is not None:
-            entry["classes"] = len(class_subset(store))
+        if classes is not None:
+            entry["classes"] = len(classes)
         known = labels >= 0
         for method in methods:
+            probs = outputs[method].probs
             if known.any():
-                entry[method] = classification_metrics(probs[method][known], labels[known])
+                entry[method] = classification_metrics(probs[known], labels[known])
             else:
-                entry[method] = {"confidence": float(metrics.max_softmax_probability(probs[method]).mean())}
+                entry[method] = {"confidence": float(metrics.max_softmax_probability(probs).mean())}
         entry["shift"] = shift_of(store.manifest)
         report["stores"][path] = entry
-        if reference is None:
-            reference = {m: ood_scores(probs[m], logits[m]) for m in methods}
-            reference_name = path
-            if run.members > 1:
-                reference_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])
+        if not reference_name:
+            reference_name, reference_classes = path, classes
+            if ood:
+                reference = {m: ood_scores(outputs[m]) for m in methods}
     for path in ood:
         store = FeatureStore(path)
         check_compatible(run, store, "OOD")
-        logits = score_logits(run, store)
-        entry = {"samples": int(logits["probe"].shape[0]), "reference": reference_name}
+        outputs = outputs_in(run, store, reference_classes)
+        entry = {"samples": int(outputs["probe"].probs.shape[0]), "reference": reference_name}
+        if reference_classes is not None:
+            entry["classes"] = len(reference_classes)
         for method in methods:
-            scores = ood_scores(softmax(logits[method], np.float64), logits[method])
-            per_score = {
-                name: {
-                    "auroc": metrics.auroc(reference[method][name], values),
-                    "aupr": metrics.aupr(reference[method][name], values),
-                    "fpr95": metrics.fpr_at_95_tpr(reference[method][name], values),
-                }
-                for name, values in scores.items()
-            }
+            scores = ood_scores(outputs[method])
+            per_score = {name: detection(reference[method][name], values) for name, values in scores.items()}
             entry[method] = {**per_score["msp"], "confidence": float(scores["msp"].mean()), "scores": per_score}
-        if run.members > 1:
-            # the ensemble's mutual information as a second score: higher means OOD, so negate it
-            ood_mi = run.mutual_information(store.read("clean/emb")[store.read("valid")])
-            entry["probe"]["auroc_mutual_information"] = metrics.auroc(-reference_mi, -ood_mi)
-            entry["probe"]["fpr95_mutual_information"] = metrics.fpr_at_95_tpr(-reference_mi, -ood_mi)
+        if run.members > 1:  # the ensemble's mutual information, also under its earlier names
+            entry["probe"]["auroc_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["auroc"]
+            entry["probe"]["fpr95_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["fpr95"]
         report["ood"][path] = entry
     report["corruptions"] = aggregate_corruptions(report["stores"])
     return report
@@ -221,8 +297,14 @@ def shift_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def aggregate_corruptions(stores: dict[str, Any]) -> dict[str, Any]:
-    """Error and ECE per corruption and severity, their means over severities per corruption,
-    and the mean corruption error over all of them (an unnormalised mCE), for each method."""
+    """Error and ECE per corruption and severity, their means over the five severities per
+    corruption, and the mean corruption error over all corruptions (an unnormalised mCE), for each
+    method.
+
+    Means are given only over all five severities: a corruption short of some is left out of
+    ``mean_error`` and ``mean_ece`` and listed under ``missing`` (corruption: severities), and
+    ``mce`` is then None.
+    """
     table: dict[str, dict[str, dict[int, tuple[float, float]]]] = {}
     for entry in stores.values():
         shift = entry.get("shift")
@@ -234,15 +316,25 @@ def aggregate_corruptions(stores: dict[str, Any]) -> dict[str, Any]:
                 per[shift["severity"]] = (1.0 - values["accuracy"], values["ece"])
     out: dict[str, Any] = {}
     for method, corruptions in table.items():
-        means = {name: float(np.mean([v[0] for v in cells.values()])) for name, cells in corruptions.items()}
+        missing = {name: [s for s in SEVERITIES if s not in cells] for name, cells in sorted(corruptions.items())}
+        missing = {name: severities for name, severities in missing.items() if severities}
+        complete = {name: cells for name, cells in corruptions.items() if name not in missing}
+        means = {name: float(np.mean([cells[s][0] for s in SEVERITIES])) for name, cells in complete.items()}
         out[method] = {
             "error": {name: {str(k): v[0] for k, v in sorted(cells.items())} for name, cells in corruptions.items()},
             "ece": {name: {str(k): v[1] for k, v in sorted(cells.items())} for name, cells in corruptions.items()},
             "mean_error": means,
-            "mean_ece": {name: float(np.mean([v[1] for v in cells.values()])) for name, cells in corruptions.items()},
-            "mce": float(np.mean(list(means.values()))),
+            "mean_ece": {name: float(np.mean([cells[s][1] for s in SEVERITIES])) for name, cells in complete.items()},
+            "mce": None if missing else float(np.mean(list(means.values()))),
+            "missing": missing,
         }
     return out
+
+
+def missing_severities(corruptions: dict[str, Any]) -> str:
+    """The severities a report's corruptions lack, as text (``fog 3, 5; snow 1``), or ''."""
+    missing = next(iter(corruptions.values()), {}).get("missing", {})
+    return "; ".join(f"{name} {', '.join(str(s) for s in severities)}" for name, severities in missing.items())
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -260,6 +352,9 @@ def format_table(report: dict[str, Any]) -> str:
                 values = entry[method]
                 keys = ("accuracy", "nll", "brier", "ece", "auroc", "fpr95")
                 lines.append(f"{name[:28]:<28} {method:<9} " + " ".join(cell(values, k) for k in keys))
+    missing = missing_severities(report.get("corruptions", {}))
+    if missing:
+        lines.append(f"no mean corruption error: severities missing ({missing})")
     return "\n".join(lines)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "max_logit_score",
     "max_softmax_probability",
     "mce",
+    "mutual_information_score",
     "nll",
     "normalized_mutual_info",
     "top_k_accuracy",
@@ -405,6 +406,22 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     with np.errstate(over="ignore"):
         shifted = (z - z_max[:, None]) / t
     return z_max + t * np.log(np.sum(np.exp(shifted), axis=1))
+
+
+def mutual_information_score(member_probs: np.ndarray) -> np.ndarray:
+    """Per-sample negative mutual information of an ensemble, mean_m H(p_m) - H(mean_m p_m) (nats).
+
+    ``member_probs`` holds each member's probabilities, shape (M, N, C); the result has shape
+    (N,) and is 0 where the members agree, negative where they disagree.
+    """
+    p = np.asarray(member_probs)
+    if p.ndim != 3:
+        raise InputError(f"member_probs must be a 3-D (M, N, C) array, got shape {p.shape}")
+    if 0 in p.shape:
+        raise InputError(f"member_probs must be non-empty, got shape {p.shape}")
+    members, n, classes = p.shape
+    flat = entropy_score(p.reshape(members * n, classes))  # validates: numeric, finite, non-negative
+    return entropy_score(p.mean(axis=0)) - flat.reshape(members, n).mean(axis=0)
 
 
 # ------------------------------------------------------------------------------------

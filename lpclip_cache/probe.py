@@ -9,6 +9,7 @@ the training curve).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,13 @@ class Run:
         """How many probes the run holds (an ensemble has more than one)."""
         return 1 if self.weight.ndim == 2 else self.weight.shape[0]
 
-    def member_logits(self, emb: np.ndarray) -> np.ndarray:
-        """Logits ``A_m z + b_m`` of every member: M x N x C."""
+    def member_logits(self, emb: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+        """Logits ``A_m z + b_m`` of every member: M x N x C (only the columns of ``classes`` when given)."""
         weight = self.weight.reshape(self.members, *self.weight.shape[-2:])
         bias = self.bias.reshape(self.members, -1)
-        return np.einsum("nd,mcd->mnc", emb.astype(np.float32), weight) + bias[:, None, :]
+        if classes is not None:
+            weight, bias = weight[:, classes], bias[:, classes]
+        return np.matmul(emb.astype(np.float32), weight.transpose(0, 2, 1)) + bias[:, None, :]
 
     def probe_logits(self, emb: np.ndarray) -> np.ndarray:
         """Student logits ``A z + b`` (an ensemble: the log of its averaged probabilities)."""
@@ -89,13 +92,9 @@ class Run:
 
     def mutual_information(self, emb: np.ndarray) -> np.ndarray:
         """The ensemble's disagreement: H(mean_m p_m) - mean_m H(p_m), per sample (0 for one probe)."""
-        member = softmax(self.member_logits(emb), np.float64)
-        mean = member.mean(axis=0)
+        from .metrics import mutual_information_score
 
-        def entropy(p: np.ndarray) -> np.ndarray:
-            return -(p * np.log(np.maximum(p, 1e-30))).sum(axis=-1)
-
-        return entropy(mean) - entropy(member).mean(axis=0)
+        return -mutual_information_score(softmax(self.member_logits(emb), np.float64))
 
     def teacher_probs(self, emb: np.ndarray) -> np.ndarray:
         """Teacher (zero-shot) probabilities with the run's head, scale and temperature (float64)."""

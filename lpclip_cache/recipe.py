@@ -222,9 +222,11 @@ def plan(recipe: Recipe) -> list[Stage]:
         runs[name] = stage
     evaluated = by_role["test"] + by_role["shift"]
     for name, run in runs.items():
+        report = bool(recipe.evaluate.get("report", True))
         options = {"run": run.out, "stores": [s.out for s in evaluated], "ood": [s.out for s in by_role["ood"]],
-                   "report": bool(recipe.evaluate.get("report", True))}
-        stage = Stage("evaluate", name, f"{out}/reports/{name}", options,
+                   "report": report}
+        # the path the stage writes, which its completion check reads: a report folder, or one JSON file
+        stage = Stage("evaluate", name, f"{out}/reports/{name}" + ("" if report else ".json"), options,
                       [run.id, *(s.id for s in evaluated + by_role["ood"])])
         stage.key = _key([options, run.key, *(s.key for s in evaluated + by_role["ood"])])
         stages.append(stage)
@@ -350,12 +352,10 @@ def execute_stage(recipe: Recipe, stage: Stage, progress: bool) -> dict[str, Any
         return api.extract(out=stage.out, progress=progress, **o)
     if stage.kind == "train":
         return api.train(out=stage.out, overwrite=True, progress=progress, **o)
-    if stage.kind == "evaluate":
-        report = stage.out if o["report"] else None
-        json_out = None if report else f"{stage.out}.json"
+    if stage.kind == "evaluate":  # stage.out is the report folder, or the JSON file without one
         Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
-        return api.evaluate(run=o["run"], stores=o["stores"], ood=o["ood"], out=json_out, report=report,
-                            overwrite=True)
+        return api.evaluate(run=o["run"], stores=o["stores"], ood=o["ood"], out=None if o["report"] else stage.out,
+                            report=stage.out if o["report"] else None, overwrite=True)
     Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
     return api.analyze(o["kind"], store=o["store"], run=o["run"], out=stage.out, k=o["k"], sweep=o["sweep"],
                        seed=o["seed"], overwrite=True)

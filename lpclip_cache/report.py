@@ -4,7 +4,8 @@ Plots: reliability diagrams and confidence histograms of the teacher and the pro
 in-distribution store (``calibration.png``), a reliability diagram per in-distribution store
 (``reliability/<store>.png``), risk-coverage curves, ROC curves for each OOD store (maximum
 softmax probability, OOD positive) and, when corrupted stores were evaluated, error and ECE
-against severity with a line per method (ensemble members included).
+against severity with a line per method (ensemble members included). Every plot shows the
+probabilities ``evaluate`` scores: a store on its class subset, OOD stores on the first store's.
 """
 
 from __future__ import annotations
@@ -50,23 +51,23 @@ def _pyplot() -> Any:
     return plt
 
 
-def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each method's probabilities and the labels of one in-distribution store's valid rows
-    (on its class subset when it has one)."""
-    from .evaluation import in_distribution_outputs
-    from .probe import softmax
+def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray, list[int] | None]:
+    """Each method's probabilities and the labels of one in-distribution store's valid rows, as
+    ``evaluate`` scores them (on its class subset when it has one), and that subset."""
+    from .evaluation import class_subset, in_distribution_outputs
     from .store import FeatureStore
 
-    logits, labels = in_distribution_outputs(run, FeatureStore(store_path))
-    return {m: softmax(v, np.float64) for m, v in logits.items()}, labels
+    store = FeatureStore(store_path)
+    outputs, labels = in_distribution_outputs(run, store)
+    return {m: o.probs for m, o in outputs.items()}, labels, class_subset(store)
 
 
-def _ood_outputs(run: Any, store_path: str) -> dict[str, np.ndarray]:
-    """Each method's probabilities on an OOD store (the run's whole label space)."""
-    from .evaluation import score_store
+def _ood_outputs(run: Any, store_path: str, classes: list[int] | None) -> dict[str, np.ndarray]:
+    """Each method's probabilities on an OOD store over ``classes``, the reference's class space."""
+    from .evaluation import outputs_in
     from .store import FeatureStore
 
-    return score_store(run, FeatureStore(store_path))
+    return {m: o.probs for m, o in outputs_in(run, FeatureStore(store_path), classes).items()}
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +109,9 @@ def _write_report_files(report: dict[str, Any], run_path: str, folder: Path) -> 
     run = load_run(run_path)
     methods = list(report.get("methods", METHOD_NAMES))
     first = next(iter(report["stores"]))
-    probs, labels = _outputs(run, first)
-    ood_probs = {path: _ood_outputs(run, path) for path in report["ood"]}  # read once, used by two plots
+    probs, labels, classes = _outputs(run, first)
+    # read once, used by two plots; in the first store's class space, as evaluate scores them
+    ood_probs = {path: _ood_outputs(run, path, classes) for path in report["ood"]}
     known = labels >= 0
     plots: list[Path] = []
 
@@ -132,7 +134,7 @@ def _write_report_files(report: dict[str, Any], run_path: str, folder: Path) -> 
 
     # a reliability diagram per in-distribution store with labels, every method side by side
     for index, path in enumerate(report["stores"]):
-        store_probs, store_labels = (probs, labels) if path == first else _outputs(run, path)
+        store_probs, store_labels, _ = (probs, labels, classes) if path == first else _outputs(run, path)
         seen = store_labels >= 0
         if not seen.any():
             continue
@@ -201,12 +203,19 @@ def _write_report_files(report: dict[str, Any], run_path: str, folder: Path) -> 
 
 def markdown(report: dict[str, Any], plots: list[Path], folder: Path) -> str:
     """The report as a Markdown page."""
-    from .evaluation import format_table
+    from .evaluation import format_table, missing_severities
 
     lines = [f"# Evaluation of `{report['run']}`", "", "```", format_table(report), "```", ""]
-    for method, entry in report.get("corruptions", {}).items():
+    corruptions = report.get("corruptions", {})
+    missing = missing_severities(corruptions)
+    if missing:
+        lines.append(f"- no mean corruption error: it needs severities 1-5 of every corruption; missing: {missing}")
+    for method, entry in corruptions.items():
         means = ", ".join(f"{k} {v:.3f}" for k, v in entry["mean_error"].items())
-        lines.append(f"- {method}: mean corruption error {entry['mce']:.3f} ({means})")
+        if entry["mce"] is not None:
+            lines.append(f"- {method}: mean corruption error {entry['mce']:.3f} ({means})")
+        elif means:
+            lines.append(f"- {method}: mean error of the complete corruptions ({means})")
     summary = [p for p in plots if p.parent == folder]
     lines += ["", *[f"![{p.stem}]({p.name})" for p in summary], ""]
     per_store = [p for p in plots if p.parent != folder]

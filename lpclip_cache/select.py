@@ -11,6 +11,7 @@ optimisation that fits the teacher's signal best, not the one that corrects the 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,8 +62,8 @@ def select(config: SelectConfig, base: Any | None = None) -> dict[str, Any]:
                              "holdout_agreement": best["teacher_agreement"],
                              "curve": [point["teacher_agreement"] for point in curve]})
                 if config.progress:
-                    print(f"[select] lr={lr:g} weight_decay={decay:g}: best held-out agreement "
-                          f"{best['teacher_agreement']:.4f} at epoch {best['epoch']}", flush=True)
+                    sys.stderr.write(f"[select] lr={lr:g} weight_decay={decay:g}: best held-out agreement "
+                                     f"{best['teacher_agreement']:.4f} at epoch {best['epoch']}\n")
     chosen = max(grid, key=lambda row: (row["holdout_agreement"], -row["best_epoch"]))
     final = replace(template, store=config.store, out=config.out, lr=chosen["lr"],
                     weight_decay=chosen["weight_decay"], epochs=chosen["best_epoch"], holdout=0.0,

@@ -11,8 +11,10 @@ distribution), a confidence threshold tau, weak views on the student side (no co
 cached views, random instead of zero-shot initialisation, and ensembles of M probes trained in
 one pass on different view samples. ``supervised`` is the same probe on true labels with unit
 weights, fed the weak views (a linear-probe reference, not the method); it is the only path that
-reads the store's ``labels`` array. A store without strong views trains the student on weak
-views; without weak views the teacher side is the clean view.
+reads the store's ``labels`` array. A store without strong views trains the student on the
+teacher-side views; without weak views the teacher side is the clean view. ``sides`` makes that
+choice once; run.json's ``pairs`` and ``loss`` are both written from the views the pairs were
+actually drawn from.
 """
 
 from __future__ import annotations
@@ -233,10 +235,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     out = Path(config.out)
     store = FeatureStore(config.store)
     prepare_output(out, config.overwrite, is_run, "run", remove=False)  # replaced once the new run is whole
-    teacher_side, student_side = sides(store, config)
     held_out = holdout_shards(store.layout.n_shards, config.holdout, config.seed)
     source = PairSource(
-        store, teacher_side, student_side, config.max_views,
+        store, *sides(store, config), config.max_views,
         need_teacher_emb=config.targets == "soft" and config.method == "lpclip",
         need_truth=config.method == "supervised",
         memory_budget=MEMORY_BUDGET_BYTES if config.memory_budget is None else config.memory_budget,
@@ -332,17 +333,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "model": store.manifest["model"],
         "classnames": store.classnames,
         "teacher": {"logit_scale": scale, "temperature": store.temperature},
-        "pairs": {
+        "pairs": {  # the sides the pair source actually fed, which the loss text names too
             "samples": n,
-            "teacher_side": teacher_side,
+            "teacher_side": source.teacher_side,
             "teacher_views": source.teacher_views,
-            "student_side": student_side,
+            "student_side": source.student_side,
             "student_views": source.student_views,
             "streamed": source.streaming,
             "held_out_shards": sorted(held_out),
         },
         "ensemble": members,
-        "loss": loss_description(config),
+        "loss": loss_description(config, source.teacher_side, source.student_side),
         "curve": curve,
         "seconds": elapsed,
         "samples_per_s": config.epochs * n / max(elapsed, 1e-9),
@@ -367,12 +368,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def loss_description(config: TrainConfig) -> str:
-    """The loss a configuration minimises, in words."""
+def loss_description(config: TrainConfig, teacher_side: str, student_side: str) -> str:
+    """The loss a configuration minimises, in words, naming the views each side was fed (``clean``,
+    ``weak`` or ``strong``, as ``sides`` chose them for the store)."""
+    student = f"g(z_{student_side}_i)"
     if config.method == "supervised":
-        return "mean CE(g(z_weak), true label)"
+        return f"mean_i CE({student}, true label_i)"
     weight = "c_i" if config.weighting == "confidence" else "1"
     if config.threshold:
         weight += f" * [c_i >= {config.threshold}]"
-    target = "p_teacher" if config.targets == "soft" else "argmax p_teacher"
-    return f"sum_i w_i CE(g(z_{config.student}_i), {target}) / sum_i w_i, w_i = {weight}"
+    teacher = f"p_teacher(z_{teacher_side}_i)"
+    target = f"argmax {teacher}" if config.targets == "hard" else teacher
+    confidence = f", c_i = max {teacher}" if "c_i" in weight else ""
+    return f"sum_i w_i CE({student}, {target}) / sum_i w_i, w_i = {weight}{confidence}"

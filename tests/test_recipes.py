@@ -145,3 +145,23 @@ def test_overrides_are_read_as_toml_values(tmp_path):
     train = next(s for s in stages if s.id == "train-p")
     assert train.options["store"] == "OUT/stores/train.zarr" and train.needs == ["extract-train"]
     assert next(s for s in stages if s.id == "extract-test").options["weak_views"] == 0  # evaluation: clean only
+
+
+def test_a_json_only_evaluate_stage_is_skipped_once_written(tmp_path):
+    """``[evaluate] report = false`` writes OUT/reports/PROBE.json; a second run finds it complete."""
+    out = tmp_path / "out"
+    path = write(tmp_path, BASE + "[evaluate]\nreport = false\n")
+    sets = [f"out={out}", "views.weak=1", "views.strong=1", "extract.workers=0", "extract.batch_size=32",
+            "train.p.epochs=1"]
+    first = run_recipe(path, overrides=sets, progress=False)
+    assert "evaluate-p" in first["ran"]
+    written = out / "reports" / "p.json"
+    assert json.loads(written.read_text())["tool"] == "lpclip-cache"
+    assert not (out / "reports" / "p").exists()  # no report folder was asked for
+    before = (written.read_bytes(), written.stat().st_mtime_ns)
+
+    planned = {stage["id"]: stage for stage in run_recipe(path, dry_run=True, overrides=sets)["stages"]}
+    assert planned["evaluate-p"]["out"] == str(written) and planned["evaluate-p"]["state"] == "skip (complete)"
+    again = run_recipe(path, overrides=sets, progress=False)
+    assert again["ran"] == [] and "evaluate-p" in again["skipped"]
+    assert (written.read_bytes(), written.stat().st_mtime_ns) == before

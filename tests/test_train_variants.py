@@ -125,7 +125,7 @@ def test_variants_are_recorded_and_use_the_views_they_ask_for(stores):
     info = load_run(base / "weak").info
     assert info["pairs"]["student_side"] == "weak" and info["pairs"]["student_views"] == 1
     assert info["pairs"]["teacher_views"] == 1
-    assert info["loss"].startswith("sum_i w_i CE(g(z_weak_i), argmax p_teacher)")
+    assert info["loss"].startswith("sum_i w_i CE(g(z_weak_i), argmax p_teacher(z_weak_i))")
 
 
 def test_ensemble_trains_distinct_members_in_one_pass(stores):
@@ -262,3 +262,110 @@ def test_held_out_shards_are_not_trained_on(stores, tmp_path):
     held = load_run(tmp_path / "h").info["pairs"]["held_out_shards"]
     assert held == sorted(holdout_shards(19, 0.25, 0)) and len(held) == 5
     assert summary["samples"] == 1200 - 64 * len(held) + (64 * 19 - 1200 if 18 in held else 0)
+
+
+PAIRING_VIEWS = {"weak+strong": (2, 2), "weak only": (2, 0), "strong only": (0, 2), "clean only": (0, 0)}
+PAIRING_SCALE, PAIRING_TEMPERATURE = 20.0, 2.0
+PAIRING_CONFIGS = {"lpclip": {}, "supervised": {"method": "supervised"}, "student weak": {"student": "weak"},
+                   "soft, unweighted": {"targets": "soft", "weighting": "none"}}
+
+
+@pytest.fixture(scope="module")
+def pairing_stores(tmp_path_factory):
+    """One store per (weak views, strong views) count; every view of a kind of a sample is the same
+    embedding, and the clean, weak and strong embeddings differ, so a full-batch epoch is one
+    deterministic step whose result shows which arrays fed each side. At T = 2 the teacher's soft
+    targets differ from the zero-shot-initialised student's outputs even on the same view."""
+    base = tmp_path_factory.mktemp("pairing")
+    rng = np.random.default_rng(5)
+    centres, labels, clean, _ = clustered_embeddings(200, 4, 16, spread=0.5, seed=5)
+    head = unit(centres + 0.4 * rng.normal(size=centres.shape))
+    weak, strong = (unit(clean + 0.4 * rng.normal(size=clean.shape)) for _ in range(2))
+    paths = {}
+    for name, (kw, ks) in PAIRING_VIEWS.items():
+        paths[name] = write_store(base / f"{kw}-{ks}.zarr", clean, head, labels,
+                                  np.repeat(weak[:, None], kw, 1) if kw else None,
+                                  np.repeat(strong[:, None], ks, 1) if ks else None,
+                                  scale=PAIRING_SCALE, temperature=PAIRING_TEMPERATURE)
+    return base, paths
+
+
+def expected_sides(store_path, options):
+    """The sides docs/method.md states, read from which view arrays the store actually holds."""
+    import zarr
+
+    group = zarr.open_group(str(store_path), mode="r")
+    has = {kind: f"{kind}/emb" in group and group[f"{kind}/emb"].shape[1] > 0 for kind in ("weak", "strong")}
+    teacher = "weak" if has["weak"] else "clean"
+    if options.get("method") == "supervised" or options.get("student") == "weak" or not has["strong"]:
+        return group, teacher, teacher
+    return group, teacher, "strong"
+
+
+def train_by_hand(group, teacher, student, options, epochs, lr):
+    """Full-batch AdamW with autograd on the named views, read straight from the store's arrays."""
+    import torch
+
+    def first_view(name):
+        array = np.asarray(group[name][:])
+        return array if name.startswith("clean/") else array[:, 0]
+
+    x = torch.from_numpy(first_view(f"{student}/emb").astype(np.float32))
+    head = np.asarray(group["head"][:])
+    weight = torch.tensor(head * PAIRING_SCALE, requires_grad=True)  # zero-shot init: A = s W_t
+    bias = torch.zeros(head.shape[0], requires_grad=True)
+    if options.get("method") == "supervised":
+        target = torch.from_numpy(np.asarray(group["labels"][:]).astype(np.int64))
+        w = torch.ones(len(target))
+    elif options.get("targets") == "soft":
+        emb = first_view(f"{teacher}/emb").astype(np.float64)
+        logits = PAIRING_SCALE / PAIRING_TEMPERATURE * emb @ head.T.astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        target = torch.from_numpy((probs / probs.sum(1, keepdims=True)).astype(np.float32))
+        w = torch.ones(len(target))
+    else:
+        target = torch.from_numpy(first_view(f"{teacher}/label").astype(np.int64))
+        w = torch.from_numpy(first_view(f"{teacher}/conf").astype(np.float32))
+    optimizer = torch.optim.AdamW([weight, bias], lr=lr, weight_decay=0.0)
+    for _ in range(epochs):
+        optimizer.zero_grad()
+        per_sample = torch.nn.functional.cross_entropy(x @ weight.T + bias, target, reduction="none")
+        ((w * per_sample).sum() / w.sum()).backward()
+        optimizer.step()
+    return weight.detach().numpy(), bias.detach().numpy()
+
+
+@pytest.mark.parametrize("config_name", PAIRING_CONFIGS)
+@pytest.mark.parametrize("store_name", PAIRING_VIEWS)
+def test_run_json_names_the_views_actually_paired(pairing_stores, store_name, config_name):
+    import re
+
+    from safetensors.numpy import load_file
+
+    base, paths = pairing_stores
+    options = PAIRING_CONFIGS[config_name]
+    out = base / f"run-{store_name}-{config_name}".replace(" ", "_").replace(",", "")
+    train(TrainConfig(store=str(paths[store_name]), out=str(out), epochs=3, lr=1e-2, batch_size=256,
+                      progress=False, **options))
+    info = load_run(out).info
+    group, teacher, student = expected_sides(paths[store_name], options)
+    kw, ks = PAIRING_VIEWS[store_name]
+    views = {"clean": 1, "weak": kw, "strong": ks}
+    assert (info["pairs"]["teacher_side"], info["pairs"]["student_side"]) == (teacher, student)
+    assert (info["pairs"]["teacher_views"], info["pairs"]["student_views"]) == (views[teacher], views[student])
+    named = set(re.findall(r"z_(clean|weak|strong)_i", info["loss"]))
+    assert f"g(z_{student}_i)" in info["loss"], info["loss"]
+    assert named == ({student} if options.get("method") == "supervised" else {teacher, student}), info["loss"]
+    if options.get("method") != "supervised":
+        assert f"p_teacher(z_{teacher}_i)" in info["loss"], info["loss"]
+
+    # the probe is the one trained by hand on exactly those views (and not on the others)
+    tensors = load_file(str(out / "probe.safetensors"))
+    weight, bias = train_by_hand(group, teacher, student, options, epochs=3, lr=1e-2)
+    np.testing.assert_allclose(tensors["weight"], weight, atol=2e-5)
+    np.testing.assert_allclose(tensors["bias"], bias, atol=2e-5)
+    held = [side for side, count in views.items() if count]
+    teachers = [teacher] if options.get("method") == "supervised" else [s for s in held if s != "strong"]
+    for other in [(t, s) for t in teachers for s in held if (t, s) != (teacher, student)]:
+        wrong, _ = train_by_hand(group, *other, options, epochs=3, lr=1e-2)
+        assert np.abs(tensors["weight"] - wrong).max() > 1e-3, other
