@@ -281,7 +281,7 @@ def test_corruptions_of_small_uniform_images_happen_at_their_own_resolution():
 
 def test_corrupt_all_severities_writes_one_store_each_and_resumes(image_folder, tiny_checkpoint, tmp_path):
     from lpclip_cache.extraction import ExtractConfig, extract_corruptions
-    from lpclip_cache.store import FeatureStore, row_order
+    from lpclip_cache.store import FeatureStore
 
     config = ExtractConfig(data=str(image_folder), out=str(tmp_path / "pixelate"), pretrained=str(tiny_checkpoint),
                            weak_views=0, strong_views=1, num_workers=0, device="cpu", progress=False,
