@@ -7,7 +7,7 @@ on the shapes world's clean test images, through the real decode path:
 
 - fp16 storage: embeddings are computed in fp32 and stored in fp16, and the teacher's outputs
   are computed from the stored fp16 embedding; against the fp32 embedding: pseudo-label
-  agreement, largest confidence change, smallest cosine;
+  agreement, largest confidence change, smallest dot product with the fp32 unit vector;
 - bf16 autocast: the default precision on CUDA; the CPU's bf16 autocast stands in for it here
   (same bf16 inputs to the matrix products, fp32 accumulation);
 - 16-bit images: open_clip's ``convert("RGB")`` clips 16-bit values to 255, the decoder here
@@ -35,11 +35,11 @@ def compare(name: str, reference: np.ndarray, other: np.ndarray, head: np.ndarra
     """Print agreement figures of ``other`` against the fp32 ``reference`` embeddings."""
     label_ref, conf_ref = teacher(reference, head, scale)
     label, conf = teacher(other, head, scale)
-    cosine = (reference.astype(np.float64) * other.astype(np.float64)).sum(-1)
+    dot = (reference.astype(np.float64) * other.astype(np.float64)).sum(-1)  # as the teacher uses it: not renormalised
     print(f"{name}_label_agreement {float((label == label_ref).mean()):.5f}")
     print(f"{name}_max_conf_change {float(np.abs(conf - conf_ref).max()):.2e}")
     print(f"{name}_mean_conf_change {float(np.abs(conf - conf_ref).mean()):.2e}")
-    print(f"{name}_min_cosine {float(cosine.min()):.6f}")
+    print(f"{name}_min_dot_with_fp32 {float(dot.min()):.6f}")
 
 
 def main() -> None:
