@@ -376,11 +376,26 @@ def corrupted(pixels: Any, corruption: tuple[str, int], seed: int, shard: int, s
 def leave_signals_to_the_main_process(worker_id: int) -> None:
     """DataLoader workers ignore SIGINT and SIGTERM (a Ctrl-C reaches the whole process group):
     the main process handles the interrupt and shuts its workers down, so none of them prints
-    a traceback or dies under the loader."""
+    a traceback or dies under the loader.
+
+    A worker hands its batches over by file descriptor, served from a thread of the standard
+    library's ``resource_sharer``; when the main process stops in the middle of that handshake,
+    the thread's connection is reset and it reports the error through ``sys.excepthook``. Such
+    a connection error is the expected end of an interrupted run, so the worker keeps it quiet;
+    every other error is still reported.
+    """
     import signal
+    import sys
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report = sys.excepthook
+
+    def quiet_when_the_main_process_left(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            report(kind, value, trace)
+
+    sys.excepthook = quiet_when_the_main_process_left
 
 
 def write_shards(

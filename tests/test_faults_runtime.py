@@ -482,3 +482,23 @@ def test_two_trains_into_one_run_leave_one_whole_run(overwrite, train_store, tmp
         assert "already exists" in str(errors[0]) or "was written by another process" in str(errors[0])
     assert load_run(run).info["config"]["seed"] in (1, 2)
     assert leftovers(tmp_path) == []
+
+
+def test_a_decode_worker_keeps_quiet_only_about_the_main_process_leaving():
+    """An interrupt can stop the main process while a decode worker's resource-sharer thread is
+    handing it a batch; that thread then reports a reset connection through sys.excepthook. The
+    worker set-up silences exactly that kind of error and still reports any other."""
+    code = (
+        "import sys\n"
+        "from lpclip_cache.extraction import leave_signals_to_the_main_process\n"
+        "leave_signals_to_the_main_process(0)\n"
+        "for error in (ConnectionResetError(104, 'Connection reset by peer'), BrokenPipeError(), EOFError()):\n"
+        "    sys.excepthook(type(error), error, None)\n"
+        "print('quiet so far', file=sys.stderr, flush=True)\n"
+        "sys.excepthook(ValueError, ValueError('a real failure'), None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, _, after = result.stderr.partition("quiet so far\n")
+    assert "Connection" not in before and "Error" not in before
+    assert "ValueError: a real failure" in after
