@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def synthetic_store(path: Path, n: int, dim: int, classes: int, seed: int = 0) -> Path:
     """A complete store of clustered unit embeddings written through the store API."""
-    from lpclip_cache.probe import teacher_outputs
     from lpclip_cache.store import Layout, create_store
+    from lpclip_cache.zeroshot import teacher_outputs
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, dim)).astype(np.float32)

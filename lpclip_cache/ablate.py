@@ -10,28 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import AblationConfig
 from .errors import InputError
-
-
-@dataclass
-class AblationConfig:
-    """One ablation study."""
-
-    store: str
-    eval_stores: list[str]
-    out: str
-    ood: list[str] = field(default_factory=list)
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 256
-    seed: int = 0
-    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
-    overwrite: bool = False
-    progress: bool = True
 
 
 def variants(config: AblationConfig, max_views: int) -> dict[str, dict[str, Any]]:
@@ -63,9 +46,10 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
     The folder is filled under a hidden name and renamed into place at the end, so an
     interrupted ablation leaves nothing at ``config.out`` (and an old one there stays whole).
     """
-    from .atomic import atomic_dir
-    from .store import FeatureStore, prepare_output
+    from .outputs import atomic_dir, prepare_output, refuse_output_inside
+    from .store import FeatureStore
 
+    refuse_output_inside(config.out, [config.store, *config.eval_stores, *config.ood])
     if not config.eval_stores:
         raise InputError("ablate needs at least one --eval store to score the variants on")
     store = FeatureStore(config.store)
@@ -111,6 +95,8 @@ def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any
 
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     """One row per variant: accuracy/ECE/NLL per evaluation store, AUROC per OOD store."""
+    from .figures import text_table
+
     first = next(iter(results["rows"].values()))
     stores, oods = list(first["stores"]), list(first["ood"])
     head = ["variant", *[f"{Path(s).name} acc/ece/nll" for s in stores], *[f"{Path(o).name} auroc" for o in oods]]
@@ -120,8 +106,4 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
                  if "accuracy" in row["stores"][s] else "-" for s in stores]
         cells += [f"{row['ood'][o]['auroc']:.3f}" for o in oods]
         body.append([name, *cells])
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-                         + ["| " + " | ".join(r) + " |" for r in body])
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *body])
+    return text_table(head, body, markdown)

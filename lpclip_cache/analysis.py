@@ -7,12 +7,17 @@ NMI and ARI against the true labels (where known) and against the teacher's pseu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import metrics
+from .config import NEIGHBORS_K
 from .errors import InputError
+
+KINDS = ("clusters", "neighbors", "projection")
 
 
 def spherical_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 5) -> np.ndarray:
@@ -59,7 +64,7 @@ def load_spaces(store_path: str, run_path: str | None) -> tuple[dict[str, np.nda
     """The spaces to analyse (CLIP's clean embeddings, and the probe's logits with a run) and the
     reference labellings (teacher pseudo-labels, and true labels where every one is known)."""
     from .evaluation import check_compatible
-    from .probe import load_run
+    from .runs import load_run
     from .store import FeatureStore
 
     store = FeatureStore(store_path)
@@ -112,7 +117,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def knn_agreement(points: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+def knn_agreement(points: np.ndarray, labels: np.ndarray, k: int = NEIGHBORS_K) -> float:
     """Mean fraction of each point's k nearest neighbours (cosine, itself excluded) sharing its label."""
     import faiss
 
@@ -164,7 +169,7 @@ def class_geometry(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"silhouette": float(silhouette.mean()), "intra_inter_ratio": intra / inter}
 
 
-def latent_neighbors(store_path: str, k: int = 10, run_path: str | None = None) -> dict[str, Any]:
+def latent_neighbors(store_path: str, k: int = NEIGHBORS_K, run_path: str | None = None) -> dict[str, Any]:
     """kNN label agreement, silhouette and intra/inter distance ratio of CLIP's space (and the probe's)."""
     spaces, references = load_spaces(store_path, run_path)
     report: dict[str, Any] = {"store": store_path, "k": k, "samples": int(spaces["clip"].shape[0]),
@@ -184,7 +189,7 @@ def projection_plot(store_path: str, out: str, run_path: str | None = None) -> d
     written whole or not at all)."""
     import matplotlib
 
-    from .atomic import atomic_file
+    from .outputs import atomic_file
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -223,3 +228,34 @@ def format_neighbors(report: dict[str, Any]) -> str:
             lines.append(f"{space:<8} {reference:<14} {v['knn_agreement']:7.4f} {v['silhouette']:7.4f} "
                          f"{v['intra_inter_ratio']:7.4f}")
     return "\n".join(lines)
+
+
+def analyze(kind: str, store: str, out: str | None = None, run: str | None = None, k: int | None = None,
+            sweep: Sequence[int] = (), seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """``lpclip-cache analyze latent KIND``: ``clusters`` (k-means purity/NMI/ARI; ``k`` defaults
+    to the number of classes), ``neighbors`` (kNN agreement, silhouette, distance ratio; ``k``
+    neighbours, default ``config.NEIGHBORS_K``) or ``projection`` (a PNG at ``out``). Writes ``out`` when given."""
+    from .outputs import is_report, prepare_output, refuse_output_inside, write_report
+
+    if kind not in KINDS:
+        raise InputError(f"analyze kind must be clusters, neighbors or projection, got '{kind}'")
+    store, run = str(store), (str(run) if run else None)
+    if out:
+        refuse_output_inside(str(out), [store, *([run] if run else [])])
+    if kind == "projection":
+        if not out:
+            raise InputError("analyze projection needs out (the PNG file to write)")
+        prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot", remove=False)
+        return projection_plot(store, str(out), run)  # written whole, then renamed over any old plot
+    if out:
+        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
+    if kind == "clusters":
+        from .store import FeatureStore
+
+        clusters = k if k is not None else FeatureStore(store).layout.n_classes
+        result = latent_clusters(store, int(clusters), run, seed, tuple(int(v) for v in sweep))
+    else:
+        result = latent_neighbors(store, int(k) if k is not None else NEIGHBORS_K, run)
+    if out:
+        write_report(result, out, overwrite)
+    return result

@@ -233,10 +233,8 @@ def _check_op(path: Path, entry: Any) -> None:
     )
     if not (pair and low <= value[0] <= value[1] <= high):
         numbers = "integers" if op.integer else "numbers"
-        raise InputError(
-            f"augmentation policy '{path}': op '{name}' needs \"range\": [low, high], two {numbers} with "
-            f"{low:g} <= low <= high <= {high:g}, got {json.dumps(value)}"
-        )
+        raise InputError(f"augmentation policy '{path}': op '{name}' needs \"range\": [low, high], two {numbers} with "
+                         f"{low:g} <= low <= high <= {high:g}, got {json.dumps(value)}")
 
 
 def load_policy(name_or_path: str) -> dict[str, Any]:

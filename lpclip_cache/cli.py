@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .config import NEIGHBORS_K, AblationConfig, DemoConfig, ExtractConfig, SelectConfig, TrainConfig
 from .errors import Interrupted, LpclipError, StoreError
 
 
@@ -32,7 +33,7 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .atomic import DISK_FULL
+        from .outputs import DISK_FULL
 
         debug = click.get_current_context().find_root().params.get("debug", False)
         if not debug:
@@ -92,6 +93,46 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print a mach
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace --out if it exists (only if it is ours).")
 
 
+def options_of(config: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click options of a Config dataclass's fields (see ``config``): one per field the
+    command line shows, with the field's default, help and choices; a list field repeats, a
+    tuple of numbers is written comma-separated."""
+    from dataclasses import MISSING, fields
+
+    from .config import flag_of
+
+    params = []
+    for spec in fields(config):
+        meta = spec.metadata
+        if not meta.get("cli", False):
+            continue
+        default = spec.default if spec.default is not MISSING else None
+        kind = str(spec.type)
+        settings: dict[str, Any] = {"help": meta["help"] or None, "required": spec.default is MISSING
+                                    and spec.default_factory is MISSING}
+        if kind == "bool":
+            settings.update(is_flag=True)
+        elif kind.startswith("list"):
+            settings.update(multiple=True)
+        elif kind.startswith("tuple"):
+            settings.update(default=",".join(f"{v:g}" for v in default), show_default=True,
+                            callback=lambda ctx, param, text: float_list(text, param.opts[0]))
+        else:
+            settings.update(default=default, show_default=default is not None,
+                            type=click.Choice(meta["choices"]) if meta["choices"] else
+                            int if kind.startswith("int") else float if kind == "float" else None)
+        if spec.name in ("out",):
+            settings["type"] = click.Path()
+        params.append(click.option(flag_of(spec), spec.name, **settings))
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for param in reversed(params):
+            command = param(command)
+        return command
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lpclip-cache")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
@@ -100,92 +141,33 @@ def main(debug: bool) -> None:
 
 
 @main.command()
-@click.option("--data", required=True, help="ImageFolder path, or cifar10:ROOT / cifar100:ROOT.")
-@click.option("--split", default=None, help="Split: a sub-folder of an ImageFolder root, or train/test for CIFAR.")
-@click.option("--model", default="test-tiny", show_default=True, help="open_clip architecture name.")
-@click.option(
-    "--pretrained",
-    default="none",
-    show_default=True,
-    help="Pretrained tag (e.g. openai, laion2b_s34b_b79k), checkpoint file, or none (random init).",
-)
-@click.option("--weak-views", type=int, default=2, show_default=True, help="Weak (teacher) views per image.")
-@click.option("--strong-views", type=int, default=2, show_default=True, help="Strong (student) views per image.")
-@click.option("--out", required=True, type=click.Path(), help="Store to create (a Zarr v3 directory).")
-@click.option("--templates", default=None, help="Template set (cifar10, cifar100, imagenet, simple) or file.")
-@click.option("--classnames", default=None, help="Class-name set (cifar10, cifar100, imagenet) or file.")
-@click.option("--weak-policy", default="weak", show_default=True, help="Weak view policy: name or JSON file.")
-@click.option("--strong-policy", default="strong", show_default=True, help="Strong view policy: name or JSON file.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Teacher softmax temperature.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every augmentation.")
-@click.option("--shard-size", type=int, default=256, show_default=True, help="Samples per shard (unit of writing).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Encoder batch size.")
-@click.option("--workers", "num_workers", type=int, default=2, show_default=True, help="Decode workers.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", default="auto", show_default=True, help="auto (bf16 on CUDA), fp32, bf16, fp16.")
-@click.option("--download", is_flag=True, help="Let torchvision download the dataset (connected machines).")
-@click.option("--skip-bad", is_flag=True, help="Record undecodable images as invalid instead of stopping.")
-@click.option("--compression", type=click.Choice(["none", "zstd"]), default="none", show_default=True,
-              help="Codec of the embedding arrays (uncompressed reads fastest).")
-@click.option("--corrupt", default=None,
-              help="Corrupt every image on the device: NAME:SEVERITY (e.g. gaussian_noise:5), NAME:all, all:SEVERITY "
-                   "or all (15 types x 5 severities); more than one writes NAME-SEVERITY.zarr stores into --out.")
-@click.option("--cache-dir", default=None, help="Where open_clip caches downloaded weights.")
+@options_of(ExtractConfig)
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@overwrite_option
 @json_option
 @report_errors
 def extract(as_json: bool, quiet: bool, **options: Any) -> None:
     """Run CLIP once over clean, weak and strong views of a dataset and write a feature store."""
-    from . import api
+    from .extraction import extract_stores
 
-    summary = api.extract(progress=not quiet, **options)
+    summary = extract_stores(ExtractConfig(progress=not quiet, **options))
     if "stores" in summary:  # several corruptions: one store each
         lines = [f"wrote {s['store']}: {s['images']} images, {s['views_per_s']:.1f} views/s" for s in summary["stores"]]
-        emit(summary, as_json, "\n".join(lines))
-        return
-    emit(
-        summary,
-        as_json,
-        f"wrote {summary['store']}: {summary['images']} images x {summary['views_per_image']} views, "
-        f"{summary['views_per_s']:.1f} views/s",
-    )
+        return emit(summary, as_json, "\n".join(lines))
+    emit(summary, as_json, f"wrote {summary['store']}: {summary['images']} images x {summary['views_per_image']} "
+         f"views, {summary['views_per_s']:.1f} views/s")
 
 
 @main.command()
-@click.option("--store", required=True, help="Feature store made by extract.")
-@click.option("--out", required=True, type=click.Path(), help="Run directory to create.")
-@click.option("--method", type=click.Choice(["lpclip", "supervised"]), default="lpclip", show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--init", type=click.Choice(["zeroshot", "random"]), default="zeroshot", show_default=True,
-              help="Start from the zero-shot head (A = s W_t, b = 0) or at random.")
-@click.option("--weighting", type=click.Choice(["confidence", "none"]), default="confidence", show_default=True,
-              help="Weight each sample's loss by the teacher's confidence, or not.")
-@click.option("--targets", type=click.Choice(["hard", "soft"]), default="hard", show_default=True,
-              help="Teacher's argmax, or its whole distribution.")
-@click.option("--threshold", type=float, default=0.0, show_default=True,
-              help="Drop samples whose teacher confidence is below this.")
-@click.option("--student", type=click.Choice(["strong", "weak"]), default="strong", show_default=True,
-              help="Views the student sees (weak: no consistency between views).")
-@click.option("--max-views", type=int, default=None, help="Use only the first K cached views of each kind.")
-@click.option("--ensemble", type=int, default=1, show_default=True,
-              help="Train M probes in one pass (different seeds and view samples).")
+@options_of(TrainConfig)
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@overwrite_option
 @json_option
 @report_errors
 def train(as_json: bool, quiet: bool, **options: Any) -> None:
     """Train the linear probe from cached weak/strong pairs (LP-CLIP) or true labels (reference)."""
-    from . import api
+    from .training import train as run_train
 
-    summary = api.train(progress=not quiet, **options)
-    emit(
-        summary,
-        as_json,
+    summary = run_train(TrainConfig(progress=not quiet, **options))
+    emit(summary, as_json,
         f"wrote {summary['run']}: {summary['method']} x{summary['ensemble']}, {summary['epochs']} epochs, final loss "
         f"{summary['final_loss']:.4f}, teacher agreement {summary['teacher_agreement']:.3f}, "
         f"{summary['samples_per_s']:,.0f} samples/s",
@@ -205,13 +187,13 @@ def train(as_json: bool, quiet: bool, **options: Any) -> None:
 def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str | None, report_dir: str | None,
              overwrite: bool, as_json: bool) -> None:
     """Accuracy, calibration and OOD detection of the teacher and the probe on stores."""
-    from . import api
     from .errors import InputError
     from .evaluation import format_table
+    from .report import evaluate_into
 
     if not out and not report_dir:
         raise InputError("evaluate needs --out REPORT.json or --report DIR (or both)")
-    report = api.evaluate(run_path, stores, ood, out=out, report=report_dir, overwrite=overwrite)
+    report = evaluate_into(run_path, list(stores), list(ood), out=out, report=report_dir, overwrite=overwrite)
     written = ", ".join(p for p in (out, report_dir) if p)
     emit(report, as_json, format_table(report) + f"\nwrote {written}")
 
@@ -239,28 +221,26 @@ def latent() -> None:
 def clusters(store: str, run_path: str | None, k: int, sweep: str, seed: int, out: str, overwrite: bool,
              as_json: bool) -> None:
     """FAISS spherical k-means; purity, NMI and ARI against true labels and pseudo-labels."""
-    from . import api
-    from .analysis import format_table
+    from .analysis import analyze, format_table
 
     ks = tuple(int(v) for v in float_list(sweep, "--sweep")) if sweep else ()
-    report = api.analyze("clusters", store, out=out, run=run_path, k=k, sweep=ks, seed=seed, overwrite=overwrite)
+    report = analyze("clusters", store, out=out, run=run_path, k=k, sweep=ks, seed=seed, overwrite=overwrite)
     emit(report, as_json, format_table(report) + f"\nwrote {out}")
 
 
 @latent.command()
 @click.option("--store", required=True, help="Feature store to analyse (its clean view).")
 @click.option("--run", "run_path", default=None, help="Also analyse this run's probe output space.")
-@click.option("--k", type=int, default=10, show_default=True, help="Neighbours per point.")
+@click.option("--k", type=int, default=NEIGHBORS_K, show_default=True, help="Neighbours per point.")
 @click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
 @overwrite_option
 @json_option
 @report_errors
 def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: bool, as_json: bool) -> None:
     """kNN label agreement (FAISS), silhouette and intra/inter-class distance ratio."""
-    from . import api
-    from .analysis import format_neighbors
+    from .analysis import analyze, format_neighbors
 
-    report = api.analyze("neighbors", store, out=out, run=run_path, k=k, overwrite=overwrite)
+    report = analyze("neighbors", store, out=out, run=run_path, k=k, overwrite=overwrite)
     emit(report, as_json, format_neighbors(report) + f"\nwrote {out}")
 
 
@@ -273,9 +253,9 @@ def neighbors(store: str, run_path: str | None, k: int, out: str, overwrite: boo
 @report_errors
 def projection(store: str, run_path: str | None, out: str, overwrite: bool, as_json: bool) -> None:
     """A 2-D PCA projection coloured by true label, pseudo-label and the teacher's correctness (PNG)."""
-    from . import api
+    from .analysis import analyze
 
-    summary = api.analyze("projection", store, out=out, run=run_path, overwrite=overwrite)
+    summary = analyze("projection", store, out=out, run=run_path, overwrite=overwrite)
     emit(summary, as_json, f"wrote {out}")
 
 
@@ -288,54 +268,7 @@ def info(store: str, as_json: bool) -> None:
     from .store import FeatureStore
 
     opened = FeatureStore(store, require_complete=False)
-    summary = {
-        "store": store,
-        "complete": bool(opened.meta.get("complete")),
-        "cache_key": opened.cache_key,
-        "format_version": opened.meta["format_version"],
-        "layout": opened.meta["layout"],
-        "arrays": {name: {"shape": list(s), "dtype": d} for name, (s, d) in opened.arrays().items()},
-        "manifest": opened.manifest,
-    }
-    if as_json:
-        emit(summary, True)
-        return
-    click.echo("\n".join(info_lines(store, opened, summary)))
-
-
-def info_lines(store: str, opened: Any, summary: dict[str, Any]) -> list[str]:
-    """The human summary of ``info``: manifest fields (``?`` where a store lacks one), then every
-    array's shape and dtype."""
-
-    def field(dotted: str) -> Any:
-        value: Any = opened.manifest
-        for key in dotted.split("."):
-            if not isinstance(value, dict) or key not in value:
-                return "?"
-            value = value[key]
-        return value
-
-    names, templates, versions = field("classnames"), field("templates"), field("versions")
-    pretrained = field("model.pretrained.value") or field("model.pretrained.kind")
-    templates = templates if isinstance(templates, list) and templates else ["?"]
-    versions = versions if isinstance(versions, dict) else {}
-    lines = [
-        f"store       {store} ({'complete' if summary['complete'] else 'INCOMPLETE'})",
-        f"cache key   {opened.cache_key}",
-        f"model       {field('model.name')} pretrained={pretrained} "
-        f"quick_gelu={field('model.quick_gelu')} dim={field('model.embed_dim')}",
-        f"teacher     logit_scale={opened.logit_scale:.4g} temperature={opened.temperature}",
-        f"classes     {len(names)}: {', '.join(names[:10])}" + (" ..." if len(names) > 10 else ""),
-        f"templates   {len(templates)}: {templates[0]!r} ...",
-        f"dataset     {field('dataset.spec')} split={field('dataset.split')} n={field('dataset.n')}",
-        f"views       weak={field('views.weak')} strong={field('views.strong')} "
-        f"seed={field('views.seed')} shard_size={field('views.shard_size')}",
-        f"precision   {field('precision')} on {field('device')}",
-        f"versions    {', '.join(f'{k} {v}' for k, v in versions.items())}",
-        "arrays",
-    ]
-    lines += [f"  {name:<14} {str(tuple(s)):<18} {d}" for name, (s, d) in opened.arrays().items()]
-    return lines
+    emit(opened.summary(), as_json, opened.describe())
 
 
 @main.command("models")
@@ -350,36 +283,17 @@ def list_models(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--out", default="demo-out", show_default=True, type=click.Path(), help="Output folder.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the world, the views and the probes.")
-@click.option("--train-n", type=int, default=4000, show_default=True, help="Images in the adaptation split.")
-@click.option("--test-n", type=int, default=1000, show_default=True, help="Images in each evaluation set.")
-@click.option("--views", type=int, default=4, show_default=True, help="Weak and strong views per training image.")
-@click.option("--epochs", type=int, default=30, show_default=True, help="Probe training epochs.")
-@click.option("--lr", type=float, default=1e-2, show_default=True, help="Probe learning rate (AdamW).")
-@click.option("--teacher-steps", type=int, default=1000, show_default=True, help="Training steps of the small CLIP.")
-@click.option("--teacher-pool", type=int, default=20000, show_default=True, help="Image-caption pairs it learns from.")
+@options_of(DemoConfig)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-@overwrite_option
 @json_option
 @report_errors
-def demo(out: str, seed: int, train_n: int, test_n: int, views: int, epochs: int, lr: float, teacher_steps: int,
-         teacher_pool: int, quiet: bool, overwrite: bool, as_json: bool) -> None:
+def demo(quiet: bool, as_json: bool, **options: Any) -> None:
     """The whole method offline: a small CLIP trained here, shapes world with shifts and OOD, one table."""
-    from .errors import InputError
-    from .world.demo import DemoConfig, format_table, run_demo
-    from .world.teacher import TeacherConfig
+    from .world.demo import format_table, run_demo
 
-    if min(train_n, test_n, views, epochs, teacher_steps) < 1 or not lr > 0:
-        raise InputError("--train-n, --test-n, --views, --epochs and --teacher-steps must be at least 1, --lr > 0")
-    if teacher_pool < TeacherConfig.batch_size:
-        raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
-    teacher = TeacherConfig(seed=seed, steps=teacher_steps, pool=teacher_pool)
-    config = DemoConfig(out=out, seed=seed, train_n=train_n, test_n=test_n, weak_views=views, strong_views=views,
-                        epochs=epochs, lr=lr, teacher=teacher, overwrite=overwrite, progress=not quiet)
-    results = run_demo(config)
-    emit(results, as_json, f"{format_table(results)}\nwrote {out}/results.json, results.md, reliability.png, "
-         f"severity.png in {results['timings_s']['total']:.0f} s")
+    results = run_demo(DemoConfig(progress=not quiet, **options))
+    emit(results, as_json, f"{format_table(results)}\nwrote {options['out']}/results.json, results.md, "
+         f"reliability.png, severity.png in {results['timings_s']['total']:.0f} s")
 
 
 @main.command()
@@ -405,37 +319,23 @@ def verify(store: str, as_json: bool) -> None:
 @report_errors
 def export(store: str, fmt: str, out: str, overwrite: bool, as_json: bool) -> None:
     """Copy a store into another format for tools that cannot read Zarr (HDF5)."""
-    from .verify import export_hdf5
+    from .export import export_hdf5
 
     summary = export_hdf5(store, out, overwrite)
     emit(summary, as_json, f"wrote {summary['out']} ({summary['bytes']:,} bytes)")
 
 
 @main.command()
-@click.option("--store", required=True, help="Training store (with weak and strong views).")
-@click.option("--eval", "eval_stores", multiple=True, required=True, help="Store to score every variant on.")
-@click.option("--ood", multiple=True, help="OOD store (repeatable).")
-@click.option("--out", required=True, type=click.Path(), help="Folder for the runs and the table.")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--thresholds", default="0.3,0.5,0.7,0.9", show_default=True, help="Confidence thresholds to sweep.")
+@options_of(AblationConfig)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-@overwrite_option
 @json_option
 @report_errors
-def ablate(store: str, eval_stores: tuple[str, ...], ood: tuple[str, ...], out: str, epochs: int, lr: float,
-           seed: int, thresholds: str, quiet: bool, overwrite: bool, as_json: bool) -> None:
+def ablate(quiet: bool, as_json: bool, **options: Any) -> None:
     """Train every variant of the method from one store and write one table."""
-    from .ablate import AblationConfig, format_table, run_ablation
-    from .store import refuse_output_inside
+    from .ablate import format_table, run_ablation
 
-    refuse_output_inside(out, [store, *eval_stores, *ood])
-    results = run_ablation(AblationConfig(
-        store=store, eval_stores=list(eval_stores), ood=list(ood), out=out, epochs=epochs, lr=lr, seed=seed,
-        thresholds=float_list(thresholds, "--thresholds"), overwrite=overwrite, progress=not quiet,
-    ))
-    emit(results, as_json, format_table(results) + f"\nwrote {out}/ablation.json and ablation.md")
+    results = run_ablation(AblationConfig(progress=not quiet, **options))
+    emit(results, as_json, format_table(results) + f"\nwrote {options['out']}/ablation.json and ablation.md")
 
 
 def float_list(text: str, option: str) -> tuple[float, ...]:
@@ -452,30 +352,19 @@ def float_list(text: str, option: str) -> tuple[float, ...]:
 
 
 @main.command("select")
-@click.option("--store", required=True, help="Training store.")
-@click.option("--out", required=True, type=click.Path(), help="Run directory for the chosen probe.")
-@click.option("--lr", "lrs", default="1e-3,1e-2", show_default=True, help="Learning rates to try.")
-@click.option("--weight-decay", "weight_decays", default="0,1e-4", show_default=True, help="Weight decays to try.")
-@click.option("--epochs", type=int, default=20, show_default=True, help="Most epochs; the best epoch is chosen.")
-@click.option("--holdout", type=float, default=0.1, show_default=True, help="Fraction of shards held out.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@options_of(SelectConfig)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-@overwrite_option
 @json_option
 @report_errors
-def select_command(store: str, out: str, lrs: str, weight_decays: str, epochs: int, holdout: float, seed: int,
-                   quiet: bool, overwrite: bool, as_json: bool) -> None:
+def select_command(quiet: bool, as_json: bool, **options: Any) -> None:
     """Choose lr, weight decay and epochs without labels (agreement with held-out pseudo-labels)."""
-    from .select import SelectConfig, select
-    from .store import refuse_output_inside
+    from .selection import select
 
-    refuse_output_inside(out, [store])
-    result = select(SelectConfig(store=store, out=out, lrs=float_list(lrs, "--lr"),
-                                 weight_decays=float_list(weight_decays, "--weight-decay"), epochs=epochs,
-                                 holdout=holdout, seed=seed, overwrite=overwrite, progress=not quiet))
+    result = select(SelectConfig(progress=not quiet, **options))
     chosen = result["chosen"]
     emit(result, as_json, f"chose lr={chosen['lr']:g} weight_decay={chosen['weight_decay']:g} "
-         f"epochs={chosen['best_epoch']} (held-out agreement {chosen['holdout_agreement']:.4f}); wrote {out}")
+         f"epochs={chosen['best_epoch']} (held-out agreement {chosen['holdout_agreement']:.4f}); "
+         f"wrote {options['out']}")
 
 
 @main.command("run")
@@ -488,9 +377,9 @@ def select_command(store: str, out: str, lrs: str, weight_decays: str, epochs: i
 @report_errors
 def run_command(recipe: str, dry_run: bool, overrides: tuple[str, ...], quiet: bool, as_json: bool) -> None:
     """Run a recipe (TOML): extract, train, evaluate and analyze in order, skipping finished stages."""
-    from . import api
+    from .recipe import run_recipe
 
-    summary = api.run(recipe, dry_run=dry_run, overrides=overrides, progress=not quiet)
+    summary = run_recipe(recipe, dry_run=dry_run, overrides=list(overrides), progress=not quiet)
     if dry_run:
         emit(summary, as_json, summary["plan"])
         return

@@ -570,7 +570,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
 
 
 def expand(spec: str) -> list[tuple[str, int]]:
-    """``NAME:SEVERITY``, ``NAME:all``, ``all:SEVERITY`` or ``all`` -> (name, severity) pairs;
+    """``NAME:SEVERITY``, ``NAME:1,3``, ``NAME:all``, ``all:SEVERITY`` or ``all`` -> (name, severity) pairs;
     ``all`` means the 15 standard types and severities 1-5. ValueError for anything else."""
     name, _, severity = spec.partition(":")
     severity = severity or ("all" if name == "all" else "")
@@ -579,8 +579,8 @@ def expand(spec: str) -> list[tuple[str, int]]:
         raise ValueError(f"unknown corruption '{name}'")
     if severity == "all":
         levels = [1, 2, 3, 4, 5]
-    elif severity.isdigit() and 1 <= int(severity) <= 5:
-        levels = [int(severity)]
+    elif all(part.isdigit() and 1 <= int(part) <= 5 for part in severity.split(",")):
+        levels = sorted({int(part) for part in severity.split(",")})
     else:
-        raise ValueError(f"severity '{severity}' is not 1-5 or all")
+        raise ValueError(f"severity '{severity}' is not 1-5, a list such as 1,3, or all")
     return [(n, s) for n in names for s in levels]

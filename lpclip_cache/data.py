@@ -77,10 +77,8 @@ class FolderSource:
             return cls._scan(root, spec, split)
         except OSError as exc:  # an unreadable folder (permissions, I/O error) met while scanning
             where = exc.filename or root
-            raise InputError(
-                f"cannot read data folder '{where}' ({exc.strerror or type(exc).__name__}): "
-                "check that it exists and that you may read it"
-            ) from exc
+            raise InputError(f"cannot read data folder '{where}' ({exc.strerror or type(exc).__name__}): "
+                             "check that it exists and that you may read it") from exc
 
     @classmethod
     def _scan(cls, root: Path, spec: str, split: str | None) -> FolderSource:
@@ -183,11 +181,18 @@ def torchvision_cifar(variant: str) -> Callable[[str, str, str | None, bool], Ar
     return build
 
 
-def generated_shapes(spec: str, rest: str, split: str | None, download: bool) -> Source:
-    """The project's procedural shapes world (``shapes:SPLIT[:STYLE|:CORRUPTION:SEVERITY]``)."""
-    from .world.shapes import open_shapes
+def generated_shapes(spec: str, rest: str, split: str | None, download: bool) -> ArraySource:
+    """The project's procedural shapes world (``shapes:SPLIT[:STYLE|:CORRUPTION:SEVERITY]``),
+    generated in memory (``download`` is not needed)."""
+    from .world.shapes import SHAPES, parse_spec, split_pixels
 
-    return open_shapes(spec, rest, split, download)
+    parsed = parse_spec(spec, rest, split)
+    pixels, labels = split_pixels(parsed)
+    identity = {"kind": "shapes", "spec": spec, "split": parsed.split, "domain": parsed.domain,
+                "style": parsed.style, "corruption": parsed.corruption, "severity": parsed.severity,
+                "n": parsed.n, "seed": parsed.seed}
+    keys = [f"shapes/{parsed.split}/{parsed.domain}/{i}" for i in range(parsed.n)]
+    return ArraySource(pixels, keys, labels, list(SHAPES), identity)
 
 
 def cifar_corrupted(variant: str) -> Callable[[str, str, str | None, bool], ArraySource]:
@@ -369,11 +374,18 @@ def open_source(spec: str, split: str | None = None, download: bool = False) -> 
             raise InputError(f"data spec '{spec}' has no root: write {prefix}:PATH")
         return BUILDERS[prefix](spec, rest, split, download)
     if sep and len(prefix) > 1 and not Path(spec).exists():
-        raise InputError(
-            f"unknown data source '{prefix}' in '{spec}': use one of {', '.join(sorted(BUILDERS))} "
-            "(as PREFIX:ROOT) or an ImageFolder path"
-        )
+        raise InputError(f"unknown data source '{prefix}' in '{spec}': use one of {', '.join(sorted(BUILDERS))} "
+                         "(as PREFIX:ROOT) or an ImageFolder path")
     return FolderSource.open(Path(spec).expanduser(), spec, split)
+
+
+def local_root(spec: str) -> Path | None:
+    """The local file or folder a data spec reads (``cifar10:ROOT`` reads ROOT), or None when it
+    reads none (``shapes:`` generates its images)."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in BUILDERS:
+        return Path(rest.split(":")[0]).expanduser() if prefix != "shapes" else None
+    return Path(spec).expanduser()
 
 
 def high_bit_depth(image: Image.Image) -> bool:

@@ -42,19 +42,14 @@ class Interrupted(KeyboardInterrupt):
     blocks, the store writer joined, the store lock released.
 
     A ``KeyboardInterrupt`` (so ``except Exception`` never swallows it). ``message`` says what
-    was left and what to do; ``exit_code`` is 128 + the signal number: 130 for SIGINT, 143 for
-    SIGTERM.
+    was left and what to do; the command line exits with 128 + ``signum``: 130 for SIGINT, 143
+    for SIGTERM.
     """
 
     def __init__(self, signum: int = signal.SIGINT, message: str = "") -> None:
         super().__init__(message)
         self.signum = signum
         self.message = message
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for a process stopped by a signal."""
-        return 128 + self.signum
 
     @classmethod
     def of(cls, exc: BaseException, message: str) -> Interrupted:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import metrics
 from .errors import StoreError
-from .probe import softmax
+from .zeroshot import softmax
 
 METHOD_NAMES = ("teacher", "probe")
 SEVERITIES = (1, 2, 3, 4, 5)  # of every corruption, for a mean corruption error
@@ -30,23 +30,6 @@ def method_names(members: int) -> tuple[str, ...]:
     """Rows of a report: the teacher, the probe (an ensemble's averaged prediction) and, for an
     ensemble, each member on its own (``member-0``, ``member-1``, ...)."""
     return METHOD_NAMES + (tuple(f"member-{m}" for m in range(members)) if members > 1 else ())
-
-
-def expand_stores(paths: list[str]) -> list[str]:
-    """Each path as given, except a folder that is not itself a store but holds stores (as
-    ``extract --corrupt all`` writes): its stores, sorted by name."""
-    from .store import is_url
-
-    out: list[str] = []
-    for path in paths:
-        folder = Path(path)
-        if not is_url(path) and folder.is_dir() and not (folder / "zarr.json").exists():
-            children = sorted(p for p in folder.iterdir() if (p / "zarr.json").is_file())
-            if children:
-                out.extend(str(p) for p in children)
-                continue
-        out.append(path)
-    return out
 
 
 def check_compatible(run: Any, store: Any, role: str) -> None:
@@ -157,7 +140,7 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None) -> dict[str, Met
     """Each method's outputs on a store's valid clean embeddings over the run's ``classes`` (None:
     all of them): the other classes' logits are dropped before any softmax, for the teacher and
     every member alike, so an ensemble averages its members' renormalised probabilities."""
-    from .probe import teacher_logits
+    from .zeroshot import teacher_logits
 
     emb = store.read("clean/emb")[store.read("valid")]
     head = run.head if classes is None else run.head[classes]
@@ -194,20 +177,6 @@ def labels_in(store: Any, classes: list[int] | None) -> np.ndarray:
     return mapped
 
 
-def in_distribution_outputs(run: Any, store: Any) -> tuple[dict[str, MethodOutputs], np.ndarray]:
-    """Each method's outputs and the labels of a store's valid rows in the store's class space:
-    its class subset when it has one (see ``outputs_in``), else all the run's classes."""
-    classes = class_subset(store)
-    labels = labels_in(store, classes)
-    return outputs_in(run, store, classes), labels
-
-
-def score_store(run: Any, store: Any) -> dict[str, np.ndarray]:
-    """Probabilities of each method on a store's valid clean embeddings over all the run's classes
-    (``in_distribution_outputs`` scores a store with a class subset on its subset)."""
-    return {method: outputs.probs for method, outputs in outputs_in(run, store, None).items()}
-
-
 def detection(id_conf: np.ndarray, ood_conf: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR and FPR at 95% TPR of one score (OOD positive)."""
     return {
@@ -217,15 +186,55 @@ def detection(id_conf: np.ndarray, ood_conf: np.ndarray) -> dict[str, float]:
     }
 
 
+@dataclass
+class StoreOutputs:
+    """One store's outputs, computed once and shared by the report JSON and its figures: each
+    method's ``MethodOutputs`` on the valid rows, their ``labels`` (positions in ``classes``; -1
+    unknown), the class space (``classes``: a subset, or None for all the run's classes) and each
+    method's OOD scores (``ood_scores``, mutual information included for an ensemble)."""
+
+    path: str
+    outputs: dict[str, MethodOutputs]
+    labels: np.ndarray
+    classes: list[int] | None
+    scores: dict[str, dict[str, np.ndarray]]
+
+    @classmethod
+    def of(cls, run: Any, store: Any, classes: list[int] | None, labelled: bool) -> StoreOutputs:
+        """Score a store over ``classes``; ``labelled`` maps its labels into that class space."""
+        outputs = outputs_in(run, store, classes)
+        labels = labels_in(store, classes) if labelled else np.full(outputs["probe"].probs.shape[0], -1)
+        return cls(str(store.path), outputs, labels, classes, {m: ood_scores(o) for m, o in outputs.items()})
+
+    def probs(self, method: str) -> np.ndarray:
+        """A method's probabilities on the store's valid rows."""
+        return self.outputs[method].probs
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` computed: the report (JSON-ready) and the outputs behind it, per
+    in-distribution store and per OOD store (the first store is the OOD reference)."""
+
+    report: dict[str, Any]
+    stores: dict[str, StoreOutputs]
+    ood: dict[str, StoreOutputs]
+
+
 def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate a run on in-distribution stores and OOD stores; return the report as a dict.
+    """Evaluate a run on in-distribution stores and OOD stores; return the report as a dict."""
+    return score(run_path, stores, ood).report
+
+
+def score(run_path: str, stores: list[str], ood: list[str] | None = None) -> Evaluation:
+    """Score a run on in-distribution stores and OOD stores, each store read and scored once.
 
     OOD stores are scored in the class space of the reference (the first in-distribution store):
     its class subset when it has one, else all the run's classes; an OOD store's own subset is
     not used, since a detector may not know which classes an OOD sample's set holds.
     """
-    from .probe import load_run
-    from .store import FeatureStore
+    from .runs import load_run
+    from .store import FeatureStore, expand_stores
 
     stores, ood = expand_stores(stores), expand_stores(ood or [])
     if not stores:
@@ -242,47 +251,42 @@ def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> 
         "stores": {},
         "ood": {},
     }
-    reference: dict[str, dict[str, np.ndarray]] = {}
-    reference_name = ""
-    reference_classes: list[int] | None = None
+    scored = Evaluation(report, {}, {})
     for path in stores:
         store = FeatureStore(path)
         check_compatible(run, store, "in-distribution")
-        classes = class_subset(store)
-        outputs, labels = in_distribution_outputs(run, store)
-        entry: dict[str, Any] = {"samples": int(labels.size)}
-        if classes is not None:
-            entry["classes"] = len(classes)
-        known = labels >= 0
+        result = scored.stores[path] = StoreOutputs.of(run, store, class_subset(store), labelled=True)
+        entry: dict[str, Any] = {"samples": int(result.labels.size)}
+        if result.classes is not None:
+            entry["classes"] = len(result.classes)
+        known = result.labels >= 0
         for method in methods:
-            probs = outputs[method].probs
+            probs = result.probs(method)
             if known.any():
-                entry[method] = classification_metrics(probs[known], labels[known])
+                entry[method] = classification_metrics(probs[known], result.labels[known])
             else:
                 entry[method] = {"confidence": float(metrics.max_softmax_probability(probs).mean())}
         entry["shift"] = shift_of(store.manifest)
         report["stores"][path] = entry
-        if not reference_name:
-            reference_name, reference_classes = path, classes
-            if ood:
-                reference = {m: ood_scores(outputs[m]) for m in methods}
+    reference = scored.stores[stores[0]]
     for path in ood:
         store = FeatureStore(path)
         check_compatible(run, store, "OOD")
-        outputs = outputs_in(run, store, reference_classes)
-        entry = {"samples": int(outputs["probe"].probs.shape[0]), "reference": reference_name}
-        if reference_classes is not None:
-            entry["classes"] = len(reference_classes)
+        result = scored.ood[path] = StoreOutputs.of(run, store, reference.classes, labelled=False)
+        entry = {"samples": int(result.labels.size), "reference": stores[0]}
+        if reference.classes is not None:
+            entry["classes"] = len(reference.classes)
         for method in methods:
-            scores = ood_scores(outputs[method])
-            per_score = {name: detection(reference[method][name], values) for name, values in scores.items()}
-            entry[method] = {**per_score["msp"], "confidence": float(scores["msp"].mean()), "scores": per_score}
+            per_score = {name: detection(reference.scores[method][name], values)
+                         for name, values in result.scores[method].items()}
+            entry[method] = {**per_score["msp"], "confidence": float(result.scores[method]["msp"].mean()),
+                             "scores": per_score}
         if run.members > 1:  # the ensemble's mutual information, also under its earlier names
             entry["probe"]["auroc_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["auroc"]
             entry["probe"]["fpr95_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["fpr95"]
         report["ood"][path] = entry
     report["corruptions"] = aggregate_corruptions(report["stores"])
-    return report
+    return scored
 
 
 def shift_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -356,10 +360,3 @@ def format_table(report: dict[str, Any]) -> str:
     if missing:
         lines.append(f"no mean corruption error: severities missing ({missing})")
     return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any], what: str = "report") -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it into place (see ``atomic``)."""
-    from .atomic import write_json_atomic as write
-
-    write(path, data, what)

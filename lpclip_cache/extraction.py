@@ -9,49 +9,16 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import write_error
+from .config import ExtractConfig, check_choices
+from .data import local_root
 from .errors import InputError, Interrupted
+from .outputs import refuse_output_inside
 from .progress import Progress
-
-RESUME = "run the same command again: it resumes, keeping the shards already done"
-
-
-@dataclass
-class ExtractConfig:
-    """Everything ``extract`` needs; all of it that changes a number goes into the manifest."""
-
-    data: str
-    out: str
-    model: str = "test-tiny"
-    pretrained: str | None = "none"
-    split: str | None = None
-    weak_views: int = 2
-    strong_views: int = 2
-    weak_policy: str = "weak"
-    strong_policy: str = "strong"
-    templates: str | None = None
-    classnames: str | None = None
-    temperature: float = 1.0
-    seed: int = 0
-    shard_size: int = 256
-    batch_size: int = 256
-    num_workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"
-    download: bool = False
-    skip_bad: bool = False
-    compression: str = "none"
-    corrupt: str | None = None
-    overwrite: bool = False
-    cache_dir: str | None = None
-    progress: bool = True
-    extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
 def check_config(config: ExtractConfig) -> None:
@@ -65,19 +32,10 @@ def check_config(config: ExtractConfig) -> None:
     if not config.temperature > 0:
         raise InputError(f"--temperature must be positive, got {config.temperature}")
     corruption_plan(config.corrupt)
-    if config.compression not in ("none", "zstd"):
-        raise InputError(f"--compression must be none or zstd, got '{config.compression}'")
-    if config.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise InputError(f"--precision must be auto, fp32, bf16 or fp16, got '{config.precision}'")
-    if "://" in config.out:
-        return
-    out = Path(config.out).resolve()
-    prefix, _, rest = config.data.partition(":")
-    data = Path(rest.split(":")[0] if prefix in ("cifar10", "cifar100", "cifar10c", "cifar100c", "imagenet", "mnist",
-                                                 "svhn") else config.data)
-    data = data.expanduser().resolve()
-    if data.exists() and (out == data or data in out.parents):
-        raise InputError(f"--out '{config.out}' lies inside the input data '{data}': write the store elsewhere")
+    check_choices(config)
+    root = local_root(config.data)
+    if root is not None:
+        refuse_output_inside(config.out, [root], "--out")
 
 
 def parse_corruption(spec: str | None) -> tuple[str, int] | None:
@@ -121,16 +79,9 @@ def library_versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {
-        "lpclip_cache": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "open_clip": open_clip.__version__,
-        "kornia": kornia.__version__,
-        "zarr": zarr.__version__,
-        "numpy": np.__version__,
-    }
+    return {"lpclip_cache": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "open_clip": open_clip.__version__,
+            "kornia": kornia.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
 
 
 def autocast_dtype(precision: str, device_type: str) -> Any:
@@ -166,7 +117,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     from .data import open_source
     from .models import load_model, zero_shot_head
     from .prompts import load_classnames, load_templates
-    from .store import ROW_ORDER, Layout, StoreLock, cache_key, is_url, open_group, start_store
+    from .store import ROW_ORDER, Layout, StoreWriter, cache_key
 
     check_config(config)
     source = open_source(config.data, config.split, config.download)
@@ -200,14 +151,8 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         "classnames": classnames,
         "templates": templates,
         "teacher": {"logit_scale": loaded.logit_scale, "temperature": config.temperature},
-        "views": {
-            "weak": config.weak_views,
-            "strong": config.strong_views,
-            "weak_policy": weak_policy,
-            "strong_policy": strong_policy,
-            "seed": config.seed,
-            "shard_size": config.shard_size,
-        },
+        "views": {"weak": config.weak_views, "strong": config.strong_views, "weak_policy": weak_policy,
+                  "strong_policy": strong_policy, "seed": config.seed, "shard_size": config.shard_size},
         "rows": ROW_ORDER,
         "dataset": {**source.identity, "n": len(source), "fingerprint": source.fingerprint()},
         "precision": str(cast).replace("torch.", "") if cast else "fp32",
@@ -217,43 +162,24 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         "corruption": config.corrupt,
         **config.extra_manifest,
     }
-    layout = Layout(
-        n=len(source),
-        dim=int(head.shape[1]),
-        n_classes=len(classnames),
-        weak_views=config.weak_views,
-        strong_views=config.strong_views,
-        shard_size=config.shard_size,
-    )
-    out = config.out if is_url(config.out) else Path(config.out)
-    # an OS lock needs a local file; on an fsspec URL the user keeps writers apart
-    lock = StoreLock(out) if ranks.is_main and not is_url(out) else None
+    layout = Layout(n=len(source), dim=int(head.shape[1]), n_classes=len(classnames), weak_views=config.weak_views,
+                    strong_views=config.strong_views, shard_size=config.shard_size)
+    writer = StoreWriter(config.out, layout, manifest)
     try:
-        if lock is not None:
-            lock.__enter__()
-        if ranks.is_main:
-            try:
-                state = start_store(out, layout, manifest, config.overwrite)
-                if state == "new":
-                    open_group(out, mode="r+")["head"][...] = head.numpy()
-            except OSError as exc:
-                raise write_error("store", out, exc, "run the same command again") from exc
-        else:
-            state = None
+        state = writer.begin(head.numpy(), config.overwrite) if ranks.is_main else None
         state = ranks.gather(state)[0]
         written = 0
         started = time.perf_counter()
         if state != "complete":
             policies = (weak_policy, strong_policy)
-            written = write_shards(config, source, loaded, head.numpy(), layout, policies, cast, ranks)
+            written = write_shards(config, source, loaded, head.numpy(), writer, policies, cast, ranks)
         ranks.barrier()
         seconds = time.perf_counter() - started
-        invalid = finish_store(out, ranks) if ranks.is_main else []
+        invalid = writer.finish() if ranks.is_main else []
     except KeyboardInterrupt as exc:  # the writer is joined by now: every shard marked done is whole
-        raise Interrupted.of(exc, shards_left(out, layout)) from None
+        raise Interrupted.of(exc, writer.left()) from None
     finally:
-        if lock is not None:
-            lock.__exit__(None, None, None)
+        writer.release()
         ranks.close()
     views_per_image = 1 + config.weak_views + config.strong_views
     rate = written / seconds if seconds > 0 else 0.0
@@ -262,7 +188,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         for key, reason in invalid:
             sys.stderr.write(f"  {key}: {reason}\n")
     return {
-        "store": str(out),
+        "store": str(config.out),
         "state": state,
         "cache_key": cache_key(manifest),
         "images": len(source),
@@ -277,12 +203,18 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     }
 
 
+def extract_stores(config: ExtractConfig) -> dict[str, Any]:
+    """``extract``: one store, or with ``corrupt`` naming several corruptions (``all``,
+    ``fog:all``) one store per corruption in the folder ``out`` (see ``extract_corruptions``)."""
+    return extract_corruptions(config) if len(corruption_plan(config.corrupt)) > 1 else extract(config)
+
+
 def extract_corruptions(config: ExtractConfig) -> dict[str, Any]:
     """One store per (corruption, severity) that ``config.corrupt`` names, inside the folder
     ``config.out`` as ``NAME-SEVERITY.zarr``; stores already complete are kept as they are."""
     from dataclasses import replace
 
-    from .store import is_url
+    from .store import is_store, is_url
 
     plan = corruption_plan(config.corrupt)
     if not plan:
@@ -292,7 +224,7 @@ def extract_corruptions(config: ExtractConfig) -> dict[str, Any]:
         if folder.exists() and not folder.is_dir():
             raise InputError(f"--out '{folder}' is a file; --corrupt '{config.corrupt}' writes one store per "
                              "corruption into a folder: pass a folder path")
-        if (folder / "zarr.json").exists():
+        if is_store(folder):
             raise InputError(f"--out '{folder}' is a store; --corrupt '{config.corrupt}' writes one store per "
                              "corruption into a folder: pass a folder path")
         folder.mkdir(parents=True, exist_ok=True)
@@ -308,39 +240,6 @@ def extract_corruptions(config: ExtractConfig) -> dict[str, Any]:
         "images": sum(s["images"] for s in summaries),
         "written": sum(s["written"] for s in summaries),
     }
-
-
-def shards_left(out: str | Path, layout: Any) -> str:
-    """What an interrupted extraction leaves: how many shards are done, and how to finish."""
-    from .store import open_group
-
-    try:
-        done = int(np.count_nonzero(np.asarray(open_group(out, mode="r")["done"][:])))
-    except Exception:  # the store was not created yet, or cannot be read: say only what to do
-        return f"store '{out}' is unfinished; run the same command again to resume it"
-    return f"{done} of {layout.n_shards} shards of store '{out}' are done; run the same command again to resume"
-
-
-def finish_store(out: str | Path, ranks: Any) -> list[tuple[str, str]]:
-    """Rank 0: check every shard is done, list invalid samples, mark the store complete."""
-    from .store import ATTR, StoreError, open_group
-
-    root = open_group(out, mode="r+")
-    done = np.asarray(root["done"][:])
-    if not done.all():
-        raise StoreError(f"store '{out}': {int((done == 0).sum())} shard(s) missing after extraction; run it again")
-    valid = np.asarray(root["valid"][:])
-    bad = np.flatnonzero(~valid)
-    keys, reasons = root["keys"], root["reason"]
-    invalid = [(str(keys[i]), str(reasons[i])) for i in bad.tolist()]
-    meta = dict(root.attrs[ATTR])
-    meta["complete"] = True
-    meta["invalid"] = [{"key": k, "reason": r} for k, r in invalid]
-    try:
-        root.attrs[ATTR] = meta  # zarr replaces zarr.json whole (a temporary file, then a rename)
-    except OSError as exc:
-        raise write_error("store", out, exc, RESUME) from exc
-    return invalid
 
 
 def corruption_size(source: Any, size: tuple[int, ...]) -> tuple[int, ...]:
@@ -403,7 +302,7 @@ def write_shards(
     source: Any,
     loaded: Any,
     head: np.ndarray,
-    layout: Any,
+    writer: Any,
     policies: tuple[dict[str, Any], dict[str, Any]],
     cast: Any,
     ranks: Any,
@@ -419,12 +318,11 @@ def write_shards(
 
     from .augment import ViewMaker
     from .data import DecodedDataset, default_collate_shard
-    from .probe import teacher_outputs
-    from .store import open_group, row_order, store_name
+    from .store import row_order, store_name
+    from .zeroshot import teacher_outputs
 
-    root = open_group(config.out, mode="r+")
-    done = np.asarray(root["done"][:])
-    todo = [s for s in range(layout.n_shards) if ranks.owns(s) and not done[s]]
+    layout = writer.layout
+    todo = writer.todo(ranks.owns)
     order = row_order(layout.n)
     batches = [order[s * layout.shard_size: (s + 1) * layout.shard_size].tolist() for s in todo]
     device = loaded.device
@@ -457,21 +355,11 @@ def write_shards(
             parts.append(features.half().cpu().numpy())
         return np.concatenate(parts)
 
-    def write(shard: int, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
-        try:
-            for name, value in arrays.items():
-                root[name][start:stop] = value
-            root["done"][shard] = 1  # only once the shard's chunks are all written
-        except OSError as exc:
-            raise write_error("store", config.out, exc, RESUME) from exc
-
     progress = Progress(sum(len(b) for b in batches), f"extract {store_name(config.out)}", "img",
                         enabled=config.progress)
     pending = []
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=1) as background:
         for shard, (indices, pixels, ok, reasons) in zip(todo, loader):
-            start = shard * layout.shard_size
-            stop = start + len(indices)
             bad = [(source.keys[i], r) for i, good, r in zip(indices.tolist(), ok.tolist(), reasons) if not good]
             if bad and not config.skip_bad:
                 key, reason = bad[0]
@@ -497,10 +385,10 @@ def write_shards(
             arrays["valid"] = ok.numpy()
             arrays["keys"] = keys[indices.numpy()]
             arrays["reason"] = np.array(reasons, dtype=str)
-            pending.append(writer.submit(write, shard, start, stop, arrays))
+            pending.append(background.submit(writer.write_shard, shard, arrays))
             if len(pending) > 2:  # at most two shards wait for the disk; errors surface here
                 pending.pop(0).result()
-            progress.update(stop - start)
+            progress.update(len(indices))
         for future in pending:
             future.result()
     progress.close()

@@ -110,17 +110,13 @@ def _as_probs_labels(
     p = _as_probs(probs)
     y = _as_int_vector(labels, "labels")
     if y.shape[0] != p.shape[0]:
-        raise InputError(
-            f"probs and labels disagree on N: probs has {p.shape[0]} rows, "
-            f"labels has {y.shape[0]} entries"
-        )
+        raise InputError(f"probs and labels disagree on N: probs has {p.shape[0]} rows, "
+                         f"labels has {y.shape[0]} entries")
     n_classes = p.shape[1]
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_classes:
-        raise InputError(
-            f"labels must lie in [0, {n_classes}) for {n_classes} classes, "
-            f"got values in [{lo}, {hi}]"
-        )
+        raise InputError(f"labels must lie in [0, {n_classes}) for {n_classes} classes, "
+                         f"got values in [{lo}, {hi}]")
     return p, y
 
 
@@ -146,10 +142,8 @@ def _label_pair(
     x = _as_int_vector(a, name_a)
     y = _as_int_vector(b, name_b)
     if x.shape != y.shape:
-        raise InputError(
-            f"{name_a} and {name_b} must have the same length, "
-            f"got {x.shape[0]} and {y.shape[0]}"
-        )
+        raise InputError(f"{name_a} and {name_b} must have the same length, "
+                         f"got {x.shape[0]} and {y.shape[0]}")
     return x, y
 
 

@@ -104,24 +104,18 @@ def resolve_pretrained(name: str, pretrained: str | None) -> PretrainedSource:
         if path.is_file():
             return PretrainedSource("file", str(path.resolve()), file_sha256(path))
     except OSError as exc:  # no permission to read the file or to look into its folder
-        raise ModelError(
-            f"cannot read checkpoint file '{pretrained}' ({exc.strerror or type(exc).__name__}): "
-            "check that you may read it, or pass another --pretrained"
-        ) from exc
+        raise ModelError(f"cannot read checkpoint file '{pretrained}' ({exc.strerror or type(exc).__name__}): "
+                         "check that you may read it, or pass another --pretrained") from exc
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained in tags:
         return PretrainedSource("tag", pretrained)
     if path.suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained:
         where = "a directory, not a file" if path.is_dir() else "not found"
-        raise ModelError(
-            f"checkpoint file '{pretrained}' is {where}: pass the path of an open_clip state dict "
-            f"(.pt/.bin/.safetensors), a pretrained tag of {name}, or 'none'"
-        )
+        raise ModelError(f"checkpoint file '{pretrained}' is {where}: pass the path of an open_clip state dict "
+                         f"(.pt/.bin/.safetensors), a pretrained tag of {name}, or 'none'")
     known = ", ".join(tags) if tags else "none: this architecture has no published weights"
-    raise ModelError(
-        f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {name} "
-        f"(tags: {known}); pass a tag, a checkpoint path, or 'none' for random init"
-    )
+    raise ModelError(f"'{pretrained}' is neither a checkpoint file nor a pretrained tag of {name} "
+                     f"(tags: {known}); pass a tag, a checkpoint path, or 'none' for random init")
 
 
 def fetch_tag(name: str, tag: str, cache_dir: str | None = None) -> str:
@@ -171,10 +165,8 @@ def load_model(
     except RuntimeError as exc:
         first = load_error_summary(exc)
         if source.kind == "file":
-            raise ModelError(
-                f"checkpoint '{source.value}' does not fit architecture {name} ({first}); "
-                "pass the architecture the checkpoint was trained with"
-            ) from exc
+            raise ModelError(f"checkpoint '{source.value}' does not fit architecture {name} ({first}); "
+                             "pass the architecture the checkpoint was trained with") from exc
         raise ModelError(f"could not build {name}: {first}") from exc
     except Exception as exc:  # unpickling errors of untrusted or corrupt files
         if source.kind == "file":

@@ -117,43 +117,31 @@ def _resolve(
     looks_like_name = os.sep not in raw and "/" not in raw and not path.suffix
     if not path.exists():
         if looks_like_name:
-            raise _fail(
-                f"unknown {kind} set {raw!r}: no such built-in set or file; {hint}"
-            )
+            raise _fail(f"unknown {kind} set {raw!r}: no such built-in set or file; {hint}")
         shown = str(path) if path.is_absolute() else f"{path} (from {Path.cwd()})"
         raise _fail(f"{kind} file not found: {shown}; check the path, or {hint}")
     if path.is_dir():
-        raise _fail(
-            f"{kind} file {path} is a directory, not a file; "
-            "give the path of a .json or .txt file inside it"
-        )
+        raise _fail(f"{kind} file {path} is a directory, not a file; "
+                    "give the path of a .json or .txt file inside it")
     if not path.is_file():
-        raise _fail(
-            f"{kind} file {path} is not a regular file; "
-            "give the path of a .json or .txt file"
-        )
+        raise _fail(f"{kind} file {path} is not a regular file; "
+                    "give the path of a .json or .txt file")
     try:
         data = path.read_bytes()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise _fail(
-            f"cannot read {kind} file {path}: {reason}; "
-            "check that it exists and is readable"
-        ) from exc
+        raise _fail(f"cannot read {kind} file {path}: {reason}; "
+                    "check that it exists and is readable") from exc
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _fail(
-            f"{kind} file {path} is not UTF-8 text "
-            f"(invalid byte at offset {exc.start}); save it as UTF-8"
-        ) from exc
+        raise _fail(f"{kind} file {path} is not UTF-8 text "
+                    f"(invalid byte at offset {exc.start}); save it as UTF-8") from exc
     is_json = path.suffix.lower() == ".json"
     label = f"{kind} file {path}"
     if not text.strip():
-        raise _fail(
-            f"{label} is empty; put one entry per line (.txt) "
-            "or a JSON list of strings (.json)"
-        )
+        raise _fail(f"{label} is empty; put one entry per line (.txt) "
+                    "or a JSON list of strings (.json)")
     return text, _Source(label, not is_json)
 
 
@@ -166,43 +154,33 @@ def _entries(text: str, source: _Source, kind: str, key: str) -> list[tuple[int,
             if stripped and not stripped.startswith("#"):
                 entries.append((number, stripped))
         if not entries:
-            raise _fail(
-                f"{source.label} has no {kind}s (only blank lines and # comments); "
-                f"add one {kind} per line"
-            )
+            raise _fail(f"{source.label} has no {kind}s (only blank lines and # comments); "
+                        f"add one {kind} per line")
         return entries
 
     expected = f"a JSON list of strings or an object with a {key!r} list"
     try:
         document: Any = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _fail(
-            f"{source.label} is not valid JSON "
-            f"(line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            f"fix the JSON so that it is {expected}"
-        ) from exc
+        raise _fail(f"{source.label} is not valid JSON "
+                    f"(line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+                    f"fix the JSON so that it is {expected}") from exc
     if isinstance(document, dict):
         if key not in document:
-            raise _fail(
-                f"{source.label} is a JSON object without a {key!r} key; "
-                f"expected {expected}"
-            )
+            raise _fail(f"{source.label} is a JSON object without a {key!r} key; "
+                        f"expected {expected}")
         document = document[key]
     if not isinstance(document, list):
-        raise _fail(
-            f"{source.label} holds a JSON {_json_type(document)}, not an array; "
-            f"expected {expected}"
-        )
+        raise _fail(f"{source.label} holds a JSON {_json_type(document)}, not an array; "
+                    f"expected {expected}")
     if not document:
         raise _fail(f"{source.label} has an empty {kind} list; add at least one {kind}")
     entries = []
     for index, item in enumerate(document, start=1):
         if not isinstance(item, str):
-            raise _fail(
-                f"{source.at(index)}: expected a string, got a JSON "
-                f"{_json_type(item)} {_show(json.dumps(item))}; "
-                f"write every {kind} as a quoted string"
-            )
+            raise _fail(f"{source.at(index)}: expected a string, got a JSON "
+                        f"{_json_type(item)} {_show(json.dumps(item))}; "
+                        f"write every {kind} as a quoted string")
         entries.append((index, item.strip()))
     return entries
 
@@ -213,10 +191,8 @@ def _check_unique(entries: list[tuple[int, str]], source: _Source, kind: str) ->
     unit = "line" if source.is_text else "entry"
     for position, value in entries:
         if value in seen:
-            raise _fail(
-                f"{source.at(position)}: duplicate {kind} {_show(value)} "
-                f"(same as {unit} {seen[value]}); remove one of them"
-            )
+            raise _fail(f"{source.at(position)}: duplicate {kind} {_show(value)} "
+                        f"(same as {unit} {seen[value]}); remove one of them")
         seen[value] = position
 
 
@@ -229,14 +205,10 @@ def _check_template(template: str, where: str) -> None:
     braces = "and double any other braces as '{{' and '}}'"
     count = template.count("{}")
     if count == 0:
-        raise _fail(
-            f"{where}: template {_show(template)} has no '{{}}' placeholder; {fix}"
-        )
+        raise _fail(f"{where}: template {_show(template)} has no '{{}}' placeholder; {fix}")
     if count > 1:
-        raise _fail(
-            f"{where}: template {_show(template)} has {count} '{{}}' "
-            f"placeholders; {fix}"
-        )
+        raise _fail(f"{where}: template {_show(template)} has {count} '{{}}' "
+                    f"placeholders; {fix}")
     try:
         fields = [
             field
@@ -245,15 +217,11 @@ def _check_template(template: str, where: str) -> None:
         ]
         template.format("x")
     except (ValueError, IndexError, KeyError) as exc:
-        raise _fail(
-            f"{where}: template {_show(template)} is not a valid format string "
-            f"({exc}); {fix}, {braces}"
-        ) from exc
+        raise _fail(f"{where}: template {_show(template)} is not a valid format string "
+                    f"({exc}); {fix}, {braces}") from exc
     if fields != [""]:
-        raise _fail(
-            f"{where}: template {_show(template)} must have exactly one plain "
-            f"'{{}}' field and no other braces; {fix}, {braces}"
-        )
+        raise _fail(f"{where}: template {_show(template)} must have exactly one plain "
+                    f"'{{}}' field and no other braces; {fix}, {braces}")
 
 
 def load_templates(name_or_path: str | os.PathLike[str]) -> list[str]:
@@ -262,10 +230,8 @@ def load_templates(name_or_path: str | os.PathLike[str]) -> list[str]:
     entries = _entries(text, source, "template", "templates")
     for position, template in entries:
         if not template:
-            raise _fail(
-                f"{source.at(position)}: empty template; "
-                f"remove it or write one such as {_EXAMPLE_TEMPLATE!r}"
-            )
+            raise _fail(f"{source.at(position)}: empty template; "
+                        f"remove it or write one such as {_EXAMPLE_TEMPLATE!r}")
         _check_template(template, source.at(position))
     _check_unique(entries, source, "template")
     return [template for _, template in entries]
@@ -279,10 +245,8 @@ def load_classnames(name_or_path: str | os.PathLike[str]) -> list[str]:
     entries = _entries(text, source, "class name", "classnames")
     for position, name in entries:
         if not name:
-            raise _fail(
-                f"{source.at(position)}: empty class name; "
-                "give every class a non-empty name"
-            )
+            raise _fail(f"{source.at(position)}: empty class name; "
+                        "give every class a non-empty name")
     _check_unique(entries, source, "class name")
     return [name for _, name in entries]
 
@@ -291,9 +255,7 @@ def prompt_name(folder_name: str) -> str:
     """Turn a dataset folder/class name such as 'aquarium_fish' into 'aquarium fish'."""
     name = " ".join(folder_name.replace("_", " ").split())
     if not name:
-        raise _fail(
-            f"class name {_show(folder_name)} is empty once underscores and "
-            "spaces are removed; rename the class folder or give the class names "
-            "in a file"
-        )
+        raise _fail(f"class name {_show(folder_name)} is empty once underscores and "
+                    "spaces are removed; rename the class folder or give the class names "
+                    "in a file")
     return name

@@ -20,26 +20,27 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import ExtractConfig, TrainConfig, recipe_keys
 from .errors import InputError
 
 ROLES = ("adapt", "test", "shift", "ood")
 TOP_KEYS = {"name", "description", "out", "gpu_wall_time", "model", "views", "extract", "datasets", "train",
             "evaluate", "analyze"}
-MODEL_KEYS = {"name", "pretrained", "device", "precision", "cache_dir"}
-VIEW_KEYS = {"weak", "strong", "weak_policy", "strong_policy", "seed"}
-EXTRACT_KEYS = {"batch_size", "workers", "shard_size", "compression", "templates", "classnames", "temperature",
-                "skip_bad", "download"}
-DATASET_KEYS = {"role", "data", "split", "corrupt"} | VIEW_KEYS | EXTRACT_KEYS
-TRAIN_KEYS = {"method", "epochs", "batch_size", "lr", "weight_decay", "seed", "init", "weighting", "targets",
-              "threshold", "student", "max_views", "ensemble", "holdout"}
+# the keys of each table, from the option definitions (config.py): key -> ExtractConfig or TrainConfig field
+MODEL_KEYS = recipe_keys(ExtractConfig, "model")
+VIEW_KEYS = recipe_keys(ExtractConfig, "views")
+EXTRACT_KEYS = recipe_keys(ExtractConfig, "extract")
+DATASET_KEYS = {"role": "", **recipe_keys(ExtractConfig, "dataset"), **VIEW_KEYS, **EXTRACT_KEYS}
+TRAIN_KEYS = recipe_keys(TrainConfig, "train")
 EVALUATE_KEYS = {"report"}
 ANALYZE_KEYS = {"clusters", "neighbors", "projection", "k", "sweep", "neighbors_k", "seed"}
+NOT_OPTIONS = {"out", "overwrite", "progress", "extra_manifest", "memory_budget"}  # not the stage's configuration
 SHAPES_TEACHER = "shapes-teacher"  # the project's offline teacher, trained once and cached
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass
@@ -79,10 +80,10 @@ def _fail(path: Path, where: str, message: str) -> InputError:
     return InputError(f"recipe '{path}': {where}: {message}")
 
 
-def _check_keys(path: Path, where: str, table: Any, allowed: set[str]) -> dict[str, Any]:
+def _check_keys(path: Path, where: str, table: Any, allowed: Any) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise _fail(path, where, f"should be a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - allowed)
+    unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise _fail(path, where, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     return table
@@ -112,13 +113,16 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str], path: Path) -> No
 
 
 def _expand(value: Any, unresolved: list[str], where: str) -> Any:
-    """``${VAR}`` from the environment and a leading ``~`` in strings; unset variables are kept
-    as written and listed, so a dry run can still show the plan."""
+    """``${VAR}`` from the environment (``${VAR:-default}`` when it is unset) and a leading ``~``
+    in strings; unset variables without a default are kept as written and listed, so a dry run
+    can still show the plan."""
     if isinstance(value, str):
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
+            name, default = match.group(1), match.group(2)
             if name in os.environ:
                 return os.environ[name]
+            if default is not None:
+                return default
             unresolved.append(f"{where} uses ${{{name}}}")
             return match.group(0)
 
@@ -194,19 +198,9 @@ def plan(recipe: Recipe) -> list[Stage]:
     stages: list[Stage] = []
     stores: dict[str, Stage] = {}
     for name, table in recipe.datasets.items():
-        options = {
-            "data": table["data"], "split": table.get("split"), "model": recipe.model["name"],
-            "pretrained": recipe.model.get("pretrained", "none"), "device": recipe.model.get("device", "auto"),
-            "precision": recipe.model.get("precision", "auto"), "cache_dir": recipe.model.get("cache_dir"),
-            "weak_views": table.get("weak", 2), "strong_views": table.get("strong", 2),
-            "weak_policy": table.get("weak_policy", "weak"), "strong_policy": table.get("strong_policy", "strong"),
-            "seed": table.get("seed", 0), "corrupt": table.get("corrupt"),
-            "templates": table.get("templates"), "classnames": table.get("classnames"),
-            "temperature": table.get("temperature", 1.0), "shard_size": table.get("shard_size", 256),
-            "batch_size": table.get("batch_size", 256), "num_workers": table.get("workers", 2),
-            "compression": table.get("compression", "none"), "skip_bad": table.get("skip_bad", False),
-            "download": table.get("download", False),
-        }
+        given = {field: table[key] for key, field in DATASET_KEYS.items() if key in table and field}
+        given.update({field: recipe.model[key] for key, field in MODEL_KEYS.items() if key in recipe.model})
+        options = {k: v for k, v in asdict(ExtractConfig(out="", **given)).items() if k not in NOT_OPTIONS}
         stage = Stage("extract", name, f"{out}/stores/{name}" + ("" if _many(options["corrupt"]) else ".zarr"),
                       options)
         stage.key = _key(options)
@@ -216,8 +210,10 @@ def plan(recipe: Recipe) -> list[Stage]:
     by_role = {role: [s for s in stores.values() if recipe.datasets[s.name]["role"] == role] for role in ROLES}
     runs: dict[str, Stage] = {}
     for name, table in recipe.train.items():
-        stage = Stage("train", name, f"{out}/runs/{name}", {"store": adapt.out, **table}, [adapt.id])
-        stage.key = _key([stage.options, adapt.key])
+        options = {TRAIN_KEYS[key]: value for key, value in table.items()}
+        stage = Stage("train", name, f"{out}/runs/{name}", {"store": adapt.out, **options}, [adapt.id])
+        resolved = asdict(TrainConfig(out="", **stage.options))
+        stage.key = _key([{k: v for k, v in resolved.items() if k not in NOT_OPTIONS}, adapt.key])
         stages.append(stage)
         runs[name] = stage
     evaluated = by_role["test"] + by_role["shift"]
@@ -258,43 +254,25 @@ def _stamp_path(recipe: Recipe, stage: Stage) -> Path:
     return Path(recipe.out) / ".recipe" / f"{stage.id}.json"
 
 
-def _store_state(path: str) -> str:
-    """complete, partial (k/n shards) or missing, read from the store's own metadata."""
-    import numpy as np
-
-    from .store import ATTR, open_group
-
-    root = Path(path)
-    if not (root / "zarr.json").is_file():
-        return "missing"
-    try:
-        group = open_group(path, mode="r")
-        if group.attrs[ATTR].get("complete"):
-            return "complete"
-        done = np.asarray(group["done"][:])
-        return f"partial ({int(done.sum())}/{done.size} shards)"
-    except Exception:  # unreadable metadata: extract itself will say what is wrong
-        return "unreadable"
-
-
 def stage_state(recipe: Recipe, stage: Stage) -> str:
     """What running the stage would do: skip (complete), resume, or run."""
+    from .store import state
+
     stamp = _stamp_path(recipe, stage)
     stamped = stamp.is_file() and json.loads(stamp.read_text()).get("key") == stage.key
     if stage.kind == "extract":
         if _many(stage.options["corrupt"]):
             from .corruptions import expand
 
-            paths = [f"{stage.out}/{n}-{s}.zarr" for n, s in expand(stage.options["corrupt"])]
-            states = [_store_state(p) for p in paths]
+            states = [state(f"{stage.out}/{n}-{s}.zarr").kind for n, s in expand(stage.options["corrupt"])]
             done = states.count("complete")
             if done == len(states):
                 return "skip (complete)" if stamped else "check (complete; configuration not yet compared)"
-            return f"resume ({done}/{len(states)} stores complete)" if done or "partial" in " ".join(states) else "run"
-        state = _store_state(stage.out)
-        if state == "complete":
+            return f"resume ({done}/{len(states)} stores complete)" if done or "partial" in states else "run"
+        now = state(stage.out)
+        if now.kind == "complete":
             return "skip (complete)" if stamped else "check (complete; configuration not yet compared)"
-        return f"resume {state}" if state.startswith("partial") else "run"
+        return f"resume {now}" if now.kind == "partial" else "run"
     output = Path(stage.out)
     if stamped and output.exists():
         return "skip (complete)"
@@ -306,7 +284,7 @@ def format_plan(recipe: Recipe, stages: list[Stage]) -> str:
     lines = [f"recipe {recipe.name}: {recipe.description}".rstrip(": ")]
     if recipe.gpu_wall_time:
         lines.append(f"expected wall time: {recipe.gpu_wall_time}")
-    pretrained = recipe.model.get("pretrained", "none")
+    pretrained = stages[0].options["pretrained"]  # every store is extracted with the one model
     lines.append(f"model: {recipe.model['name']} ({pretrained}); outputs under {recipe.out}")
     for stage in stages:
         detail = ""
@@ -328,7 +306,7 @@ def format_plan(recipe: Recipe, stages: list[Stage]) -> str:
 
 
 def _write_stamp(recipe: Recipe, stage: Stage, seconds: float) -> None:
-    from .evaluation import write_json_atomic
+    from .outputs import write_json_atomic
 
     write_json_atomic(_stamp_path(recipe, stage), {"key": stage.key, "stage": stage.id, "seconds": round(seconds, 2),
                                                    "options": stage.options})
@@ -343,22 +321,27 @@ def _resolve_pretrained(value: Any, progress: bool) -> Any:
 
 
 def execute_stage(recipe: Recipe, stage: Stage, progress: bool) -> dict[str, Any]:
-    """Run one stage through the Python API; return its summary."""
-    from . import api
-
+    """Run one stage by calling its command's function; return its summary."""
     o = dict(stage.options)
     if stage.kind == "extract":
+        from .extraction import extract_stores
+
         o["pretrained"] = _resolve_pretrained(o["pretrained"], progress)
-        return api.extract(out=stage.out, progress=progress, **o)
+        return extract_stores(ExtractConfig(out=stage.out, progress=progress, **o))
     if stage.kind == "train":
-        return api.train(out=stage.out, overwrite=True, progress=progress, **o)
-    if stage.kind == "evaluate":  # stage.out is the report folder, or the JSON file without one
-        Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
-        return api.evaluate(run=o["run"], stores=o["stores"], ood=o["ood"], out=None if o["report"] else stage.out,
-                            report=stage.out if o["report"] else None, overwrite=True)
+        from .training import train
+
+        return train(TrainConfig(out=stage.out, overwrite=True, progress=progress, **o))
     Path(stage.out).parent.mkdir(parents=True, exist_ok=True)
-    return api.analyze(o["kind"], store=o["store"], run=o["run"], out=stage.out, k=o["k"], sweep=o["sweep"],
-                       seed=o["seed"], overwrite=True)
+    if stage.kind == "evaluate":  # stage.out is the report folder, or the JSON file without one
+        from .report import evaluate_into
+
+        return evaluate_into(o["run"], o["stores"], o["ood"], out=None if o["report"] else stage.out,
+                             report=stage.out if o["report"] else None, overwrite=True)
+    from .analysis import analyze
+
+    return analyze(o["kind"], store=o["store"], run=o["run"], out=stage.out, k=o["k"], sweep=o["sweep"],
+                   seed=o["seed"], overwrite=True)
 
 
 def run_recipe(path: str | Path, dry_run: bool = False, overrides: list[str] | None = None,

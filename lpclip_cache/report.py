@@ -16,58 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import METHOD_NAMES
-
-COLOURS = {"teacher": "#7f7f7f", "probe": "#1f77b4"}
-MEMBER_COLOURS = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
-
-
-def colour(method: str) -> str:
-    """A fixed colour per method; ensemble members cycle through a palette."""
-    if method in COLOURS:
-        return COLOURS[method]
-    index = int(method.rpartition("-")[2]) if method.startswith("member-") else 0
-    return MEMBER_COLOURS[index % len(MEMBER_COLOURS)]
-
-
-def reliability_panel(axis: Any, probs: np.ndarray, labels: np.ndarray, method: str, title: str) -> None:
-    """Accuracy per confidence bin (15 equal-width bins) against the diagonal."""
-    from .metrics import reliability_bins
-
-    bins = reliability_bins(probs, labels, 15)
-    edges = np.asarray(bins["edges"])
-    axis.bar(edges[:-1], np.nan_to_num(np.asarray(bins["accuracy"])), width=np.diff(edges), align="edge",
-             color=colour(method), edgecolor="black", linewidth=0.5)
-    axis.plot([0, 1], [0, 1], "--", color="black", linewidth=1)
-    axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _outputs(run: Any, store_path: str) -> tuple[dict[str, np.ndarray], np.ndarray, list[int] | None]:
-    """Each method's probabilities and the labels of one in-distribution store's valid rows, as
-    ``evaluate`` scores them (on its class subset when it has one), and that subset."""
-    from .evaluation import class_subset, in_distribution_outputs
-    from .store import FeatureStore
-
-    store = FeatureStore(store_path)
-    outputs, labels = in_distribution_outputs(run, store)
-    return {m: o.probs for m, o in outputs.items()}, labels, class_subset(store)
-
-
-def _ood_outputs(run: Any, store_path: str, classes: list[int] | None) -> dict[str, np.ndarray]:
-    """Each method's probabilities on an OOD store over ``classes``, the reference's class space."""
-    from .evaluation import outputs_in
-    from .store import FeatureStore
-
-    return {m: o.probs for m, o in outputs_in(run, FeatureStore(store_path), classes).items()}
+from .evaluation import METHOD_NAMES, Evaluation, StoreOutputs
+from .figures import colour, pyplot, reliability_panel, save
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,117 +38,140 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
     return fpr, tpr
 
 
-def write_report_folder(report: dict[str, Any], run_path: str, folder: Path, replace: bool = False) -> list[Path]:
-    """Write report.json, report.md and the plots into ``folder``; return the plot paths.
+def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None = None, report: str | None = None,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """``evaluate``: score the run once, then write ``out`` (the report JSON) and/or the ``report``
+    folder (JSON, Markdown, figures) when given; return the report. Both outputs are checked
+    before anything is read, and an old one is replaced only once its inputs have proven sound."""
+    from .evaluation import score
+    from .outputs import is_report, is_report_folder, prepare_output, refuse_output_inside, write_report
+
+    run, stores, ood = str(run), [str(s) for s in stores], [str(s) for s in ood]
+    for option, target in (("--out", out), ("--report", report)):
+        if target:
+            refuse_output_inside(str(target), [run, *stores, *ood], option)
+    if out:
+        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
+    if report:
+        prepare_output(Path(report), overwrite, is_report_folder, "report folder", remove=False)
+    evaluation = score(run, stores, ood)
+    if out:
+        write_report(evaluation.report, out, overwrite)
+    if report:
+        write_report_folder(evaluation, Path(report), replace=overwrite)  # an old folder goes once the new is whole
+    return evaluation.report
+
+
+def write_report_folder(evaluation: Evaluation, folder: Path, replace: bool = False) -> list[Path]:
+    """Write report.json, report.md and the figures of an evaluation into ``folder``; return the
+    figure paths. Nothing is read or scored again.
 
     The folder is filled under a hidden name and renamed into place whole; a report folder
     already at ``folder`` is replaced only with ``replace``, and only then.
     """
-    from .atomic import atomic_dir
+    from . import __version__
+    from .outputs import atomic_dir
 
     folder = Path(folder)
+    report = {"tool": "lpclip-cache", "version": __version__, **evaluation.report}
     with atomic_dir(folder, "report folder", replace) as staging:
-        plots = _write_report_files(report, run_path, staging)
+        first = next(iter(evaluation.stores.values()))
+        methods = list(report.get("methods", METHOD_NAMES))
+        plots = [calibration_figure(first, evaluation.ood, staging / "calibration.png")]
+        for index, (path, store) in enumerate(evaluation.stores.items()):
+            if (store.labels >= 0).any():
+                name = f"{index:03d}-{Path(path).stem}.png"
+                plots.append(reliability_figure(store, report["stores"][path], methods,
+                                                staging / "reliability" / name))
+        if (first.labels >= 0).any():
+            plots.append(risk_coverage_figure(first, methods, staging / "risk_coverage.png"))
+        if evaluation.ood:
+            plots.append(roc_figure(first, evaluation.ood, staging / "roc.png"))
+        if report.get("corruptions"):
+            plots.append(severity_figure(report["corruptions"], staging / "severity.png"))
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.md").write_text(markdown(report, plots, staging))
     return [folder / plot.relative_to(staging) for plot in plots]
 
 
-def _write_report_files(report: dict[str, Any], run_path: str, folder: Path) -> list[Path]:
-    from .probe import load_run
-
-    plt = _pyplot()
-    run = load_run(run_path)
-    methods = list(report.get("methods", METHOD_NAMES))
-    first = next(iter(report["stores"]))
-    probs, labels, classes = _outputs(run, first)
-    # read once, used by two plots; in the first store's class space, as evaluate scores them
-    ood_probs = {path: _ood_outputs(run, path, classes) for path in report["ood"]}
-    known = labels >= 0
-    plots: list[Path] = []
-
+def calibration_figure(first: StoreOutputs, ood: dict[str, StoreOutputs], path: Path) -> Path:
+    """The teacher's and the probe's reliability on the first store (top) and confidence
+    histograms there and on every OOD store (bottom)."""
+    plt = pyplot()
+    known = first.labels >= 0
     fig, axes = plt.subplots(2, len(METHOD_NAMES), figsize=(5 * len(METHOD_NAMES), 8), squeeze=False)
     for col, method in enumerate(METHOD_NAMES):
-        p = probs[method]
+        p = first.probs(method)
         if known.any():
-            reliability_panel(axes[0][col], p[known], labels[known], method,
-                              f"{method}: reliability ({Path(first).name})")
+            reliability_panel(axes[0][col], p[known], first.labels[known], method,
+                              f"{method}: reliability ({Path(first.path).name})")
         axes[1][col].hist(p.max(axis=1), bins=30, range=(0, 1), color=colour(method), alpha=0.8, label="in-dist.")
-        for ood_path, outputs in ood_probs.items():
-            axes[1][col].hist(outputs[method].max(axis=1), bins=30, range=(0, 1), histtype="step", linewidth=1.5,
-                              label=Path(ood_path).name)
+        for ood_path, outputs in ood.items():
+            axes[1][col].hist(outputs.probs(method).max(axis=1), bins=30, range=(0, 1), histtype="step",
+                              linewidth=1.5, label=Path(ood_path).name)
         axes[1][col].set(xlabel="confidence", ylabel="samples", title=f"{method}: confidence histogram")
         axes[1][col].legend(fontsize=8)
     fig.tight_layout()
-    plots.append(folder / "calibration.png")
-    fig.savefig(plots[-1], dpi=100)
-    plt.close(fig)
+    return save(fig, path)
 
-    # a reliability diagram per in-distribution store with labels, every method side by side
-    for index, path in enumerate(report["stores"]):
-        store_probs, store_labels, _ = (probs, labels, classes) if path == first else _outputs(run, path)
-        seen = store_labels >= 0
-        if not seen.any():
-            continue
-        fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
-        for col, method in enumerate(methods):
-            ece = report["stores"][path][method]["ece"]
-            reliability_panel(axes[0][col], store_probs[method][seen], store_labels[seen], method,
-                              f"{method} (ECE {ece:.3f})")
-        fig.suptitle(Path(path).name)
-        fig.tight_layout()
-        plots.append(folder / "reliability" / f"{index:03d}-{Path(path).stem}.png")
-        plots[-1].parent.mkdir(exist_ok=True)
-        fig.savefig(plots[-1], dpi=80)
-        plt.close(fig)
 
-    if known.any():
-        fig, axis = plt.subplots(figsize=(5, 4))
-        for method in methods:
-            coverage, risk = risk_coverage(probs[method][known], labels[known])
-            axis.plot(coverage, risk, color=colour(method), label=method,
-                      linewidth=1.0 if method.startswith("member-") else 2.0)
-        axis.set(xlabel="coverage", ylabel="risk (error rate)", title="risk-coverage", xlim=(0, 1), ylim=(0, 1))
-        axis.legend(fontsize=8)
-        fig.tight_layout()
-        plots.append(folder / "risk_coverage.png")
-        fig.savefig(plots[-1], dpi=100)
-        plt.close(fig)
+def reliability_figure(store: StoreOutputs, entry: dict[str, Any], methods: list[str], path: Path) -> Path:
+    """A reliability diagram per method, side by side, on one store with labels."""
+    plt = pyplot()
+    seen = store.labels >= 0
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
+    for col, method in enumerate(methods):
+        reliability_panel(axes[0][col], store.probs(method)[seen], store.labels[seen], method,
+                          f"{method} (ECE {entry[method]['ece']:.3f})")
+    fig.suptitle(Path(store.path).name)
+    fig.tight_layout()
+    return save(fig, path, dpi=80)
 
-    if report["ood"]:
-        fig, axis = plt.subplots(figsize=(5, 4))
-        for ood_path, outputs in ood_probs.items():
-            for method in METHOD_NAMES:
-                fpr, tpr = roc_curve(probs[method].max(axis=1), outputs[method].max(axis=1))
-                axis.plot(fpr, tpr, color=colour(method), label=f"{method} vs {Path(ood_path).name}")
-        axis.plot([0, 1], [0, 1], ":", color="black")
-        axis.set(xlabel="false-positive rate (ID flagged)", ylabel="true-positive rate (OOD flagged)", title="ROC")
-        axis.legend(fontsize=7)
-        fig.tight_layout()
-        plots.append(folder / "roc.png")
-        fig.savefig(plots[-1], dpi=100)
-        plt.close(fig)
 
-    corruptions = report.get("corruptions", {})
-    if corruptions:
-        names = sorted(next(iter(corruptions.values()))["error"])
-        fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6), squeeze=False)
-        for col, name in enumerate(names):
-            for row, key in enumerate(("error", "ece")):
-                for method, entry in corruptions.items():
-                    severities = sorted(entry[key][name], key=int)
-                    axes[row][col].plot([int(s) for s in severities], [entry[key][name][s] for s in severities],
-                                        marker="o", markersize=3, color=colour(method), label=method,
-                                        linewidth=1.0 if method.startswith("member-") else 2.0)
-                axes[row][col].set(title=name.replace("_", " "), xlabel="severity", ylabel=key,
-                                   ylim=(0, 1 if key == "error" else None))
-            axes[0][col].legend(fontsize=7)
-        fig.tight_layout()
-        plots.append(folder / "severity.png")
-        fig.savefig(plots[-1], dpi=100)
-        plt.close(fig)
+def risk_coverage_figure(first: StoreOutputs, methods: list[str], path: Path) -> Path:
+    """Risk against coverage of every method on the first store."""
+    fig, axis = pyplot().subplots(figsize=(5, 4))
+    known = first.labels >= 0
+    for method in methods:
+        coverage, risk = risk_coverage(first.probs(method)[known], first.labels[known])
+        axis.plot(coverage, risk, color=colour(method), label=method,
+                  linewidth=1.0 if method.startswith("member-") else 2.0)
+    axis.set(xlabel="coverage", ylabel="risk (error rate)", title="risk-coverage", xlim=(0, 1), ylim=(0, 1))
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
 
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "report.md").write_text(markdown(report, plots, folder))
-    return plots
+
+def roc_figure(first: StoreOutputs, ood: dict[str, StoreOutputs], path: Path) -> Path:
+    """ROC curves of the maximum softmax probability, the first store against each OOD store."""
+    fig, axis = pyplot().subplots(figsize=(5, 4))
+    for ood_path, outputs in ood.items():
+        for method in METHOD_NAMES:
+            fpr, tpr = roc_curve(first.scores[method]["msp"], outputs.scores[method]["msp"])
+            axis.plot(fpr, tpr, color=colour(method), label=f"{method} vs {Path(ood_path).name}")
+    axis.plot([0, 1], [0, 1], ":", color="black")
+    axis.set(xlabel="false-positive rate (ID flagged)", ylabel="true-positive rate (OOD flagged)", title="ROC")
+    axis.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def severity_figure(corruptions: dict[str, Any], path: Path) -> Path:
+    """Error (top) and ECE (bottom) against severity, a panel per corruption, a line per method."""
+    names = sorted(next(iter(corruptions.values()))["error"])
+    fig, axes = pyplot().subplots(2, len(names), figsize=(3.2 * len(names), 6), squeeze=False)
+    for col, name in enumerate(names):
+        for row, key in enumerate(("error", "ece")):
+            for method, entry in corruptions.items():
+                severities = sorted(entry[key][name], key=int)
+                axes[row][col].plot([int(s) for s in severities], [entry[key][name][s] for s in severities],
+                                    marker="o", markersize=3, color=colour(method), label=method,
+                                    linewidth=1.0 if method.startswith("member-") else 2.0)
+            axes[row][col].set(title=name.replace("_", " "), xlabel="severity", ylabel=key,
+                               ylim=(0, 1 if key == "error" else None))
+        axes[0][col].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 def markdown(report: dict[str, Any], plots: list[Path], folder: Path) -> str:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .errors import InputError, StoreError
+from .errors import StoreError
+from .outputs import filesystem, is_url, prepare_output, write_error
 
 FORMAT_VERSION = 1
 ATTR = "lpclip_cache"
@@ -59,18 +60,6 @@ def row_order(n: int) -> np.ndarray:
     return np.random.default_rng([n, 0x0D3D]).permutation(n)
 
 
-def is_url(target: str | Path) -> bool:
-    """True for an fsspec URL (``s3://...``, ``gs://...``, ``file://...``), False for a plain path."""
-    return "://" in str(target)
-
-
-def filesystem(target: str | Path) -> tuple[Any, str]:
-    """The fsspec filesystem of a path or URL, and the path within it."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(str(target))
-
-
 def store_name(target: str | Path) -> str:
     """The last component of a store's path or URL (for progress lines)."""
     return str(target).rstrip("/").rsplit("/", 1)[-1]
@@ -91,48 +80,6 @@ def is_store(path: str | Path) -> bool:
         return False
     attributes = document.get("attributes") if isinstance(document, dict) else None
     return isinstance(attributes, dict) and ATTR in attributes
-
-
-def refuse_output_inside(out: str | Path, inputs: list[str | Path], option: str = "--out") -> None:
-    """An InputError when ``out`` is one of the inputs or lies inside one (local paths only).
-
-    Writing there would mix outputs into a store or run, or (with --overwrite) replace an input.
-    """
-    if is_url(out):
-        return
-    target = Path(out).expanduser().resolve()
-    for given in inputs:
-        if is_url(given):
-            continue
-        source = Path(given).expanduser().resolve()
-        if target == source or source in target.parents:
-            raise InputError(
-                f"{option} '{out}' lies inside the input '{given}': write it elsewhere, beside the input"
-            )
-
-
-def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str, remove: bool = True) -> None:
-    """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours.
-
-    ``remove=False`` only checks, so a command can refuse early and delete the old output once
-    its inputs have proven sound (a bad input then leaves the old output as it was).
-    """
-    fs, inner = filesystem(path)
-    if not fs.exists(inner):
-        return
-    if not overwrite:
-        raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another --out")
-    if fs.isdir(inner) and not fs.ls(inner):
-        if remove:
-            fs.rm(inner, recursive=True)
-        return
-    if not is_ours(path):
-        raise StoreError(
-            f"'{path}' exists and is not a {what} written by lpclip-cache: refusing to delete it; "
-            "choose another --out"
-        )
-    if remove:
-        fs.rm(inner, recursive=True)
 
 
 @dataclass(frozen=True)
@@ -191,10 +138,8 @@ class StoreLock:
                 self.handle.seek(0)
                 holder = self.handle.read().strip() or "another process"
                 self.handle.close()
-                raise StoreError(
-                    f"store '{str(self.path)[:-5]}' is being written by {holder}: wait for it to finish, "
-                    "or write another --out"
-                ) from None
+                raise StoreError(f"store '{str(self.path)[:-5]}' is being written by {holder}: wait for it to finish, "
+                                 "or write another --out") from None
             if self._still_linked():
                 break
             self.handle.close()  # the holder deleted this file as it let go: lock the one now there
@@ -218,61 +163,64 @@ class StoreLock:
         self.handle.close()
 
 
-def start_store(path: str | Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> str:
-    """Make ``path`` ready for extraction; returns ``new``, ``resume`` or ``complete``.
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the store: its shape, dtype, fill value and chunk shape."""
 
-    A store with the same cache key is resumed (its done shards are kept); one with another key
-    is refused, naming the fields that differ, unless ``overwrite``.
-    """
-    if is_store(path) and not overwrite:
-        meta = dict(open_group(path, mode="r").attrs[ATTR])
-        if meta.get("cache_key") != cache_key(manifest):
-            fields = manifest_diff(meta.get("manifest", {}), manifest)
-            raise StoreError(
-                f"store '{path}' was made with another configuration (differs in: {', '.join(fields[:8])}"
-                f"{' ...' if len(fields) > 8 else ''}): use the same options to resume it, --overwrite to "
-                "replace it, or another --out"
-            )
-        return "complete" if meta.get("complete") else "resume"
-    create_store(path, layout, manifest, overwrite)
-    return "new"
+    shape: tuple[int, ...]
+    dtype: str
+    fill: Any
+    chunks: tuple[int, ...]
+
+    @property
+    def kinds(self) -> str:
+        """The numpy dtype kinds a reader accepts for it (a float16 array read back as float32 is fine)."""
+        return {"float16": "f", "float32": "f", "int16": "iu", "int32": "iu", "uint8": "iu", "bool": "b",
+                "str": "TUO"}[self.dtype]
+
+
+def schema(layout: Layout) -> dict[str, ArraySpec]:
+    """Every array a store of this layout holds: what ``create_store`` allocates and what
+    ``FeatureStore`` checks on opening. Rows are chunked one shard long, so each shard is written
+    by one owner; ``done`` has one chunk per shard, so each owner marks its shard done alone."""
+    rows = min(layout.shard_size, max(1, layout.n))
+
+    def spec(shape: tuple[int, ...], dtype: str, fill: Any) -> ArraySpec:
+        return ArraySpec(shape, dtype, fill, (rows, *shape[1:]))
+
+    out: dict[str, ArraySpec] = {}
+    for kind in VIEW_KINDS:
+        views = layout.views(kind)
+        if views == 0:
+            continue
+        lead = (layout.n,) if kind == "clean" else (layout.n, views)
+        out[f"{kind}/emb"] = spec((*lead, layout.dim), "float16", np.nan)
+        out[f"{kind}/label"] = spec(lead, "int16", -1)
+        out[f"{kind}/conf"] = spec(lead, "float32", np.nan)
+    head = (layout.n_classes, layout.dim)
+    out["head"] = ArraySpec(head, "float32", np.nan, head)
+    out["labels"] = spec((layout.n,), "int32", -1)
+    out["valid"] = spec((layout.n,), "bool", False)
+    out["keys"] = spec((layout.n,), "str", None)
+    out["reason"] = spec((layout.n,), "str", None)
+    out["done"] = ArraySpec((layout.n_shards,), "uint8", 0, (1,))
+    return out
 
 
 def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
-    """Create an empty store with every array allocated (unwritten floats read as NaN).
+    """Create an empty store with every array of ``schema`` allocated (unwritten floats read as NaN).
 
     Embeddings are uncompressed unless ``manifest["storage"]["compression"]`` is ``zstd``: fp16
     embeddings compress about 1.09x while zstd cuts chunk reads several-fold.
     """
     prepare_output(path, overwrite, is_store, "store")
     root = open_group(path, mode="w-")
-    rows = layout.shard_size
-    compression = manifest.get("storage", {}).get("compression", "none")
-    emb_codecs = [zarr.codecs.ZstdCodec(level=3)] if compression == "zstd" else None
-
-    def array(name: str, shape: tuple[int, ...], dtype: str, fill: Any) -> None:
-        chunks = (min(rows, max(1, shape[0])), *shape[1:]) if shape else ()
-        codecs = emb_codecs if name.endswith("/emb") else None
-        root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=codecs)
-
-    for kind in VIEW_KINDS:
-        views = layout.views(kind)
-        if views == 0:
-            continue
-        lead = (layout.n,) if kind == "clean" else (layout.n, views)
-        array(f"{kind}/emb", (*lead, layout.dim), "float16", np.nan)
-        array(f"{kind}/label", lead, "int16", -1)
-        array(f"{kind}/conf", lead, "float32", np.nan)
-    root.create_array(
-        "head", shape=(layout.n_classes, layout.dim), chunks=(layout.n_classes, layout.dim), dtype="float32",
-        fill_value=np.nan, compressors=None,
-    )
-    array("labels", (layout.n,), "int32", -1)
-    array("valid", (layout.n,), "bool", False)
-    for name in ("keys", "reason"):
-        root.create_array(name, shape=(layout.n,), chunks=(min(rows, layout.n),), dtype=str, compressors=None)
-    # one chunk per shard: each shard's owner marks it done without touching another's chunk
-    root.create_array("done", shape=(layout.n_shards,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None)
+    zstd = manifest.get("storage", {}).get("compression", "none") == "zstd"
+    for name, spec in schema(layout).items():
+        codecs = [zarr.codecs.ZstdCodec(level=3)] if zstd and name.endswith("/emb") else None
+        fill = {} if spec.fill is None else {"fill_value": spec.fill}
+        dtype = str if spec.dtype == "str" else spec.dtype
+        root.create_array(name, shape=spec.shape, chunks=spec.chunks, dtype=dtype, compressors=codecs, **fill)
     root.attrs[ATTR] = {
         "format_version": FORMAT_VERSION,
         "manifest": manifest,
@@ -281,6 +229,149 @@ def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], ove
         "complete": False,
     }
     return root
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Where a store stands: ``missing`` (nothing of ours there), ``partial`` (``done`` of
+    ``shards`` shards written) or ``complete``."""
+
+    kind: str
+    done: int = 0
+    shards: int = 0
+
+    def __str__(self) -> str:
+        return f"partial ({self.done} of {self.shards} shards)" if self.kind == "partial" else self.kind
+
+
+def state(path: str | Path) -> StoreState:
+    """The state of the store at ``path`` (a local path or an fsspec URL), read from its own
+    metadata; a store whose metadata cannot be read is a StoreError naming it."""
+    if not is_store(path):
+        return StoreState("missing")
+    try:
+        group = open_group(path, mode="r")
+        done = np.asarray(group["done"][:])
+        complete = bool(group.attrs[ATTR].get("complete"))
+    except Exception as exc:  # zarr raises many types on malformed metadata
+        raise StoreError(f"store '{path}' is damaged or was not written by lpclip-cache: its metadata cannot be "
+                         f"read ({type(exc).__name__}); re-extract it") from exc
+    return StoreState("complete" if complete else "partial", int(np.count_nonzero(done)), int(done.size))
+
+
+def expand_stores(paths: list[str]) -> list[str]:
+    """Each path as given, except a local folder that is not itself a store but holds stores (as
+    ``extract --corrupt all`` writes): its stores, sorted by name."""
+    out: list[str] = []
+    for path in paths:
+        folder = Path(path)
+        if not is_url(path) and folder.is_dir() and not is_store(folder):
+            children = sorted(str(p) for p in folder.iterdir() if p.is_dir() and is_store(p))
+            if children:
+                out.extend(children)
+                continue
+        out.append(path)
+    return out
+
+
+RESUME = "run the same command again: it resumes, keeping the shards already done"
+
+
+class StoreWriter:
+    """The write side of a store: the lock, creating or resuming, shards, and completion.
+
+    The main process ``begin``s (taking the lock on a local store, creating the store or checking
+    the one there has the same cache key, writing the head) and ``finish``es (every shard done:
+    list invalid samples, mark the store complete). Every process writes the shards it owns with
+    ``write_shard``, which sets a shard's done bit only once all its rows are written.
+    """
+
+    def __init__(self, path: str | Path, layout: Layout, manifest: dict[str, Any]) -> None:
+        self.path, self.layout, self.manifest = path, layout, manifest
+        self.lock: StoreLock | None = None
+        self._group: zarr.Group | None = None
+
+    @property
+    def group(self) -> zarr.Group:
+        if self._group is None:
+            self._group = open_group(self.path, mode="r+")
+        return self._group
+
+    def begin(self, head: np.ndarray, overwrite: bool = False) -> str:
+        """Lock, then create the store or resume it; returns ``new``, ``resume`` or ``complete``.
+
+        A store with the same cache key is resumed (its done shards are kept); one with another key
+        is refused, naming the fields that differ, unless ``overwrite``.
+        """
+        if not is_url(self.path):  # an OS lock needs a local file; on a URL the user keeps writers apart
+            self.lock = StoreLock(Path(self.path)).__enter__()
+        try:
+            if is_store(self.path) and not overwrite:
+                meta = dict(open_group(self.path, mode="r").attrs[ATTR])
+                if meta.get("cache_key") != cache_key(self.manifest):
+                    fields = manifest_diff(meta.get("manifest", {}), self.manifest)
+                    raise StoreError(
+                        f"store '{self.path}' was made with another configuration (differs in: "
+                        f"{', '.join(fields[:8])}{' ...' if len(fields) > 8 else ''}): use the same options to "
+                        "resume it, --overwrite to replace it, or another --out"
+                    )
+                return "complete" if meta.get("complete") else "resume"
+            self._group = create_store(self.path, self.layout, self.manifest, overwrite)
+            self._group["head"][...] = head
+            return "new"
+        except OSError as exc:
+            raise write_error("store", self.path, exc, "run the same command again") from exc
+
+    def todo(self, owns: Any) -> list[int]:
+        """The shards not done yet that ``owns(shard)`` gives to this process."""
+        done = np.asarray(self.group["done"][:])
+        return [s for s in range(self.layout.n_shards) if owns(s) and not done[s]]
+
+    def write_shard(self, shard: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write one shard's rows of every array, then set its done bit."""
+        start = shard * self.layout.shard_size
+        stop = min(self.layout.n, start + self.layout.shard_size)
+        try:
+            for name, value in arrays.items():
+                self.group[name][start:stop] = value
+            self.group["done"][shard] = 1  # only once the shard's chunks are all written
+        except OSError as exc:
+            raise write_error("store", self.path, exc, RESUME) from exc
+
+    def finish(self) -> list[tuple[str, str]]:
+        """Check every shard is done, record the invalid samples, mark the store complete; return
+        the invalid samples' (key, reason)."""
+        now = state(self.path)
+        if now.done < now.shards:
+            raise StoreError(f"store '{self.path}': {now.shards - now.done} shard(s) missing after extraction; "
+                             "run it again")
+        root = self.group
+        bad = np.flatnonzero(~np.asarray(root["valid"][:]))
+        keys, reasons = root["keys"], root["reason"]
+        invalid = [(str(keys[i]), str(reasons[i])) for i in bad.tolist()]
+        meta = {**root.attrs[ATTR], "complete": True, "invalid": [{"key": k, "reason": r} for k, r in invalid]}
+        try:
+            root.attrs[ATTR] = meta  # zarr replaces zarr.json whole (a temporary file, then a rename)
+        except OSError as exc:
+            raise write_error("store", self.path, exc, RESUME) from exc
+        return invalid
+
+    def left(self) -> str:
+        """What an interrupted extraction leaves, and how to finish."""
+        try:
+            now = state(self.path)
+        except StoreError:
+            now = StoreState("missing")
+        if now.kind == "missing":
+            return f"store '{self.path}' is unfinished; run the same command again to resume it"
+        return (f"{now.done} of {now.shards} shards of store '{self.path}' are done; run the same command again "
+                "to resume")
+
+    def release(self) -> None:
+        """Let go of the lock (if this process holds it)."""
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
 
 
 class FeatureStore:
@@ -303,15 +394,11 @@ class FeatureStore:
         except (FileNotFoundError, NotADirectoryError):
             pass  # not a store: said just below
         except OSError as exc:
-            raise StoreError(
-                f"cannot read store '{self.path}' ({exc.strerror or type(exc).__name__}): "
-                "check that you may read it and every file in it"
-            ) from exc
+            raise StoreError(f"cannot read store '{self.path}' ({exc.strerror or type(exc).__name__}): "
+                             "check that you may read it and every file in it") from exc
         if not is_store(self.path):
-            raise StoreError(
-                f"'{self.path}' is not an lpclip-cache store (no zarr.json with an '{ATTR}' attribute): "
-                "pass the --out folder of 'lpclip-cache extract'"
-            )
+            raise StoreError(f"'{self.path}' is not an lpclip-cache store (no zarr.json with an '{ATTR}' attribute): "
+                             "pass the --out folder of 'lpclip-cache extract'")
         try:
             self.group = open_group(self.path, mode="r")
             meta = self.group.attrs[ATTR]
@@ -321,10 +408,8 @@ class FeatureStore:
             raise self.damaged(f"its '{ATTR}' attribute is not a JSON object (got {type(meta).__name__})")
         version = meta.get("format_version")
         if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-            raise StoreError(
-                f"store '{self.path}' has format version {version}, newer than this lpclip-cache reads "
-                f"({FORMAT_VERSION}): upgrade lpclip-cache"
-            )
+            raise StoreError(f"store '{self.path}' has format version {version}, newer than this lpclip-cache reads "
+                             f"({FORMAT_VERSION}): upgrade lpclip-cache")
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise self.damaged(f"its format version is {version!r}, not a version lpclip-cache wrote")
         self.meta = dict(meta)
@@ -334,12 +419,17 @@ class FeatureStore:
             raise self.damaged("its attribute has no cache_key string")
         self._check_arrays()
         if require_complete and not meta.get("complete"):
-            done = int(np.count_nonzero(self.read("done")))
             raise StoreError(
-                f"store '{self.path}' is incomplete ({done} of {self.layout.n_shards} shards written): "
+                f"store '{self.path}' is incomplete ({self.state.done} of {self.state.shards} shards written): "
                 "extraction stopped before the end; run the same extract command again to finish it "
                 "(finished shards are kept)"
             )
+
+    @property
+    def state(self) -> StoreState:
+        """Partial (how many shards are done) or complete."""
+        done = int(np.count_nonzero(self.read("done")))
+        return StoreState("complete" if self.meta.get("complete") else "partial", done, self.layout.n_shards)
 
     def damaged(self, what: str) -> StoreError:
         """The one error of a store whose files are not what lpclip-cache writes."""
@@ -376,25 +466,8 @@ class FeatureStore:
         return manifest
 
     def _check_arrays(self) -> None:
-        """Every array the layout implies exists with its shape and kind of dtype."""
-        layout = self.layout
-        floats, ints, text = "f", "iu", "TUO"
-        expected: dict[str, tuple[tuple[int, ...], str]] = {}
-        for kind in VIEW_KINDS:
-            views = layout.views(kind)
-            if views == 0:
-                continue
-            lead = (layout.n,) if kind == "clean" else (layout.n, views)
-            expected[f"{kind}/emb"] = ((*lead, layout.dim), floats)
-            expected[f"{kind}/label"] = (lead, ints)
-            expected[f"{kind}/conf"] = (lead, floats)
-        expected["head"] = ((layout.n_classes, layout.dim), floats)
-        expected["labels"] = ((layout.n,), ints)
-        expected["valid"] = ((layout.n,), "b")
-        expected["keys"] = ((layout.n,), text)
-        expected["reason"] = ((layout.n,), text)
-        expected["done"] = ((layout.n_shards,), ints)
-        for name, (shape, kinds) in expected.items():
+        """Every array of the layout's ``schema`` exists with its shape and kind of dtype."""
+        for name, spec in schema(self.layout).items():
             try:
                 node = self.group[name]
             except KeyError:
@@ -408,11 +481,10 @@ class FeatureStore:
                 raise self.damaged(f"array '{name}' cannot be opened ({type(exc).__name__})") from exc
             if not isinstance(node, zarr.Array):
                 raise self.damaged(f"'{name}' is a group, not an array")
-            dtype_kind = getattr(node.dtype, "kind", "?")
-            if tuple(node.shape) != shape or dtype_kind not in kinds:
+            if tuple(node.shape) != spec.shape or getattr(node.dtype, "kind", "?") not in spec.kinds:
                 raise self.damaged(
-                    f"array '{name}' is {node.dtype} {tuple(node.shape)}, but its layout needs shape {shape} "
-                    f"({KIND_NAMES[kinds]})"
+                    f"array '{name}' is {node.dtype} {tuple(node.shape)}, but its layout needs shape {spec.shape} "
+                    f"({KIND_NAMES[spec.kinds]})"
                 )
 
     @property
@@ -434,6 +506,11 @@ class FeatureStore:
     def temperature(self) -> float:
         """The teacher's softmax temperature T."""
         return float(self.manifest["teacher"]["temperature"])
+
+    def spans(self, n: int | None = None) -> list[tuple[int, int]]:
+        """Row ranges ``(start, stop)`` one shard long covering ``n`` rows (default: every sample)."""
+        n, rows = self.layout.n if n is None else n, self.layout.shard_size
+        return [(start, min(n, start + rows)) for start in range(0, n, rows)]
 
     def has(self, name: str) -> bool:
         """True when the array ``name`` exists (weak/strong arrays exist only with views)."""
@@ -503,3 +580,49 @@ class FeatureStore:
         except Exception as exc:  # a malformed zarr.json below the root
             raise self.damaged(f"its arrays cannot be listed ({type(exc).__name__})") from exc
         return dict(sorted(out.items()))
+
+    def summary(self) -> dict[str, Any]:
+        """What ``info --json`` prints: completeness, key, format, layout, arrays and manifest."""
+        return {
+            "store": str(self.path),
+            "complete": bool(self.meta.get("complete")),
+            "cache_key": self.cache_key,
+            "format_version": self.meta["format_version"],
+            "layout": self.meta["layout"],
+            "arrays": {name: {"shape": list(s), "dtype": d} for name, (s, d) in self.arrays().items()},
+            "manifest": self.manifest,
+        }
+
+    def describe(self) -> str:
+        """What ``info`` prints: manifest fields (``?`` where a store lacks one), then every array's
+        shape and dtype."""
+
+        def field(dotted: str) -> Any:
+            value: Any = self.manifest
+            for key in dotted.split("."):
+                if not isinstance(value, dict) or key not in value:
+                    return "?"
+                value = value[key]
+            return value
+
+        names, templates, versions = field("classnames"), field("templates"), field("versions")
+        pretrained = field("model.pretrained.value") or field("model.pretrained.kind")
+        templates = templates if isinstance(templates, list) and templates else ["?"]
+        versions = versions if isinstance(versions, dict) else {}
+        lines = [
+            f"store       {self.path} ({'complete' if self.meta.get('complete') else 'INCOMPLETE'})",
+            f"cache key   {self.cache_key}",
+            f"model       {field('model.name')} pretrained={pretrained} "
+            f"quick_gelu={field('model.quick_gelu')} dim={field('model.embed_dim')}",
+            f"teacher     logit_scale={self.logit_scale:.4g} temperature={self.temperature}",
+            f"classes     {len(names)}: {', '.join(names[:10])}" + (" ..." if len(names) > 10 else ""),
+            f"templates   {len(templates)}: {templates[0]!r} ...",
+            f"dataset     {field('dataset.spec')} split={field('dataset.split')} n={field('dataset.n')}",
+            f"views       weak={field('views.weak')} strong={field('views.strong')} "
+            f"seed={field('views.seed')} shard_size={field('views.shard_size')}",
+            f"precision   {field('precision')} on {field('device')}",
+            f"versions    {', '.join(f'{k} {v}' for k, v in versions.items())}",
+            "arrays",
+        ]
+        lines += [f"  {name:<14} {str(tuple(s)):<18} {d}" for name, (s, d) in self.arrays().items()]
+        return "\n".join(lines)

@@ -26,35 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from .config import TrainConfig, check_choices
 from .errors import InputError, Interrupted, StoreError
 from .progress import Progress
-
-METHODS = ("lpclip", "supervised")
-
-
-@dataclass
-class TrainConfig:
-    """Options of ``train``; all of them are recorded in run.json."""
-
-    store: str
-    out: str
-    method: str = "lpclip"
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    init: str = "zeroshot"
-    weighting: str = "confidence"
-    targets: str = "hard"
-    threshold: float = 0.0
-    student: str = "strong"
-    max_views: int | None = None
-    ensemble: int = 1
-    holdout: float = 0.0
-    overwrite: bool = False
-    progress: bool = True
-    memory_budget: int | None = None
 
 
 def weighted_cross_entropy(logits: Any, targets: Any, weights: Any) -> Any:
@@ -68,18 +42,11 @@ def weighted_cross_entropy(logits: Any, targets: Any, weights: Any) -> Any:
 
 def check_config(config: TrainConfig) -> None:
     """Reject impossible options before anything is read."""
-    if config.method not in METHODS:
-        raise InputError(f"--method must be one of {', '.join(METHODS)}, got '{config.method}'")
-    if config.init not in ("zeroshot", "random"):
-        raise InputError(f"--init must be zeroshot or random, got '{config.init}'")
+    check_choices(config)
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
     if not config.lr > 0 or config.weight_decay < 0:
         raise InputError("--lr must be positive and --weight-decay non-negative")
-    choices = {"weighting": ("confidence", "none"), "targets": ("hard", "soft"), "student": ("strong", "weak")}
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise InputError(f"--{name} must be one of {', '.join(allowed)}, got '{getattr(config, name)}'")
     if not 0.0 <= config.threshold < 1.0:
         raise InputError(f"--threshold must be in [0, 1), got {config.threshold}")
     if not 0.0 <= config.holdout < 1.0:
@@ -196,7 +163,7 @@ def member_batches(
     """Per ensemble member: student rows, targets and weights for every row of a buffer (torch)."""
     import torch
 
-    from .probe import softmax, teacher_logits
+    from .zeroshot import softmax, teacher_logits
 
     n = len(buffer)
     name = f"{buffer.student}/emb"
@@ -226,9 +193,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """Train one probe (or an ensemble) from a store and save it as a run; return a summary."""
     import torch
 
-    from .probe import is_run, save_run
+    from .outputs import is_url, prepare_output, refuse_output_inside
+    from .runs import is_run, save_run
     from .sampling import MEMORY_BUDGET_BYTES, PairSource, holdout_shards
-    from .store import FeatureStore, is_url, prepare_output, refuse_output_inside
+    from .store import FeatureStore
 
     check_config(config)
     refuse_output_inside(config.out, [config.store])
@@ -270,10 +238,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         optimizer = torch.optim.AdamW([weight, bias], lr=config.lr, weight_decay=config.weight_decay)
     # label-free progress signal: agreement with the teacher's clean-view pseudo-labels, on the
     # held-out shards when there are any (model selection), else on the first rows
-    size = store.layout.shard_size
-    spans = [(s * size, min(store.layout.n, (s + 1) * size)) for s in sorted(held_out)] or [
-        (0, min(store.layout.n, 4096))
-    ]
+    spans = [store.spans()[s] for s in sorted(held_out)] or [(0, min(store.layout.n, 4096))]
     kept = np.concatenate([store.read_rows("valid", a, b) for a, b in spans])
     monitor_emb = np.concatenate([store.read_rows("clean/emb", a, b) for a, b in spans])[kept]
     monitor = torch.from_numpy(monitor_emb.astype(np.float32))

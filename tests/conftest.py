@@ -123,8 +123,8 @@ def write_store(
     shard_size: int = 64,
 ) -> Path:
     """A complete store from given embeddings, written through the store API (teacher outputs computed)."""
-    from lpclip_cache.probe import teacher_outputs
     from lpclip_cache.store import Layout, create_store
+    from lpclip_cache.zeroshot import teacher_outputs
 
     n, dim = clean.shape
     layout = Layout(n, dim, head.shape[0], 0 if weak is None else weak.shape[1],

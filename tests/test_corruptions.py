@@ -256,7 +256,7 @@ def test_elastic_transform_warps_per_sample(cifar_images):
 
 @pytest.mark.parametrize(
     ("spec", "count"),
-    [("all", 75), ("all:3", 15), ("fog:all", 5), ("jpeg_compression:2", 1), ("saturate:1", 1)],
+    [("all", 75), ("all:3", 15), ("fog:all", 5), ("fog:1,3", 2), ("jpeg_compression:2", 1), ("saturate:1", 1)],
 )
 def test_specs_expand_to_every_pair(spec, count):
     pairs = C.expand(spec)
@@ -264,7 +264,7 @@ def test_specs_expand_to_every_pair(spec, count):
     assert all(name in C.CORRUPTIONS and 1 <= s <= 5 for name, s in pairs)
 
 
-@pytest.mark.parametrize("spec", ["fog:0", "fog:6", "rain:2", "fog", "all:x", ""])
+@pytest.mark.parametrize("spec", ["fog:0", "fog:6", "rain:2", "fog", "all:x", "", "fog:1,", "fog:1,6"])
 def test_bad_specs_are_refused(spec):
     with pytest.raises(ValueError):
         C.expand(spec)

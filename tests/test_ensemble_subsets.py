@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from lpclip_cache.cli import main
 from lpclip_cache.evaluation import evaluate, ood_scores, outputs_in
-from lpclip_cache.probe import load_run, save_run
+from lpclip_cache.runs import load_run, save_run
 from lpclip_cache.store import FeatureStore, cache_key
 
 CLASSES, HALF = 6, 12  # separable world: in-distribution in the first HALF dims, OOD in the rest
@@ -267,14 +267,15 @@ def test_ood_stores_are_scored_in_the_reference_class_space(trained, tmp_path):
     mixed = hand_scores(member_logits(t["ood_emb"], run.weight, run.bias))["msp"]
     assert abs(sklearn_auroc(expected["probe"][0]["msp"], mixed) - entry["probe"]["auroc"]) > 0.1
     # the report folder plots what evaluate scored: its ROC area is the reported AUROC
-    from lpclip_cache.report import _ood_outputs, roc_curve
+    from lpclip_cache.evaluation import score
+    from lpclip_cache.report import roc_curve
 
     folder = tmp_path / "report"
     result = CliRunner().invoke(main, ["evaluate", "--run", str(t["run"]), "--store", str(t["subset"]), "--ood",
                                        str(t["ood"]), "--report", str(folder)])
     assert result.exit_code == 0, result.stderr
     assert (folder / "roc.png").is_file()
-    plotted = _ood_outputs(run, str(t["ood"]), SUBSET)["probe"].max(axis=1)
+    plotted = score(str(t["run"]), [str(t["subset"])], [str(t["ood"])]).ood[str(t["ood"])].scores["probe"]["msp"]
     fpr, tpr = roc_curve(expected["probe"][0]["msp"], plotted)
     assert np.trapezoid(tpr, fpr) == pytest.approx(entry["probe"]["auroc"], abs=1e-3)
 

@@ -37,7 +37,7 @@ def softmax(x):
 
 
 def test_report_equals_metrics_recomputed_from_stored_embeddings(world):
-    from lpclip_cache.probe import load_run
+    from lpclip_cache.runs import load_run
 
     report = evaluate(str(world["run"]), [str(world["test"])], [str(world["ood"])])
     run = load_run(world["run"])
@@ -195,7 +195,7 @@ def test_corrupted_stores_are_aggregated_for_the_teacher_the_ensemble_and_each_m
 
     from lpclip_cache.cli import main
     from lpclip_cache.extraction import ExtractConfig, extract
-    from lpclip_cache.probe import load_run
+    from lpclip_cache.runs import load_run
     from lpclip_cache.store import FeatureStore
     from lpclip_cache.training import TrainConfig, train
 

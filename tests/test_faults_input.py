@@ -595,7 +595,7 @@ def test_nan_in_an_invalid_row_is_ignored(stores, tmp_path):
     result = invoke("train", "--store", store, "--out", tmp_path / "run", "--epochs", "1", "--quiet", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["samples"] == 47
-    from lpclip_cache.probe import load_run
+    from lpclip_cache.runs import load_run
 
     assert np.isfinite(load_run(tmp_path / "run").weight).all()
 

@@ -34,7 +34,7 @@ from conftest import clustered_embeddings, run_cli, write_store
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
 from lpclip_cache.extraction import ExtractConfig, extract
-from lpclip_cache.probe import load_run
+from lpclip_cache.runs import load_run
 from lpclip_cache.store import FeatureStore, StoreLock
 from lpclip_cache.training import TrainConfig, train
 
@@ -438,7 +438,7 @@ def test_run_interrupted_while_saved_is_absent(train_store, tmp_path, monkeypatc
 
 
 def test_a_run_written_meanwhile_by_another_process_is_not_replaced(tmp_path):
-    from lpclip_cache.atomic import atomic_dir
+    from lpclip_cache.outputs import atomic_dir
 
     run = tmp_path / "run"
     with pytest.raises(StoreError, match=rf"run '{run}' was written by another process while this one was working"):

@@ -55,6 +55,7 @@ def test_a_dry_run_lists_the_variables_a_recipe_still_needs(tmp_path):
 
 SMALL = ["datasets.train.data=shapes:train:n=240", "datasets.test.data=shapes:test:n=160",
          "datasets.outline.data=shapes:test:outline:n=160", "datasets.texture.data=shapes:test:texture:n=160",
+         "datasets.gaussian_noise.data=shapes:test:n=160", "datasets.gaussian_blur.data=shapes:test:n=160",
          "datasets.contrast.data=shapes:test:n=160", "datasets.strokes.data=shapes:ood:n=160", "views.weak=2",
          "views.strong=2", "train.lpclip.epochs=2", "train.supervised.epochs=2"]
 
@@ -63,16 +64,16 @@ def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shape
     out = tmp_path / "demo"
     sets = [*SMALL, f"out={out}"]
     first = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert first["skipped"] == [] and len(first["ran"]) == 14
+    assert first["skipped"] == [] and len(first["ran"]) == 16
     report = json.loads((out / "reports" / "lpclip" / "report.json").read_text())
     assert report["methods"] == ["teacher", "probe"]
-    assert len(report["stores"]) == 3 + 5  # test, outline, texture, then contrast-1..5
-    assert set(report["corruptions"]["probe"]["error"]) == {"contrast"}
+    assert len(report["stores"]) == 3 + 15  # test, outline, texture, then three corruptions at severities 1..5
+    assert set(report["corruptions"]["probe"]["error"]) == {"gaussian_noise", "gaussian_blur", "contrast"}
     assert (out / "analysis" / "clusters-test-lpclip.json").is_file()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()}
 
     again = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert again["ran"] == [] and len(again["skipped"]) == 14
+    assert again["ran"] == [] and len(again["skipped"]) == 16
     assert {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()} == stamps
 
     changed = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=[*sets, "train.lpclip.epochs=3"],

@@ -10,7 +10,7 @@ import pytest
 from conftest import clustered_embeddings, write_store
 
 from lpclip_cache.errors import StoreError
-from lpclip_cache.probe import load_run
+from lpclip_cache.runs import load_run
 from lpclip_cache.training import TrainConfig, train, weighted_cross_entropy
 
 

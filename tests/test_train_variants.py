@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import clustered_embeddings, unit, write_store
 
-from lpclip_cache.probe import load_run
+from lpclip_cache.runs import load_run
 from lpclip_cache.sampling import Buffer
 from lpclip_cache.training import TrainConfig, member_batches, soft_cross_entropy, train
 
@@ -234,7 +234,7 @@ def test_ablate_trains_every_variant_into_one_table(stores, tmp_path):
 def test_label_free_selection_holds_out_shards_and_never_reads_labels(stores, tmp_path):
     import json
 
-    from lpclip_cache.select import SelectConfig, select
+    from lpclip_cache.selection import SelectConfig, select
 
     results = []
     for which in ("store", "scrambled"):

@@ -25,7 +25,7 @@ from lpclip_cache.world.teacher import TeacherConfig
 
 # The demo's own teacher (trained once for this module, about two minutes on 2 cores: shorter
 # trainings stay near chance), with smaller data sets around it.
-SMALL_DEMO = dict(train_n=600, test_n=150, weak_views=2, strong_views=2, epochs=15, severities=(1, 3))
+SMALL_DEMO = dict(train_n=600, test_n=150, views=2, epochs=15, severities=(1, 3))
 
 
 def test_rendering_is_a_function_of_seed_and_split():

@@ -9,39 +9,41 @@ Every stage is an ordinary library call, the same the command line makes.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .teacher import MODEL_NAME, TeacherConfig
+from ..config import NEIGHBORS_K, DemoConfig
+from .teacher import MODEL_NAME
 
 METHODS = ("teacher", "lpclip", "supervised")
-STYLE_SHIFTS = ("outline", "texture")
-CORRUPTIONS = ("gaussian_noise", "gaussian_blur", "contrast")
-SEVERITIES = (1, 2, 3, 4, 5)
 TABLE_METRICS = ("accuracy", "ece", "nll")
 
 
-@dataclass
-class DemoConfig:
-    """Sizes and seeds of one demo run; the defaults are the README's demo."""
+def recipe_path() -> Path:
+    """The demo's recipe, the one definition of its datasets, views, probes and analyses
+    (``pipelines/demo.toml`` is the same file)."""
+    from importlib import resources
 
-    out: str = "demo-out"
-    seed: int = 0
-    train_n: int = 4000
-    test_n: int = 1000
-    weak_views: int = 4
-    strong_views: int = 4
-    epochs: int = 30
-    lr: float = 1e-2
-    severities: tuple[int, ...] = SEVERITIES
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    overwrite: bool = False
-    progress: bool = True
+    return Path(str(resources.files("lpclip_cache") / "resources" / "demo.toml"))
+
+
+def shifted_sets() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The recipe's style shifts (shifted datasets) and corruptions (their names), in its order."""
+    import tomllib
+
+    datasets = tomllib.loads(recipe_path().read_text())["datasets"]
+    shifted = [table for table in datasets.values() if table["role"] == "shift"]
+    return (tuple(name for name, table in datasets.items() if table["role"] == "shift" and "corrupt" not in table),
+            tuple(table["corrupt"].partition(":")[0] for table in shifted if "corrupt" in table))
+
+
+STYLE_SHIFTS, CORRUPTIONS = shifted_sets()
 
 
 STARTED = ".lpclip-cache-demo"  # written first: an interrupted demo's folder is still recognisably ours
@@ -60,75 +62,73 @@ def log(message: str, enabled: bool) -> None:
         sys.stderr.flush()
 
 
-def domains(config: DemoConfig) -> dict[str, str]:
-    """Evaluation sets by name -> data spec (the in-distribution test set first)."""
-    tail = f"n={config.test_n}:seed={config.seed}"
-    sets = {"test": f"shapes:test:{tail}"}
-    sets.update({style: f"shapes:test:{style}:{tail}" for style in STYLE_SHIFTS})
-    for corruption in CORRUPTIONS:
-        for severity in config.severities:
-            sets[f"{corruption}-{severity}"] = f"shapes:test:{corruption}:{severity}:{tail}"
-    return sets
+def overrides(config: DemoConfig, checkpoint: Path) -> list[str]:
+    """The recipe's values this demo run sets (``--set`` items): sizes and seeds in the shapes
+    data specs, views, probe epochs, learning rate and seeds, the teacher's checkpoint; the
+    demo draws its own figures, so the reports are JSON alone. The recipe's analyses use the
+    neighbour count of ``config.NEIGHBORS_K``."""
+    from ..recipe import load_recipe
+
+    recipe = load_recipe(recipe_path())
+    items = [f"out={config.out}", f"model.pretrained={checkpoint}", f"views.weak={config.views}",
+             f"views.strong={config.views}", f"views.seed={config.seed}", f"analyze.seed={config.seed}",
+             "evaluate.report=false"]
+    if config.test_n <= NEIGHBORS_K:  # too few test images for the neighbour analysis: leave it out
+        items.append("analyze.neighbors=false")
+    for name, table in recipe.datasets.items():
+        n = config.train_n if table["role"] == "adapt" else config.test_n
+        data = re.sub(r":seed=\d+", f":seed={config.seed}", re.sub(r":n=\d+", f":n={n}", table["data"]))
+        items.append(f"datasets.{name}.data={data}")
+        if table.get("corrupt"):
+            corruption = table["corrupt"].partition(":")[0]
+            items.append(f"datasets.{name}.corrupt={corruption}:{','.join(map(str, config.severities))}")
+    for name in recipe.train:
+        items += [f"train.{name}.{key}={value}" for key, value in
+                  (("epochs", config.epochs), ("lr", config.lr), ("seed", config.seed))]
+    return items
+
+
+def check_config(config: DemoConfig) -> None:
+    """Reject impossible sizes before anything is written."""
+    from ..errors import InputError
+    from .teacher import TeacherConfig
+
+    sizes = (config.train_n, config.test_n, config.views, config.epochs, config.teacher_steps)
+    if min(sizes) < 1 or not config.lr > 0:
+        raise InputError("--train-n, --test-n, --views, --epochs and --teacher-steps must be at least 1, --lr > 0")
+    if config.teacher_pool < TeacherConfig.batch_size:
+        raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """Run the whole demo into ``config.out``; return the results (also written as JSON)."""
-    from ..analysis import latent_clusters
-    from ..evaluation import evaluate
-    from ..extraction import ExtractConfig, extract
-    from ..store import prepare_output
-    from ..training import TrainConfig, train
-    from .teacher import ensure_teacher
+    """Run the whole demo into ``config.out`` through the recipe runner; return the results (also
+    written as JSON)."""
+    from ..outputs import prepare_output
+    from ..recipe import run_recipe
+    from .teacher import TeacherConfig, ensure_teacher
 
+    check_config(config)
     started = time.perf_counter()
     out = Path(config.out)
     prepare_output(out, config.overwrite, is_demo, "demo output")
-    stores = out / "stores"
-    stores.mkdir(parents=True)
+    (out / "stores").mkdir(parents=True)
     (out / STARTED).write_text("a demo is writing this folder; results.json appears when it has finished\n")
-    timings: dict[str, float] = {}
-
-    def timed(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 2)
-        return now
-
     log("teacher: the small CLIP trained on shapes captions (cached after the first run)", config.progress)
-    checkpoint = ensure_teacher(config.teacher, progress=config.progress)
-    mark = timed("teacher", started)
-
-    def extract_set(name: str, spec: str, weak: int, strong: int) -> str:
-        path = stores / f"{name}.zarr"
-        extract(ExtractConfig(
-            data=spec, out=str(path), model=MODEL_NAME, pretrained=str(checkpoint), weak_views=weak,
-            strong_views=strong, templates="shapes", seed=config.seed, num_workers=0, device="cpu",
-            weak_policy="weak-small", strong_policy="strong-small",
-            progress=config.progress and weak + strong > 0,
-        ))
-        return str(path)
-
-    log(f"extract: train split, {config.weak_views} weak + {config.strong_views} strong views", config.progress)
-    train_store = extract_set(
-        "train", f"shapes:train:n={config.train_n}:seed={config.seed}", config.weak_views, config.strong_views
-    )
-    eval_sets = domains(config)
-    log(f"extract: {len(eval_sets)} evaluation sets and the OOD set", config.progress)
-    eval_stores = {name: extract_set(name, spec, 0, 0) for name, spec in eval_sets.items()}
-    ood_store = extract_set("ood", f"shapes:ood:n={config.test_n}:seed={config.seed}", 0, 0)
-    mark = timed("extract", mark)
-
-    runs = {}
-    for method in ("lpclip", "supervised"):
-        log(f"train: {method}", config.progress)
-        runs[method] = str(out / "runs" / method)
-        train(TrainConfig(store=train_store, out=runs[method], method=method, epochs=config.epochs,
-                          lr=config.lr, seed=config.seed, progress=False))
-    mark = timed("train", mark)
-
-    log("evaluate: every method on every set", config.progress)
-    reports = {m: evaluate(runs[m], list(eval_stores.values()), [ood_store]) for m in runs}
-    clusters = latent_clusters(eval_stores["test"], 6, runs["lpclip"], seed=config.seed)
-    mark = timed("evaluate", mark)
+    teacher = TeacherConfig(seed=config.seed, steps=config.teacher_steps, pool=config.teacher_pool)
+    checkpoint = ensure_teacher(teacher, progress=config.progress)
+    timings = {"teacher": round(time.perf_counter() - started, 2)}
+    log(f"recipe {recipe_path().name}: extract, train, evaluate, analyze", config.progress)
+    summary = run_recipe(recipe_path(), overrides=overrides(config, checkpoint), progress=config.progress)
+    for stamp in sorted((out / ".recipe").glob("*.json")):  # each stage's seconds, summed by kind
+        record = json.loads(stamp.read_text())
+        kind = "evaluate" if record["stage"].startswith("analyze") else record["stage"].partition("-")[0]
+        timings[kind] = round(timings.get(kind, 0.0) + record["seconds"], 2)
+    stages = {stage["id"]: stage["out"] for stage in summary["stages"]}
+    runs = {m: stages[f"train-{m}"] for m in ("lpclip", "supervised")}
+    reports = {m: json.loads(Path(stages[f"evaluate-{m}"]).read_text()) for m in runs}
+    eval_stores = {Path(path).stem: path for path in reports["lpclip"]["stores"]}
+    ood_store = next(iter(reports["lpclip"]["ood"]))
+    clusters = json.loads(Path(stages["analyze-clusters-test-lpclip"]).read_text())
 
     results = collect(config, reports, eval_stores, ood_store, clusters)
     results["timings_s"] = {**timings, "total": round(time.perf_counter() - started, 2)}
@@ -173,6 +173,8 @@ def collect(
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     """The results table: a row per method; accuracy/ECE/NLL per set (corruptions: mean over
     severities); OOD AUROC and FPR95."""
+    from ..figures import text_table
+
     columns = results["columns"]
     head = ["method", *[f"{c} acc/ece/nll" for c in columns[:-1]], "ood auroc/fpr95"]
     rows = []
@@ -181,17 +183,12 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
         cells = [f"{row[c]['accuracy']:.3f}/{row[c]['ece']:.3f}/{row[c]['nll']:.2f}" for c in columns[:-1]]
         cells.append(f"{row['ood']['auroc']:.3f}/{row['ood']['fpr95']:.3f}")
         rows.append([method, *cells])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in [head, *rows])
+    return text_table(head, rows, markdown)
 
 
 def write_outputs(out: Path, results: dict[str, Any], runs: dict[str, str], eval_stores: dict[str, str]) -> None:
     """results.json, results.md and the plots, each written whole or not at all (results.json last)."""
-    from ..atomic import write_json_atomic, write_text_atomic
+    from ..outputs import write_json_atomic, write_text_atomic
     from .plots import accuracy_by_severity, reliability_diagrams
 
     plots = {

@@ -288,16 +288,3 @@ def split_pixels(parsed: ShapesSpec, size: int = 32) -> tuple[np.ndarray, np.nda
     if parsed.corruption:
         pixels = corrupt(pixels, parsed.corruption, parsed.severity, seed=parsed.seed)
     return pixels, labels
-
-
-def open_shapes(spec: str, rest: str, split: str | None, download: bool):
-    """Data-source builder for ``shapes:...`` (generated in memory; ``download`` is not needed)."""
-    from ..data import ArraySource
-
-    parsed = parse_spec(spec, rest, split)
-    pixels, labels = split_pixels(parsed)
-    identity = {"kind": "shapes", "spec": spec, "split": parsed.split, "domain": parsed.domain,
-                "style": parsed.style, "corruption": parsed.corruption, "severity": parsed.severity,
-                "n": parsed.n, "seed": parsed.seed}
-    keys = [f"shapes/{parsed.split}/{parsed.domain}/{i}" for i in range(parsed.n)]
-    return ArraySource(pixels, keys, labels, list(SHAPES), identity)

@@ -67,8 +67,8 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    from ..atomic import atomic_file, rust_io_error, write_json_atomic
     from ..models import load_model
+    from ..outputs import atomic_file, rust_io_error, write_json_atomic
     from .shapes import captions, render, sample_attributes, split_rng
 
     torch.manual_seed(config.seed)

@@ -10,44 +10,31 @@ optimisation that fits the teacher's signal best, not the one that corrects the 
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .config import SelectConfig
 from .errors import InputError
 
 
-@dataclass
-class SelectConfig:
-    """The search: a grid of learning rates and weight decays, up to ``epochs`` epochs each."""
-
-    store: str
-    out: str
-    lrs: tuple[float, ...] = (1e-3, 1e-2)
-    weight_decays: tuple[float, ...] = (0.0, 1e-4)
-    epochs: int = 20
-    holdout: float = 0.1
-    seed: int = 0
-    overwrite: bool = False
-    progress: bool = True
-
-
-def select(config: SelectConfig, base: Any | None = None) -> dict[str, Any]:
+def select(config: SelectConfig) -> dict[str, Any]:
     """Run the search, train the chosen setting on all data into ``config.out``; return the grid."""
-    from .atomic import write_json_atomic
+    from .outputs import refuse_output_inside, write_json_atomic
+    from .runs import load_run
     from .store import FeatureStore
     from .training import TrainConfig, train
 
+    refuse_output_inside(config.out, [config.store])
     if not config.lrs or not config.weight_decays or config.epochs < 1:
         raise InputError("select needs at least one --lr, one --weight-decay and --epochs >= 1")
     if not 0.0 < config.holdout < 1.0:
         raise InputError(f"--holdout must be in (0, 1) for selection, got {config.holdout}")
     if FeatureStore(config.store).layout.n_shards < 2:
         raise InputError(f"store '{config.store}' has one shard: selection needs at least two to hold one out")
-    template = base or TrainConfig(store=config.store, out=config.out)
+    template = TrainConfig(store=config.store, out=config.out)
     grid = []
     with tempfile.TemporaryDirectory() as scratch:
         for lr in config.lrs:
@@ -56,7 +43,7 @@ def select(config: SelectConfig, base: Any | None = None) -> dict[str, Any]:
                                 weight_decay=decay, epochs=config.epochs, holdout=config.holdout,
                                 seed=config.seed, method="lpclip", progress=False, overwrite=False)
                 train(trial)
-                curve = json.loads((Path(trial.out) / "run.json").read_text())["curve"]
+                curve = load_run(trial.out).info["curve"]
                 best = max(curve, key=lambda point: point["teacher_agreement"])
                 grid.append({"lr": lr, "weight_decay": decay, "best_epoch": best["epoch"],
                              "holdout_agreement": best["teacher_agreement"],

@@ -1,6 +1,9 @@
-"""Outputs written whole or not at all: a hidden sibling is written, then renamed into place.
+"""Every command's outputs: where they may go, and written whole or not at all.
 
-A rename within one directory is atomic, so a reader, a crash or a full disk never leaves a
+``refuse_output_inside`` and ``prepare_output`` are the checks every command makes before it
+writes: an output never lies inside an input, and an existing output is replaced only with
+``--overwrite`` and only when this tool wrote it. Writing goes to a hidden sibling, renamed
+into place. A rename within one directory is atomic, so a reader, a crash or a full disk never leaves a
 half-written file at an output path that looks complete, and an output being replaced
 (``--overwrite``) stays whole until the new one is. A failed write removes its sibling and
 becomes one ``StoreError`` naming the output (see ``write_error``).
@@ -35,6 +38,81 @@ def write_error(what: str, path: str | Path, exc: OSError, then: str = "") -> St
     fix = "free space" if exc.errno in DISK_FULL else "check that you may write there"
     then = then or f"run the same command again (any {what} already there is untouched)"
     return StoreError(f"cannot write {what} '{path}' ({reason}): {fix}, then {then}")
+
+
+def is_url(target: str | Path) -> bool:
+    """True for an fsspec URL (``s3://...``, ``gs://...``, ``file://...``), False for a plain path."""
+    return "://" in str(target)
+
+
+def filesystem(target: str | Path) -> tuple[Any, str]:
+    """The fsspec filesystem of a path or URL, and the path within it."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(target))
+
+
+def refuse_output_inside(out: str | Path, inputs: list[str | Path], option: str = "--out") -> None:
+    """An InputError when ``out`` is one of the inputs or lies inside one (local paths only).
+
+    Writing there would mix outputs into a store or run, or (with --overwrite) replace an input.
+    """
+    from .errors import InputError
+
+    if is_url(out):
+        return
+    target = Path(out).expanduser().resolve()
+    for given in inputs:
+        if is_url(given):
+            continue
+        source = Path(given).expanduser().resolve()
+        if target == source or source in target.parents:
+            raise InputError(f"{option} '{out}' lies inside the input '{given}': write it elsewhere, beside the input")
+
+
+def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str, remove: bool = True) -> None:
+    """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours.
+
+    ``remove=False`` only checks, so a command can refuse early and delete the old output once
+    its inputs have proven sound (a bad input then leaves the old output as it was).
+    """
+    fs, inner = filesystem(path)
+    if not fs.exists(inner):
+        return
+    if not overwrite:
+        raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another --out")
+    if fs.isdir(inner) and not fs.ls(inner):
+        if remove:
+            fs.rm(inner, recursive=True)
+        return
+    if not is_ours(path):
+        raise StoreError(f"'{path}' exists and is not a {what} written by lpclip-cache: refusing to delete it; "
+                         "choose another --out")
+    if remove:
+        fs.rm(inner, recursive=True)
+
+
+def is_report(path: Path) -> bool:
+    """True when ``path`` is a JSON report written by this tool."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (ValueError, OSError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == "lpclip-cache"
+
+
+def is_report_folder(path: Path) -> bool:
+    """True when ``path`` is a folder written by ``evaluate --report``."""
+    return (Path(path) / "report.json").is_file()
+
+
+def write_report(report: dict[str, Any], out: str | Path, overwrite: bool) -> None:
+    """Write a report JSON atomically, refusing to replace what is not ours (a report there is
+    replaced by the rename, so it stays whole until the new one is)."""
+    from . import __version__
+
+    prepare_output(out, overwrite, is_report, "report", remove=False)
+    write_json_atomic(out, {"tool": "lpclip-cache", "version": __version__, **report}, "report")
 
 
 def rust_io_error(exc: Exception) -> OSError:
@@ -139,10 +217,8 @@ def _move_into_place(staging: Path, path: Path, what: str, replace: bool) -> Non
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                     raise
                 if not replace:
-                    raise StoreError(
-                        f"{what} '{path}' was written by another process while this one was working: pass "
-                        "--overwrite to replace it, or choose another --out"
-                    ) from None
+                    raise StoreError(f"{what} '{path}' was written by another process while this one was working: pass "
+                                     "--overwrite to replace it, or choose another --out") from None
             old = sibling(path, "old")
             try:
                 os.rename(path, old)

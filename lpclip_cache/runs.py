@@ -1,4 +1,4 @@
-"""Teacher and student as plain arrays: zero-shot probabilities, the linear probe, run files.
+"""A run: a trained probe (or ensemble) with the teacher it was distilled from, read and written.
 
 A run directory holds ``probe.safetensors`` (``weight`` C x D and ``bias`` C, or M x C x D and
 M x C for an ensemble of M probes, and the teacher's ``head`` C x D) and ``run.json``
@@ -17,29 +17,9 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError
+from .zeroshot import softmax, teacher_logits
 
 RUN_FORMAT_VERSION = 1
-
-
-def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-    """Row-wise softmax, stable for large logits (float64 keeps tiny probabilities for NLL)."""
-    shifted = logits.astype(dtype) - logits.max(axis=-1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=-1, keepdims=True)
-    return shifted
-
-
-def teacher_logits(emb: np.ndarray, head: np.ndarray, scale: float, temperature: float = 1.0) -> np.ndarray:
-    """Zero-shot logits ``s * z W_t^T / T`` for unit embeddings z (any leading shape)."""
-    return (emb.astype(np.float32) @ head.T.astype(np.float32)) * np.float32(scale / temperature)
-
-
-def teacher_outputs(
-    emb: np.ndarray, head: np.ndarray, scale: float, temperature: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo-label and confidence: argmax and max of the teacher's softmax."""
-    probs = softmax(teacher_logits(emb, head, scale, temperature))
-    return probs.argmax(axis=-1).astype(np.int16), probs.max(axis=-1).astype(np.float32)
 
 
 @dataclass
@@ -118,7 +98,7 @@ def save_run(
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    from .atomic import atomic_dir, rust_io_error
+    from .outputs import atomic_dir, rust_io_error
 
     with atomic_dir(path, "run", replace) as staging:
         tensors = {
