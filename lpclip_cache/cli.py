@@ -289,11 +289,11 @@ def list_models(as_json: bool) -> None:
 @report_errors
 def demo(quiet: bool, as_json: bool, **options: Any) -> None:
     """The whole method offline: a small CLIP trained here, shapes world with shifts and OOD, one table."""
-    from .world.demo import format_table, run_demo
+    from .world.demo import format_ablation, format_table, run_demo
 
     results = run_demo(DemoConfig(progress=not quiet, **options))
-    emit(results, as_json, f"{format_table(results)}\nwrote {options['out']}/results.json, results.md, "
-         f"reliability.png, severity.png in {results['timings_s']['total']:.0f} s")
+    emit(results, as_json, f"{format_table(results)}\n\n{format_ablation(results)}\nwrote {options['out']}/"
+         f"results.json, results.md, reliability.png, severity.png in {results['timings_s']['total']:.0f} s")
 
 
 @main.command()

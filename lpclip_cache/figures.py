@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 # the teacher grey; the method the report calls probe and the demo lpclip blue; members cycle
-COLOURS = {"teacher": "#7f7f7f", "probe": "#1f77b4", "lpclip": "#1f77b4", "supervised": "#2ca02c"}
+COLOURS = {"teacher": "#7f7f7f", "probe": "#1f77b4", "lpclip": "#1f77b4", "ensemble": "#9467bd",
+           "supervised": "#2ca02c"}
 MEMBER_COLOURS = ("#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
 
 

@@ -21,6 +21,7 @@ import torch
 from .errors import ModelError
 
 CONFIG_DIR = Path(str(resources.files("lpclip_cache") / "model_configs"))
+VOCAB_DIR = Path(str(resources.files("lpclip_cache") / "resources" / "vocab"))
 open_clip.add_model_config(CONFIG_DIR)
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -186,7 +187,7 @@ def load_model(
     return LoadedModel(
         name=name,
         model=model,
-        tokenizer=open_clip.get_tokenizer(name),
+        tokenizer=tokenizer_of(name, config),
         source=source,
         preprocess=preprocess,
         embed_dim=embed_dim,
@@ -194,6 +195,15 @@ def load_model(
         quick_gelu=quick_gelu,
         device=torch_device,
     )
+
+
+def tokenizer_of(name: str, config: dict[str, Any]) -> Any:
+    """open_clip's tokenizer of a model; a project configuration's ``tokenizer_kwargs.bpe_path``
+    names a merges file in ``resources/vocab`` (a compact vocabulary, like the shapes world's)."""
+    kwargs = dict(config.get("text_cfg", {}).get("tokenizer_kwargs") or {})
+    if "bpe_path" in kwargs and not Path(kwargs["bpe_path"]).is_absolute():
+        kwargs["bpe_path"] = str(VOCAB_DIR / kwargs["bpe_path"])
+    return open_clip.get_tokenizer(name, **kwargs)
 
 
 def load_error_summary(exc: RuntimeError) -> str:

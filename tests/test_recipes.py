@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from lpclip_cache.corruptions import STANDARD
 from lpclip_cache.errors import InputError, StoreError
 from lpclip_cache.recipe import load_recipe, plan, run_recipe
 
@@ -55,25 +56,25 @@ def test_a_dry_run_lists_the_variables_a_recipe_still_needs(tmp_path):
 
 SMALL = ["datasets.train.data=shapes:train:n=240", "datasets.test.data=shapes:test:n=160",
          "datasets.outline.data=shapes:test:outline:n=160", "datasets.texture.data=shapes:test:texture:n=160",
-         "datasets.gaussian_noise.data=shapes:test:n=160", "datasets.gaussian_blur.data=shapes:test:n=160",
-         "datasets.contrast.data=shapes:test:n=160", "datasets.strokes.data=shapes:ood:n=160", "views.weak=2",
-         "views.strong=2", "train.lpclip.epochs=2", "train.supervised.epochs=2"]
+         "datasets.corruptions.data=shapes:test:n=40", "datasets.corruptions.corrupt=all:2",
+         "datasets.strokes.data=shapes:ood:n=160", "views.weak=2", "views.strong=2", "train.lpclip.epochs=2",
+         "train.ensemble.epochs=2", "train.ensemble.ensemble=2", "train.supervised.epochs=2"]
 
 
 def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shapes_teacher):
     out = tmp_path / "demo"
     sets = [*SMALL, f"out={out}"]
     first = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert first["skipped"] == [] and len(first["ran"]) == 16
+    assert first["skipped"] == [] and len(first["ran"]) == 18  # 6 stores, 3 probes, 3 reports, 6 analyses
     report = json.loads((out / "reports" / "lpclip" / "report.json").read_text())
     assert report["methods"] == ["teacher", "probe"]
-    assert len(report["stores"]) == 3 + 15  # test, outline, texture, then three corruptions at severities 1..5
-    assert set(report["corruptions"]["probe"]["error"]) == {"gaussian_noise", "gaussian_blur", "contrast"}
+    assert len(report["stores"]) == 3 + 15  # test, outline, texture, then the 15 corruptions at severity 2
+    assert set(report["corruptions"]["probe"]["error"]) == set(STANDARD)
     assert (out / "analysis" / "clusters-test-lpclip.json").is_file()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()}
 
     again = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert again["ran"] == [] and len(again["skipped"]) == 16
+    assert again["ran"] == [] and len(again["skipped"]) == 18
     assert {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()} == stamps
 
     changed = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=[*sets, "train.lpclip.epochs=3"],

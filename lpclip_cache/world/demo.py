@@ -1,9 +1,9 @@
 """The offline demo: the whole method, end to end, in the shapes world.
 
-teacher (trained once, cached) -> extract train (weak + strong views), test, style shifts,
-corruptions at every severity and OOD -> train LP-CLIP and the supervised reference ->
-evaluate all three methods everywhere -> latent clusters -> one table (JSON, Markdown, PNG plots).
-Every stage is an ordinary library call, the same the command line makes.
+teacher (trained once, cached) and its regime figures -> for each seed: the demo recipe (extract
+train with weak + strong views, test, style shifts, the 15 corruptions at 5 severities and OOD;
+train LP-CLIP, an LP-CLIP ensemble and the supervised reference; evaluate; latent clusters), the
+ablations -> one table with means, spreads and paired intervals over seeds (JSON, Markdown, PNG).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import numpy as np
 from ..config import NEIGHBORS_K, DemoConfig
 from .teacher import MODEL_NAME
 
-METHODS = ("teacher", "lpclip", "supervised")
-TABLE_METRICS = ("accuracy", "ece", "nll")
+PROBES = ("lpclip", "ensemble", "supervised")  # the recipe's probes
+METHODS = ("teacher", *PROBES)
+STRENGTHS = (1, 3)  # RandAugment operations per strong view in the strength ablation (the policy's own: 2)
 
 
 def recipe_path() -> Path:
@@ -33,17 +34,15 @@ def recipe_path() -> Path:
     return Path(str(resources.files("lpclip_cache") / "resources" / "demo.toml"))
 
 
-def shifted_sets() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The recipe's style shifts (shifted datasets) and corruptions (their names), in its order."""
+def style_shifts() -> tuple[str, ...]:
+    """The recipe's style shifts: its shifted datasets that are not corruptions, in its order."""
     import tomllib
 
     datasets = tomllib.loads(recipe_path().read_text())["datasets"]
-    shifted = [table for table in datasets.values() if table["role"] == "shift"]
-    return (tuple(name for name, table in datasets.items() if table["role"] == "shift" and "corrupt" not in table),
-            tuple(table["corrupt"].partition(":")[0] for table in shifted if "corrupt" in table))
+    return tuple(name for name, table in datasets.items() if table["role"] == "shift" and "corrupt" not in table)
 
 
-STYLE_SHIFTS, CORRUPTIONS = shifted_sets()
+STYLE_SHIFTS = style_shifts()
 
 
 STARTED = ".lpclip-cache-demo"  # written first: an interrupted demo's folder is still recognisably ours
@@ -62,29 +61,32 @@ def log(message: str, enabled: bool) -> None:
         sys.stderr.flush()
 
 
-def overrides(config: DemoConfig, checkpoint: Path) -> list[str]:
-    """The recipe's values this demo run sets (``--set`` items): sizes and seeds in the shapes
-    data specs, views, probe epochs, learning rate and seeds, the teacher's checkpoint; the
-    demo draws its own figures, so the reports are JSON alone. The recipe's analyses use the
-    neighbour count of ``config.NEIGHBORS_K``."""
+def overrides(config: DemoConfig, checkpoint: Path, seed: int, out: Path) -> list[str]:
+    """The recipe's values one seed of the demo sets (``--set`` items): the output folder, the
+    teacher's checkpoint, sizes and the world seed in the shapes data specs, the views and their
+    seed, the probes' epochs, learning rate, seed and ensemble size. The demo draws its own
+    figures, so the reports are JSON alone; the analyses use ``config.NEIGHBORS_K`` neighbours."""
     from ..recipe import load_recipe
 
     recipe = load_recipe(recipe_path())
-    items = [f"out={config.out}", f"model.pretrained={checkpoint}", f"views.weak={config.views}",
-             f"views.strong={config.views}", f"views.seed={config.seed}", f"analyze.seed={config.seed}",
-             "evaluate.report=false"]
+    items = [f"out={out}", f"model.pretrained={checkpoint}", f"views.weak={config.views}",
+             f"views.strong={config.views}", f"views.seed={seed}", f"analyze.seed={seed}", "evaluate.report=false"]
     if config.test_n <= NEIGHBORS_K:  # too few test images for the neighbour analysis: leave it out
         items.append("analyze.neighbors=false")
+    if config.test_n < recipe.analyze.get("k", 1):  # fewer test images than clusters: one cluster each at most
+        items.append(f"analyze.k={config.test_n}")
     for name, table in recipe.datasets.items():
-        n = config.train_n if table["role"] == "adapt" else config.test_n
-        data = re.sub(r":seed=\d+", f":seed={config.seed}", re.sub(r":n=\d+", f":n={n}", table["data"]))
+        n = config.train_n if table["role"] == "adapt" else config.corrupt_n if table.get("corrupt") else config.test_n
+        data = re.sub(r":seed=\d+", f":seed={seed}", re.sub(r":n=\d+", f":n={n}", table["data"]))
         items.append(f"datasets.{name}.data={data}")
         if table.get("corrupt"):
             corruption = table["corrupt"].partition(":")[0]
             items.append(f"datasets.{name}.corrupt={corruption}:{','.join(map(str, config.severities))}")
-    for name in recipe.train:
+    for name, table in recipe.train.items():
         items += [f"train.{name}.{key}={value}" for key, value in
-                  (("epochs", config.epochs), ("lr", config.lr), ("seed", config.seed))]
+                  (("epochs", config.epochs), ("lr", config.lr), ("seed", seed))]
+        if table.get("ensemble", 1) > 1:
+            items.append(f"train.{name}.ensemble={config.ensemble}")
     return items
 
 
@@ -93,18 +95,21 @@ def check_config(config: DemoConfig) -> None:
     from ..errors import InputError
     from .teacher import TeacherConfig
 
-    sizes = (config.train_n, config.test_n, config.views, config.epochs, config.teacher_steps)
-    if min(sizes) < 1 or not config.lr > 0:
-        raise InputError("--train-n, --test-n, --views, --epochs and --teacher-steps must be at least 1, --lr > 0")
+    sizes = (config.train_n, config.test_n, config.corrupt_n, config.views, config.epochs, config.teacher_steps,
+             config.ensemble)
+    if min(sizes) < 1 or not config.lr > 0 or config.seeds < 2:
+        raise InputError("--train-n, --test-n, --corrupt-n, --views, --epochs, --teacher-steps and --ensemble must be "
+                         "at least 1, --seeds at least 2 (a spread needs two), --lr > 0")
     if config.teacher_pool < TeacherConfig.batch_size:
         raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
-    """Run the whole demo into ``config.out`` through the recipe runner; return the results (also
-    written as JSON)."""
+    """Run the whole demo into ``config.out``: the teacher and its regime figures once, then the
+    recipe, the ablations and the strength ablation for each seed; return the results with their
+    spread over seeds (also written as JSON)."""
     from ..outputs import prepare_output
-    from ..recipe import run_recipe
+    from .regime import measure
     from .teacher import TeacherConfig, ensure_teacher
 
     check_config(config)
@@ -114,113 +119,204 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     (out / "stores").mkdir(parents=True)
     (out / STARTED).write_text("a demo is writing this folder; results.json appears when it has finished\n")
     log("teacher: the small CLIP trained on shapes captions (cached after the first run)", config.progress)
-    teacher = TeacherConfig(seed=config.seed, steps=config.teacher_steps, pool=config.teacher_pool)
+    seed = TeacherConfig.seed if config.teacher_seed is None else config.teacher_seed
+    teacher = TeacherConfig(seed=seed, steps=config.teacher_steps, pool=config.teacher_pool)
     checkpoint = ensure_teacher(teacher, progress=config.progress)
     timings = {"teacher": round(time.perf_counter() - started, 2)}
-    log(f"recipe {recipe_path().name}: extract, train, evaluate, analyze", config.progress)
-    summary = run_recipe(recipe_path(), overrides=overrides(config, checkpoint), progress=config.progress)
+    began = time.perf_counter()
+    regime = measure(checkpoint, seed=config.seed, train_n=config.train_n, test_n=config.test_n)
+    timings["regime"] = round(time.perf_counter() - began, 2)
+    log(f"regime: probe {regime['supervised_probe']:.3f}, zero-shot {regime['zeroshot']:.3f} "
+        f"({regime['classes']} classes)", config.progress)
+    seeds = [config.seed + i for i in range(config.seeds)]
+    per_seed = []
+    for seed in seeds:
+        log(f"seed {seed}: recipe {recipe_path().name}, then the ablations", config.progress)
+        per_seed.append(run_seed(config, checkpoint, seed, out / "seeds" / str(seed), timings))
+    results = aggregate(config, per_seed)
+    results.update({"regime": regime, "teacher_checkpoint": str(checkpoint), "teacher_config": asdict(teacher)})
+    results["timings_s"] = {**timings, "total": round(time.perf_counter() - started, 2)}
+    write_outputs(out, results, per_seed[0])
+    (out / STARTED).unlink()  # results.json now marks the folder
+    return results
+
+
+def run_seed(config: DemoConfig, checkpoint: Path, seed: int, out: Path, timings: dict[str, float]) -> dict[str, Any]:
+    """One seed: the recipe (stores, probes, reports, analyses), the ablations on its train store
+    and the strength ablation; the seed's metrics per method and per variant."""
+    from ..recipe import run_recipe
+
+    summary = run_recipe(recipe_path(), overrides=overrides(config, checkpoint, seed, out), progress=config.progress)
     for stamp in sorted((out / ".recipe").glob("*.json")):  # each stage's seconds, summed by kind
         record = json.loads(stamp.read_text())
         kind = "evaluate" if record["stage"].startswith("analyze") else record["stage"].partition("-")[0]
         timings[kind] = round(timings.get(kind, 0.0) + record["seconds"], 2)
     stages = {stage["id"]: stage["out"] for stage in summary["stages"]}
-    runs = {m: stages[f"train-{m}"] for m in ("lpclip", "supervised")}
-    reports = {m: json.loads(Path(stages[f"evaluate-{m}"]).read_text()) for m in runs}
-    eval_stores = {Path(path).stem: path for path in reports["lpclip"]["stores"]}
-    ood_store = next(iter(reports["lpclip"]["ood"]))
-    clusters = json.loads(Path(stages["analyze-clusters-test-lpclip"]).read_text())
-
-    results = collect(config, reports, eval_stores, ood_store, clusters)
-    results["timings_s"] = {**timings, "total": round(time.perf_counter() - started, 2)}
-    results["teacher_checkpoint"] = str(checkpoint)
-    write_outputs(out, results, runs, eval_stores)
-    (out / STARTED).unlink()  # results.json now marks the folder
-    return results
+    reports = {m: json.loads(Path(stages[f"evaluate-{m}"]).read_text()) for m in PROBES}
+    clusters = {m: json.loads(Path(stages[f"analyze-clusters-test-{m}"]).read_text()) for m in PROBES}
+    stores = {name: stages[f"extract-{name}"] for name in ("train", "test", *STYLE_SHIFTS, "strokes")}
+    row = {"teacher": metrics_row(reports["lpclip"], "teacher", stores, clusters["lpclip"]["spaces"]["clip"])}
+    row.update({m: metrics_row(reports[m], "probe", stores, clusters[m]["spaces"]["probe"]) for m in PROBES})
+    began = time.perf_counter()
+    ablation = ablations(config, checkpoint, seed, out, stores) if config.ablations else {}
+    timings["ablations"] = round(timings.get("ablations", 0.0) + time.perf_counter() - began, 2)
+    return {"seed": seed, "table": row, "ablation": ablation, "stores": stores, "reports": reports,
+            "runs": {m: stages[f"train-{m}"] for m in PROBES}}
 
 
-def collect(
-    config: DemoConfig, reports: dict[str, Any], eval_stores: dict[str, str], ood_store: str, clusters: dict[str, Any]
-) -> dict[str, Any]:
-    """Gather per-set metrics into rows (methods) x columns (sets), with corruption means."""
-    per_set: dict[str, dict[str, dict[str, float]]] = {m: {} for m in METHODS}
-    for name, path in eval_stores.items():
-        per_set["teacher"][name] = reports["lpclip"]["stores"][path]["teacher"]
-        for method in ("lpclip", "supervised"):
-            per_set[method][name] = reports[method]["stores"][path]["probe"]
-    ood = {"teacher": reports["lpclip"]["ood"][ood_store]["teacher"]}
-    ood.update({m: reports[m]["ood"][ood_store]["probe"] for m in ("lpclip", "supervised")})
-    columns = ["test", *STYLE_SHIFTS, *CORRUPTIONS]
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for method in METHODS:
-        row = {name: {k: per_set[method][name][k] for k in TABLE_METRICS} for name in ("test", *STYLE_SHIFTS)}
-        for corruption in CORRUPTIONS:
-            cells = [per_set[method][f"{corruption}-{s}"] for s in config.severities]
-            row[corruption] = {k: float(np.mean([c[k] for c in cells])) for k in TABLE_METRICS}
-        row["ood"] = {"auroc": ood[method]["auroc"], "fpr95": ood[method]["fpr95"]}
-        table[method] = row
-    return {
-        "tool": "lpclip-cache",
-        "demo": {**asdict(config), "severities": list(config.severities)},
-        "columns": [*columns, "ood"],
-        "methods": list(METHODS),
-        "table": table,
-        "per_set": per_set,
-        "ood": ood,
-        "clusters": clusters,
-    }
+def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str], space: dict[str, Any]) -> dict[str, float]:
+    """One method's cells of one seed: clean test accuracy, ECE and NLL; accuracy and ECE under
+    each style shift; mean error and ECE over every corrupted store; OOD AUROC and FPR95; purity,
+    NMI and ARI of k-means on its space against the true labels."""
+    test = report["stores"][stores["test"]][method]
+    row = {"test_accuracy": test["accuracy"], "test_ece": test["ece"], "test_nll": test["nll"]}
+    for style in STYLE_SHIFTS:
+        cell = report["stores"][stores[style]][method]
+        row.update({f"{style}_accuracy": cell["accuracy"], f"{style}_ece": cell["ece"]})
+    corrupted = [entry[method] for entry in report["stores"].values() if entry.get("shift")]
+    row["corruption_error"] = float(np.mean([1 - c["accuracy"] for c in corrupted]))
+    row["corruption_ece"] = float(np.mean([c["ece"] for c in corrupted]))
+    ood = report["ood"][stores["strokes"]][method]
+    row.update({"ood_auroc": ood["auroc"], "ood_fpr95": ood["fpr95"]})
+    row.update({key: space["vs_true_labels"][key] for key in ("purity", "nmi", "ari")})
+    return row
+
+
+def ablations(config: DemoConfig, checkpoint: Path, seed: int, out: Path, stores: dict[str, str]) -> dict[str, Any]:
+    """The method's ablations on this seed's train store (``ablate``), and the strength of the
+    strong augmentation: LP-CLIP trained on stores whose strong views apply 1 or 3 RandAugment
+    operations instead of 2; every variant scored on the test set, the style shifts and OOD."""
+    from ..ablate import run_ablation
+    from ..augment import load_policy
+    from ..config import AblationConfig, ExtractConfig, TrainConfig
+    from ..extraction import extract
+    from ..recipe import load_recipe, plan
+    from ..report import evaluate_into
+    from ..training import train
+
+    eval_stores = [stores["test"], *(stores[s] for s in STYLE_SHIFTS)]
+    ablation = run_ablation(AblationConfig(store=stores["train"], eval_stores=eval_stores, ood=[stores["strokes"]],
+                                           out=str(out / "ablation"), epochs=config.epochs, lr=config.lr, seed=seed,
+                                           thresholds=(0.5,), progress=False))
+    rows = {name: ablation_row(entry, stores) for name, entry in ablation["rows"].items()}
+    recipe = load_recipe(recipe_path(), overrides(config, checkpoint, seed, out))
+    options = next(s.options for s in plan(recipe) if s.kind == "extract" and s.name == "train")
+    base = load_policy(options["strong_policy"])
+    for ops in STRENGTHS:
+        policy = out / "ablation" / f"strong-{ops}-ops.json"
+        policy.write_text(json.dumps({**base, "name": f"{base['name']}-{ops}-ops", "num_ops": ops}))
+        store = out / "ablation" / f"train-strong-{ops}-ops.zarr"
+        extract(ExtractConfig(**{**options, "strong_policy": str(policy), "pretrained": str(checkpoint)},
+                              out=str(store), progress=False))
+        run = out / "ablation" / "runs" / f"strong-{ops}-ops"
+        train(TrainConfig(store=str(store), out=str(run), epochs=config.epochs, lr=config.lr, seed=seed,
+                          progress=False))
+        report = evaluate_into(str(run), eval_stores, [stores["strokes"]], out=f"{run}.json")
+        rows[f"strong-{ops}-ops"] = ablation_row({"stores": {p: report["stores"][p]["probe"] for p in eval_stores},
+                                                  "ood": {p: report["ood"][p]["probe"] for p in report["ood"]}}, stores)
+    return rows
+
+
+def ablation_row(entry: dict[str, Any], stores: dict[str, str]) -> dict[str, float]:
+    """One variant's cells: test accuracy, ECE and NLL, accuracy under each style shift, OOD AUROC."""
+    test = entry["stores"][stores["test"]]
+    row = {"test_accuracy": test["accuracy"], "test_ece": test["ece"], "test_nll": test["nll"]}
+    row.update({f"{style}_accuracy": entry["stores"][stores[style]]["accuracy"] for style in STYLE_SHIFTS})
+    row["ood_auroc"] = entry["ood"][stores["strokes"]]["auroc"]
+    return row
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean, standard deviation (n - 1) and the 95% t-interval of the mean of per-seed values."""
+    from scipy import stats
+
+    x = np.asarray(values, np.float64)
+    sd = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    half = float(stats.t.ppf(0.975, len(x) - 1) * sd / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return {"mean": float(x.mean()), "sd": sd, "ci95": [float(x.mean()) - half, float(x.mean()) + half],
+            "values": x.tolist()}
+
+
+def aggregate(config: DemoConfig, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and 95% interval over seeds of every cell; the paired difference
+    LP-CLIP minus teacher per cell, seed by seed; the same for the ablations."""
+    columns = list(per_seed[0]["table"]["teacher"])
+    table = {m: {c: interval([s["table"][m][c] for s in per_seed]) for c in columns} for m in METHODS}
+    paired = {c: interval([s["table"]["lpclip"][c] - s["table"]["teacher"][c] for s in per_seed]) for c in columns}
+    ablation: dict[str, Any] = {}
+    if per_seed[0]["ablation"]:
+        keys = list(per_seed[0]["ablation"]["lpclip"])
+        ablation = {v: {k: interval([s["ablation"][v][k] for s in per_seed]) for k in keys}
+                    for v in per_seed[0]["ablation"]}
+    return {"tool": "lpclip-cache", "demo": {**asdict(config), "severities": list(config.severities)},
+            "seeds": [s["seed"] for s in per_seed], "methods": list(METHODS), "columns": columns, "table": table,
+            "paired": paired, "ablation": ablation,
+            "per_seed": [{k: s[k] for k in ("seed", "table", "ablation")} for s in per_seed]}
+
+
+def cell(stat: dict[str, Any], digits: int = 3) -> str:
+    """``mean ± sd`` of a cell."""
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
-    """The results table: a row per method; accuracy/ECE/NLL per set (corruptions: mean over
-    severities); OOD AUROC and FPR95."""
+    """The results table: a row per measure, a column per method (mean ± standard deviation over
+    seeds), and LP-CLIP minus teacher seed by seed (mean [95% interval])."""
     from ..figures import text_table
 
-    columns = results["columns"]
-    head = ["method", *[f"{c} acc/ece/nll" for c in columns[:-1]], "ood auroc/fpr95"]
     rows = []
-    for method in results["methods"]:
-        row = results["table"][method]
-        cells = [f"{row[c]['accuracy']:.3f}/{row[c]['ece']:.3f}/{row[c]['nll']:.2f}" for c in columns[:-1]]
-        cells.append(f"{row['ood']['auroc']:.3f}/{row['ood']['fpr95']:.3f}")
-        rows.append([method, *cells])
-    return text_table(head, rows, markdown)
+    for column in results["columns"]:
+        diff = results["paired"][column]
+        rows.append([column, *(cell(results["table"][m][column]) for m in results["methods"]),
+                     f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"])
+    return text_table(["measure", *results["methods"], "lpclip - teacher [95% CI]"], rows, markdown)
 
 
-def write_outputs(out: Path, results: dict[str, Any], runs: dict[str, str], eval_stores: dict[str, str]) -> None:
-    """results.json, results.md and the plots, each written whole or not at all (results.json last)."""
+def format_ablation(results: dict[str, Any], markdown: bool = False) -> str:
+    """The ablation table: a row per variant, mean ± standard deviation over seeds."""
+    from ..figures import text_table
+
+    if not results["ablation"]:
+        return "(no ablations in this run)"
+    keys = list(next(iter(results["ablation"].values())))
+    rows = [[name, *(cell(values[k]) for k in keys)] for name, values in results["ablation"].items()]
+    return text_table(["variant", *keys], rows, markdown)
+
+
+def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> None:
+    """results.json, results.md and the plots (from the first seed), each written whole or not at
+    all (results.json last)."""
     from ..outputs import write_json_atomic, write_text_atomic
     from .plots import accuracy_by_severity, reliability_diagrams
 
     plots = {
-        "reliability": reliability_diagrams(out / "reliability.png", runs["lpclip"], runs["supervised"],
-                                            eval_stores["test"]),
-        "severity": accuracy_by_severity(out / "severity.png", results, CORRUPTIONS),
+        "reliability": reliability_diagrams(out / "reliability.png", first["runs"]["lpclip"],
+                                            first["runs"]["supervised"], first["stores"]["test"]),
+        "severity": accuracy_by_severity(out / "severity.png", first["reports"], first["stores"]["test"]),
     }
     results["plots"] = {k: str(v) for k, v in plots.items()}
-    clusters = results["clusters"]["spaces"]
-    cluster_lines = [
-        f"| {space} | {v['vs_true_labels']['purity']:.3f} | {v['vs_true_labels']['nmi']:.3f} | "
-        f"{v['vs_true_labels']['ari']:.3f} |"
-        for space, v in clusters.items()
-    ]
-    teacher = results["per_set"]["teacher"]["test"]["accuracy"]
+    regime = results["regime"]
+    seeds = ", ".join(map(str, results["seeds"]))
     markdown = [
         "# lpclip-cache demo: the shapes world",
         "",
-        f"Teacher: `{MODEL_NAME}` trained by the project; zero-shot accuracy on the clean test set "
-        f"{teacher:.3f} (6 classes, chance 0.167).",
+        f"Teacher: `{MODEL_NAME}` trained by the project. Regime on the clean test set (world seed "
+        f"{regime['seed']}): {regime['classes']} classes; supervised linear probe on the frozen embeddings "
+        f"{regime['supervised_probe']:.3f}; zero-shot {regime['zeroshot']:.3f} (gap {regime['gap']:.3f}); "
+        + "; ".join(f"{k} accuracy {v['accuracy']:.3f} at ECE {v['ece']:.3f}" for k, v in regime["shifts"].items())
+        + f"; OOD MSP AUROC {regime['ood_msp_auroc']:.3f}; in regime: {regime['in_regime']}.",
         "",
-        "Cells: accuracy / ECE (15 bins) / NLL; corruption columns average severities "
-        f"{', '.join(map(str, results['demo']['severities']))}; OOD: AUROC / FPR at 95% TPR "
-        "(maximum softmax probability, OOD positive).",
+        f"Mean ± standard deviation over seeds {seeds} (world data, views and probes; one teacher). "
+        "corruption_* average every corruption and severity; ood_* use the maximum softmax probability "
+        "(OOD positive); purity, NMI and ARI score k-means on each method's space (the teacher's: CLIP's "
+        "embeddings) against the true labels. The last row is LP-CLIP minus teacher, seed by seed: "
+        "mean [95% t-interval].",
         "",
         format_table(results, markdown=True),
         "",
-        "Latent clusters on the clean test set (k = 6, against true labels):",
+        "Ablations (LP-CLIP variants on the same stores; mean ± standard deviation over the same seeds):",
         "",
-        "| space | purity | NMI | ARI |",
-        "| --- | --- | --- | --- |",
-        *cluster_lines,
+        format_ablation(results, markdown=True),
         "",
         f"Timings (s): {json.dumps(results['timings_s'])}",
         "",

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..figures import colour, pyplot, reliability_panel, save
 
-LABELS = {"teacher": "zero-shot teacher", "lpclip": "LP-CLIP (no labels)", "supervised": "supervised probe"}
+LABELS = {"teacher": "zero-shot teacher", "lpclip": "LP-CLIP (no labels)", "ensemble": "LP-CLIP ensemble",
+          "supervised": "supervised probe"}
 
 
 def reliability_diagrams(path: Path, lpclip_run: str, supervised_run: str, store_path: str, n_bins: int = 15) -> Path:
@@ -30,22 +31,24 @@ def reliability_diagrams(path: Path, lpclip_run: str, supervised_run: str, store
     return save(fig, path, whole=True)
 
 
-def accuracy_by_severity(path: Path, results: dict[str, Any], corruptions: tuple[str, ...]) -> Path:
-    """Accuracy against corruption severity (0 = clean test set), one panel per corruption."""
-    fig = pyplot().figure(figsize=(4 * len(corruptions), 3.6), dpi=100)
-    severities = [0, *results["demo"]["severities"]]
-    for index, corruption in enumerate(corruptions):
-        axis = fig.add_subplot(1, len(corruptions), index + 1)
-        for method in results["methods"]:
-            per_set = results["per_set"][method]
-            values = [per_set["test"]["accuracy"]] + [
-                per_set[f"{corruption}-{s}"]["accuracy"] for s in severities[1:]
-            ]
-            axis.plot(severities, values, marker="o", color=colour(method), label=LABELS[method])
-        axis.set(title=corruption.replace("_", " "), xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1),
-                 xticks=severities)
-        axis.grid(alpha=0.3)
-        if index == 0:
-            axis.legend(fontsize=8)
+def accuracy_by_severity(path: Path, reports: dict[str, Any], test_store: str) -> Path:
+    """Accuracy against corruption severity (0 = the clean test set), averaged over the corruption
+    types, one line per method (the teacher's from LP-CLIP's report)."""
+    import numpy as np
+
+    fig = pyplot().figure(figsize=(6, 4), dpi=100)
+    axis = fig.add_subplot(1, 1, 1)
+    rows = {"teacher": (reports["lpclip"], "teacher"), **{m: (reports[m], "probe") for m in reports}}
+    for method, (report, key) in rows.items():
+        by_severity: dict[int, list[float]] = {0: [report["stores"][test_store][key]["accuracy"]]}
+        for entry in report["stores"].values():
+            if entry.get("shift"):
+                by_severity.setdefault(entry["shift"]["severity"], []).append(entry[key]["accuracy"])
+        severities = sorted(by_severity)
+        axis.plot(severities, [np.mean(by_severity[s]) for s in severities], marker="o", color=colour(method),
+                  label=LABELS[method])
+    axis.set(title="corruptions (mean over types)", xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path, whole=True)

@@ -19,8 +19,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-WORLD_VERSION = 1  # bump when rendering or captions change: it is part of the teacher's cache key
-SHAPES = ("circle", "square", "triangle", "star", "cross", "heart")
+WORLD_VERSION = 2  # bump when rendering or captions change: it is part of the teacher's cache key
+SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "pentagon", "hexagon", "diamond", "arrow",
+          "crescent", "semicircle")
+# How captions name each shape: (word, probability) pairs. The class name (the zero-shot prompt's
+# word) is in every list, so the text tower learns it, but synonyms and a confusable neighbour's
+# name share the mentions; this is the imperfect text head of point 1 (docs/demo.md).
+CAPTION_NAMES: dict[str, tuple[tuple[str, float], ...]] = {
+    "circle": (("circle", 0.6), ("disc", 0.4)),
+    "square": (("square", 0.45), ("box", 0.2), ("diamond", 0.35)),
+    "triangle": (("triangle", 1.0),),
+    "star": (("star", 1.0),),
+    "cross": (("cross", 0.4), ("plus", 0.6)),
+    "heart": (("heart", 1.0),),
+    "pentagon": (("pentagon", 0.5), ("polygon", 0.3), ("hexagon", 0.2)),
+    "hexagon": (("hexagon", 0.5), ("polygon", 0.3), ("pentagon", 0.2)),
+    "diamond": (("diamond", 0.3), ("rhombus", 0.35), ("square", 0.35)),
+    "arrow": (("arrow", 0.8), ("pointer", 0.2)),
+    "crescent": (("crescent", 0.3), ("moon", 0.35), ("semicircle", 0.35)),
+    "semicircle": (("semicircle", 0.4), ("dome", 0.25), ("crescent", 0.35)),
+}
 COLOURS = {
     "red": (0.9, 0.12, 0.1),
     "green": (0.12, 0.72, 0.2),
@@ -53,6 +71,23 @@ def _heart() -> np.ndarray:
     return np.stack([x / 17.0, -(y + 2.5) / 17.0], axis=1)
 
 
+def _crescent(d: float = 0.45, r: float = 0.8) -> np.ndarray:
+    """The unit disc less a disc of radius ``r`` shifted right by ``d``: the outer arc through the
+    left, then the inner arc back, between the two circles' crossing points."""
+    x = (1 + d * d - r * r) / (2 * d)
+    y = np.sqrt(1 - x * x)
+    outer = np.linspace(np.arctan2(y, x), 2 * np.pi - np.arctan2(y, x), 64)
+    inner = np.linspace(2 * np.pi - np.arctan2(y, x - d), np.arctan2(y, x - d), 48)[1:-1]
+    points = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
+                             np.stack([d + r * np.cos(inner), r * np.sin(inner)], 1)])
+    return (points - [-0.2, 0]) * [1, -1]
+
+
+def _semicircle() -> np.ndarray:
+    t = np.linspace(0, np.pi, 48)
+    return np.stack([np.cos(t), 0.3 - np.sin(t)], axis=1)
+
+
 # Unit-size outlines in the object's own coordinates (x right, y down), radius about 1.
 POLYGONS: dict[str, np.ndarray] = {
     "circle": _polygon(lambda a: np.ones_like(a)),
@@ -62,6 +97,13 @@ POLYGONS: dict[str, np.ndarray] = {
     "cross": np.array([[-0.3, -0.95], [0.3, -0.95], [0.3, -0.3], [0.95, -0.3], [0.95, 0.3], [0.3, 0.3],
                        [0.3, 0.95], [-0.3, 0.95], [-0.3, 0.3], [-0.95, 0.3], [-0.95, -0.3], [-0.3, -0.3]]),
     "heart": _heart(),
+    "pentagon": _polygon(lambda a: np.ones_like(a), 5),
+    "hexagon": _polygon(lambda a: np.ones_like(a), 6),
+    "diamond": np.array([[0.0, -1.0], [0.6, 0.0], [0.0, 1.0], [-0.6, 0.0]]),
+    "arrow": np.array([[1.0, 0.0], [0.2, -0.7], [0.2, -0.28], [-0.95, -0.28], [-0.95, 0.28], [0.2, 0.28],
+                       [0.2, 0.7]]),
+    "crescent": _crescent(),
+    "semicircle": _semicircle(),
 }
 
 
@@ -183,8 +225,10 @@ def captions(attrs: Attributes, rng: np.random.Generator) -> list[str]:
     colour_names = list(COLOURS)
     size_names = list(SIZES)
     out = []
+    naming = [([w for w, _ in CAPTION_NAMES[name]], [p for _, p in CAPTION_NAMES[name]]) for name in SHAPES]
     for i in range(len(attrs)):
-        shape = SHAPES[attrs.shape[i]]
+        words, weights = naming[attrs.shape[i]]
+        shape = words[int(rng.choice(len(words), p=weights))]
         colour = colour_names[attrs.colour[i]] if rng.random() < 0.5 else ""
         size = size_names[attrs.size[i]] if rng.random() < 0.4 else ""
         where = position_phrase(attrs.cx[i], attrs.cy[i]) if rng.random() < 0.3 else ""
@@ -199,6 +243,64 @@ def captions(attrs: Attributes, rng: np.random.Generator) -> list[str]:
             text = " ".join(w for w in (f"there is a {noun}", where) if w)
         out.append(text)
     return out
+
+
+CAPTION_WORDS = ("a", "there", "is", "in", "on", "the", "background", "top", "bottom", "left", "right", "center")
+
+
+def vocabulary() -> list[str]:
+    """Every word the captions and the ``shapes`` prompt templates use, longest first."""
+    import re
+
+    from ..prompts import load_templates
+
+    words = set(CAPTION_WORDS) | set(COLOURS) | set(SIZES) | set(BACKGROUNDS)
+    words |= {w for names in CAPTION_NAMES.values() for name, _ in names for w in name.split()}
+    words |= {w for t in load_templates("shapes") for w in re.findall(r"[a-z]+", t.lower())}
+    return sorted(words, key=lambda w: (-len(w), w))
+
+
+def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges (open_clip's SimpleTokenizer format) that build each word from its characters,
+    left to right, longer words first; the world's compact vocabulary."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        token = pieces[0]
+        for piece in pieces[1:]:
+            if (token, piece) not in merges:
+                merges.append((token, piece))
+            token += piece
+    for word in words:  # a merge of another word may fire inside this one: join what is left
+        while len(tokens := _apply_bpe(word, merges, set())) > 1:
+            merges.append((tokens[0], tokens[1]))
+    used: set[tuple[str, str]] = set()
+    for word in words:
+        _apply_bpe(word, merges, used)
+    return [pair for pair in merges if pair in used]  # a merge no word uses changes no word's tokens
+
+
+def _apply_bpe(word: str, merges: list[tuple[str, str]], used: set[tuple[str, str]]) -> list[str]:
+    """The tokens of one word under ``merges`` (the lowest-ranked adjacent pair merges first);
+    the merges that fire are added to ``used``."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    tokens = [*word[:-1], word[-1] + "</w>"]
+    while len(tokens) > 1:
+        best, i = min((rank.get(pair, len(rank)), i) for i, pair in enumerate(zip(tokens, tokens[1:])))
+        if best == len(rank):
+            break
+        used.add((tokens[i], tokens[i + 1]))
+        tokens[i : i + 2] = [tokens[i] + tokens[i + 1]]
+    return tokens
+
+
+def vocabulary_file() -> bytes:
+    """The gzipped merges file of the world's vocabulary (``resources/vocab/shapes-bpe.txt.gz``)."""
+    import gzip
+
+    lines = ["#version: world vocabulary of lpclip-cache's shapes world"]
+    lines += [f"{a} {b}" for a, b in bpe_merges(vocabulary())]
+    return gzip.compress("\n".join(lines).encode(), mtime=0)  # no final newline: open_clip reads every line
 
 
 def render_scribbles(n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:

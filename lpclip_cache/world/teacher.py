@@ -26,9 +26,11 @@ MODEL_NAME = "lpclip-shapes"
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """Everything that decides the trained weights."""
+    """Everything that decides the trained weights. The seed was chosen among 0, 1 and 2 from
+    the world's regime figures alone (docs/demo.md): all three are in CLIP's regime, seed 1 with
+    the widest margin between its supervised probe and its zero-shot head."""
 
-    seed: int = 0
+    seed: int = 1
     pool: int = 20000
     captions_per_image: int = 3
     steps: int = 1000
@@ -80,7 +82,7 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
         rng = split_rng(config.seed, "pretrain")
         attrs = sample_attributes(config.pool, rng)
         images = torch.from_numpy(render(attrs)).permute(0, 3, 1, 2).contiguous()
-        tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+        tokenizer = loaded.tokenizer
         texts = torch.stack([tokenizer(captions(attrs, rng)) for _ in range(config.captions_per_image)], dim=1)
         mean = torch.tensor(loaded.preprocess["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(loaded.preprocess["std"]).view(1, 3, 1, 1)
