@@ -122,6 +122,8 @@ class TrainConfig:
     max_views: int | None = option(None, "Use only the first K cached views of each kind.", recipe="train.max_views")
     ensemble: int = option(1, "Train M probes in one pass (different seeds and view samples).",
                            recipe="train.ensemble")
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", recipe="train.device")
+    block_rows: int | None = option(None, cli=False)  # rows per gradient block; None: per device (training.py)
     holdout: float = option(0.0, cli=False, recipe="train.holdout")
     overwrite: bool = option(False, "Replace --out if it exists (only if it is ours).")
     progress: bool = option(True, cli=False)
@@ -139,6 +141,7 @@ class SelectConfig:
     epochs: int = option(20, "Most epochs; the best epoch is chosen.")
     holdout: float = option(0.1, "Fraction of shards held out.")
     seed: int = option(0, "Seed of the held-out shards and of training.")
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
     overwrite: bool = option(False, "Replace --out if it exists (only if it is ours).")
     progress: bool = option(True, cli=False)
 
@@ -156,6 +159,7 @@ class AblationConfig:
     batch_size: int = option(256, cli=False)
     seed: int = option(0, "Seed of every variant.")
     thresholds: tuple[float, ...] = option((0.3, 0.5, 0.7, 0.9), "Confidence thresholds to sweep.")
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.")
     overwrite: bool = option(False, "Replace --out if it exists (only if it is ours).")
     progress: bool = option(True, cli=False)
 
@@ -177,7 +181,7 @@ class DemoConfig:
     teacher_seed: int | None = option(None, "Seed of the small CLIP's training (default: the teacher's own).")
     teacher_steps: int = option(1000, "Training steps of the small CLIP.")
     teacher_pool: int = option(20000, "Image-caption pairs it learns from.")
-    severities: tuple[int, ...] = option((1, 2, 3, 4, 5), cli=False)
+    severities: tuple[int, ...] = option((1, 2, 3, 4, 5), "Corruption severities to run (comma-separated, 1-5).")
     ablations: bool = option(True, cli=False)
     overwrite: bool = option(False, "Replace --out if it exists (only if it is ours).")
     progress: bool = option(True, cli=False)

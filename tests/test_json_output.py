@@ -70,7 +70,7 @@ def outputs(tmp_path_factory):
         # the smallest demo there is (one teacher step, 8 images a set): it exercises the same output path
         "demo": ["demo", "--out", str(work / "demo"), "--train-n", "8", "--test-n", "8", "--views", "1", "--epochs",
                  "1", "--teacher-steps", "1", "--teacher-pool", "128", "--corrupt-n", "8", "--seeds", "2",
-                 "--ensemble", "2"],
+                 "--ensemble", "2", "--severities", "1"],
         "extract": ["extract", "--data", str(images), "--model", "test-tiny", "--pretrained", "none", "--workers",
                     "0", "--weak-views", "1", "--strong-views", "1", "--out", str(work / "extracted.zarr")],
         "train": ["train", "--store", a, "--out", str(work / "trained"), "--epochs", "2"],

@@ -81,7 +81,7 @@ def overrides(config: DemoConfig, checkpoint: Path, seed: int, out: Path) -> lis
         items.append(f"datasets.{name}.data={data}")
         if table.get("corrupt"):
             corruption = table["corrupt"].partition(":")[0]
-            items.append(f"datasets.{name}.corrupt={corruption}:{','.join(map(str, config.severities))}")
+            items.append(f"datasets.{name}.corrupt={corruption}:{','.join(str(int(s)) for s in config.severities)}")
     for name, table in recipe.train.items():
         items += [f"train.{name}.{key}={value}" for key, value in
                   (("epochs", config.epochs), ("lr", config.lr), ("seed", seed))]
@@ -100,6 +100,8 @@ def check_config(config: DemoConfig) -> None:
     if min(sizes) < 1 or not config.lr > 0 or config.seeds < 2:
         raise InputError("--train-n, --test-n, --corrupt-n, --views, --epochs, --teacher-steps and --ensemble must be "
                          "at least 1, --seeds at least 2 (a spread needs two), --lr > 0")
+    if not config.severities or any(s != int(s) or not 1 <= s <= 5 for s in config.severities):
+        raise InputError(f"--severities must be whole numbers 1-5, got {','.join(f'{s:g}' for s in config.severities)}")
     if config.teacher_pool < TeacherConfig.batch_size:
         raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
 
@@ -248,7 +250,7 @@ def aggregate(config: DemoConfig, per_seed: list[dict[str, Any]]) -> dict[str, A
         keys = list(per_seed[0]["ablation"]["lpclip"])
         ablation = {v: {k: interval([s["ablation"][v][k] for s in per_seed]) for k in keys}
                     for v in per_seed[0]["ablation"]}
-    return {"tool": "lpclip-cache", "demo": {**asdict(config), "severities": list(config.severities)},
+    return {"tool": "lpclip-cache", "demo": {**asdict(config), "severities": [int(s) for s in config.severities]},
             "seeds": [s["seed"] for s in per_seed], "methods": list(METHODS), "columns": columns, "table": table,
             "paired": paired, "ablation": ablation,
             "per_seed": [{k: s[k] for k in ("seed", "table", "ablation")} for s in per_seed]}
