@@ -71,7 +71,8 @@ def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any
             sys.stderr.write(f"[ablate] {name}\n")  # progress, never on stdout (--json)
         run = out / "runs" / name
         summary = train(TrainConfig(store=config.store, out=str(run), epochs=config.epochs, lr=config.lr,
-                                    batch_size=config.batch_size, seed=config.seed, progress=False, **options))
+                                    batch_size=config.batch_size, seed=config.seed, device=config.device,
+                                    progress=False, **options))
         report = evaluate(str(run), config.eval_stores, config.ood)
         rows[name] = {
             "options": options,

@@ -363,7 +363,15 @@ BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
     "imagenet": imagenet_folder,
     "mnist": mnist_idx,
     "svhn": svhn_torchvision,
+    "wds": lambda *args: webdataset_source(*args),
 }
+
+
+def webdataset_source(spec: str, rest: str, split: str | None, download: bool) -> Source:
+    """``wds:SPEC``: WebDataset shards or a CLIP_benchmark root (``webdata``, imported when used)."""
+    from .webdata import open_webdataset
+
+    return open_webdataset(spec, rest, split, download)
 
 
 def open_source(spec: str, split: str | None = None, download: bool = False) -> Source:
@@ -382,7 +390,11 @@ def open_source(spec: str, split: str | None = None, download: bool = False) -> 
 def local_root(spec: str) -> Path | None:
     """The local file or folder a data spec reads (``cifar10:ROOT`` reads ROOT), or None when it
     reads none (``shapes:`` generates its images)."""
+    from .outputs import is_url
+
     prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "wds":
+        return None if is_url(rest) else Path(rest.split("{")[0] or ".").expanduser()
     if sep and prefix in BUILDERS:
         return Path(rest.split(":")[0]).expanduser() if prefix != "shapes" else None
     return Path(spec).expanduser()

@@ -68,3 +68,21 @@ def from_environment(device_type: str) -> Ranks:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return Ranks(rank=rank, world=world, local_rank=local_rank, group=True)
+
+
+def pick_device(device: str = "auto") -> Any:
+    """The torch device a command runs on: ``auto`` means CUDA when present, else the CPU; an
+    unknown name, or CUDA asked for where none is visible, is a ModelError naming the fix."""
+    import torch
+
+    from .errors import ModelError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' asked for, but no CUDA device is visible: use --device cpu")
+    return chosen

@@ -121,7 +121,11 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
 
     check_config(config)
     source = open_source(config.data, config.split, config.download)
-    templates = load_templates(config.templates or default_templates(source.identity))
+    given = getattr(source, "templates", None)  # a CLIP_benchmark root's own templates
+    if config.templates or not given:
+        templates = load_templates(config.templates or default_templates(source.identity))
+    else:
+        templates = list(given)
     if config.classnames:
         classnames = load_classnames(config.classnames)
     elif source.classnames:

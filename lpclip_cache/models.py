@@ -18,6 +18,7 @@ from typing import Any
 import open_clip
 import torch
 
+from .distributed import pick_device
 from .errors import ModelError
 
 CONFIG_DIR = Path(str(resources.files("lpclip_cache") / "model_configs"))
@@ -131,19 +132,6 @@ def fetch_tag(name: str, tag: str, cache_dir: str | None = None) -> str:
             f"downloaded ({reason}); run once on a connected machine (cache: "
             f"{cache_dir or '~/.cache/huggingface'}), or pass a checkpoint file with --pretrained PATH"
         ) from exc
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` means CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from exc
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device '{device}' asked for, but no CUDA device is visible: use --device cpu")
-    return chosen
 
 
 def load_model(

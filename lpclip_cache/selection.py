@@ -34,7 +34,7 @@ def select(config: SelectConfig) -> dict[str, Any]:
         raise InputError(f"--holdout must be in (0, 1) for selection, got {config.holdout}")
     if FeatureStore(config.store).layout.n_shards < 2:
         raise InputError(f"store '{config.store}' has one shard: selection needs at least two to hold one out")
-    template = TrainConfig(store=config.store, out=config.out)
+    template = TrainConfig(store=config.store, out=config.out, device=config.device)
     grid = []
     with tempfile.TemporaryDirectory() as scratch:
         for lr in config.lrs:

@@ -17,7 +17,7 @@ from lpclip_cache.recipe import load_recipe, plan, run_recipe
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "pipelines").glob("*.toml"))
 VARIABLES = ("CIFAR10_ROOT", "CIFAR100_ROOT", "SVHN_ROOT", "MNIST_ROOT", "IMAGENET_ROOT", "IMAGENET_V2_ROOT",
-             "IMAGENET_SKETCH_ROOT", "IMAGENET_A_ROOT", "IMAGENET_R_ROOT", "DATA_ROOT")
+             "IMAGENET_SKETCH_ROOT", "IMAGENET_A_ROOT", "IMAGENET_R_ROOT", "DATA_ROOT", "CLIP_BENCHMARK_ROOT")
 
 
 def test_the_shipped_recipes_cover_the_experiments():

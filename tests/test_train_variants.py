@@ -41,6 +41,42 @@ def test_streaming_and_in_memory_train_the_same_probe(stores):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize(("members", "targets", "classes_major"), [(1, "hard", True), (3, "soft", True),
+                                                                    (1, "hard", False)])
+def test_device_path_run_on_the_cpu_trains_the_cpu_paths_probe(stores, members, targets, classes_major,
+                                                                monkeypatch):
+    """``train --device`` runs one code path on any device; off the CPU each batch's gradient is one
+    block (one product each way) instead of cache-sized blocks. That path, run here on the CPU
+    with ``block_rows`` set as a GPU sets it, draws the same pairs in the same order and trains the
+    same probe to 1e-4 (float32, summation order apart), streamed or held whole, for hard and soft
+    targets, an ensemble, and both logit layouts."""
+    import lpclip_cache.training as training
+
+    if not classes_major:
+        monkeypatch.setattr(training, "CLASSES_MAJOR_UP_TO", 0)
+    base = stores["base"] / f"device-{members}-{targets}-{classes_major}"
+    common = dict(store=str(stores["store"]), epochs=4, lr=1e-2, progress=False, seed=2, ensemble=members,
+                  targets=targets, batch_size=200, device="cpu")
+    cpu = train(TrainConfig(out=str(base / "cpu"), **common))
+    device = train(TrainConfig(out=str(base / "device"), block_rows=200, **common))
+    streamed = train(TrainConfig(out=str(base / "streamed"), block_rows=200, memory_budget=0, **common))
+    for a, b, c in zip(weights_of(base / "cpu"), weights_of(base / "device"), weights_of(base / "streamed")):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_allclose(a, c, atol=1e-4)
+    assert cpu["final_loss"] == pytest.approx(device["final_loss"], abs=1e-5)
+    assert streamed["streamed"] and load_run(base / "device").info["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda", "no CUDA device is visible"),
+                                                 ("tpu", "unknown device 'tpu'")])
+def test_train_on_a_device_that_is_not_there_is_one_line(stores, tmp_path, device, message):
+    from conftest import run_cli
+
+    done = run_cli("train", "--store", str(stores["store"]), "--out", str(tmp_path / "r"), "--device", device)
+    assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def peak_bytes(store, out, memory_budget):
     tracemalloc.start()
     train(TrainConfig(store=str(store), out=str(out), epochs=1, progress=False, memory_budget=memory_budget))
