@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+OPEN_SHARDS = 16  # readers a process keeps open at once
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -95,14 +96,19 @@ class WdsSource:
         labels: list[int] = []
         self._shard_of: list[int] = []
         self._position: list[int] = []
+        from wids.wids import splitname
+
         for number in range(len(shards)):
             reader = self._reader(number)
-            for position in range(len(reader)):
-                sample = reader[position]
-                keys.append(sample["__key__"])
-                labels.append(self._label(number, sample))
+            names = list(reader.reader.names())
+            for position, members in enumerate(reader.samples):  # from the tar headers: no image is read
+                parts = {splitname(names[i])[1]: i for i in members}
+                keys.append(splitname(names[members[0]])[0])
+                cls = reader.reader.get_file(parts[".cls"])[1] if ".cls" in parts else None
+                labels.append(self._label(number, keys[-1], cls))
                 self._shard_of.append(number)
                 self._position.append(position)
+        self._close_readers()  # indexing opened every shard: let go of them, reading reopens a few
         if not keys:
             raise InputError(f"data spec '{spec}': its {len(shards)} shard(s) hold no samples")
         self.keys = keys
@@ -116,11 +122,21 @@ class WdsSource:
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers reopen the shards themselves
         return {**self.__dict__, "_readers": {}}
 
+    def _close_readers(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
     def _reader(self, number: int) -> Any:
-        """The shard's indexed reader (``wids``), opened once per process."""
+        """The shard's indexed reader (``wids``); a process keeps the ``OPEN_SHARDS`` it used last
+        open, so a dataset of many thousand shards never holds as many files open."""
         from wids.wids import IndexedTarSamples
 
-        if number not in self._readers:
+        if number in self._readers:
+            self._readers[number] = self._readers.pop(number)  # now the most recently used
+        else:
+            if len(self._readers) >= OPEN_SHARDS:
+                self._readers.pop(next(iter(self._readers))).close()
             path = self._local_copy(number)
             try:
                 self._readers[number] = IndexedTarSamples(path=path, index_file=None)
@@ -150,15 +166,15 @@ class WdsSource:
             self._local[number] = str(target)
         return self._local[number]
 
-    def _label(self, number: int, sample: dict[str, Any]) -> int:
-        if ".cls" not in sample:
+    def _label(self, number: int, key: str, cls: Any) -> int:
+        if cls is None:
             return -1
-        text = sample[".cls"].read().decode("utf-8", "replace").strip()
+        text = bytes(cls.read()).decode("utf-8", "replace").strip()
         try:
             return int(text)
         except ValueError:
-            raise InputError(f"shard '{self.shards[number]}', sample '{sample['__key__']}': its .cls holds "
-                             f"{text[:20]!r}, not an integer class index") from None
+            raise InputError(f"shard '{self.shards[number]}', sample '{key}': its .cls holds {text[:20]!r}, not an "
+                             "integer class index") from None
 
     def image(self, index: int) -> Image.Image:
         number, position = self._shard_of[index], self._position[index]

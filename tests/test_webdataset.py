@@ -210,3 +210,27 @@ def test_shards_at_an_fsspec_url_are_copied_once_and_read(folder_store, tiny_che
     np.testing.assert_array_equal(FeatureStore(out).read("clean/emb"), FeatureStore(folder_store).read("clean/emb"))
     assert sorted(p.name for p in (tmp_path / "cache" / "shards").rglob("*.tar")) == ["0.tar", "1.tar"]
     memory.rm("/cb", recursive=True)
+
+
+def test_few_open_shards_read_the_same_images(folder_store, tiny_checkpoint, tmp_path, monkeypatch):
+    """A process keeps only a few shard readers open (``OPEN_SHARDS``); with one, every read in
+    the store's row order reopens shards, and the store is still the folder's."""
+    import lpclip_cache.webdata as webdata
+
+    monkeypatch.setattr(webdata, "OPEN_SHARDS", 1)
+    root = clip_benchmark_root(tmp_path / "cb")
+    out = tmp_path / "one-open.zarr"
+    extract(ExtractConfig(**options(f"wds:{root}", out, tiny_checkpoint, split="test")))
+    np.testing.assert_array_equal(FeatureStore(out).read("clean/emb"), FeatureStore(folder_store).read("clean/emb"))
+
+
+def test_a_cls_that_is_not_a_number_is_one_line(tmp_path):
+    import webdataset as wds
+
+    from lpclip_cache.data import open_source
+    from lpclip_cache.errors import InputError
+
+    with wds.TarWriter(str(tmp_path / "0.tar")) as sink:
+        sink.write({"__key__": "a", "jpg": IMAGES[0][1].read_bytes(), "cls": b"dog"})
+    with pytest.raises(InputError, match="sample 'a': its .cls holds 'dog', not an integer class index"):
+        open_source(f"wds:{tmp_path}")
