@@ -234,3 +234,52 @@ def test_a_cls_that_is_not_a_number_is_one_line(tmp_path):
         sink.write({"__key__": "a", "jpg": IMAGES[0][1].read_bytes(), "cls": b"dog"})
     with pytest.raises(InputError, match="sample 'a': its .cls holds 'dog', not an integer class index"):
         open_source(f"wds:{tmp_path}")
+
+
+def test_a_killed_extraction_resumes_to_a_bit_identical_store(tiny_checkpoint, tmp_path):
+    """SIGKILL while shards are being written (a real process, as a crash or a pre-empted job
+    ends), then the same command again: it resumes and the store equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import webdataset as wds
+
+    every = [(label, path) for label, name in enumerate(CLASSES) for path in sorted((CIFAR / name).glob("*.jpg"))]
+    (tmp_path / "s").mkdir()
+    for number, start in enumerate(range(0, len(every), 50)):
+        with wds.TarWriter(str(tmp_path / "s" / f"{number}.tar")) as sink:
+            for label, image in every[start : start + 50]:
+                sink.write({"__key__": f"{CLASSES[label]}-{image.stem}", "jpg": image.read_bytes(),
+                            "cls": str(label).encode()})
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "lpclip_cache", "extract", "--data", f"wds:{tmp_path / 's'}", "--classnames",
+                str(names), "--model", "test-tiny", "--pretrained", str(tiny_checkpoint), "--weak-views", "2",
+                "--strong-views", "2", "--shard-size", "8", "--batch-size", "8", "--workers", "0", "--quiet",
+                "--out", str(out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    reference = subprocess.run(command(tmp_path / "ref.zarr"), env=env, capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "killed.zarr"
+    process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (out / "done" / "c").is_dir() and len(list((out / "done" / "c").glob("*"))) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "extraction finished before it could be killed: make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = int(FeatureStore(out, require_complete=False).read("done").sum())
+    assert 3 <= finished < 25
+    resumed = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    first, second = FeatureStore(tmp_path / "ref.zarr"), FeatureStore(out)
+    for name in first.arrays():
+        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
