@@ -6,14 +6,6 @@
 # zarr, numcodecs, donfig, crc32c/google-crc32c, ftfy, wcwidth, regex, huggingface_hub, safetensors.
 # Last line: views_per_s=X encoder_only_views_per_s=Y
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+source "$(dirname "$0")/gpu_env.sh"
 python3 benchmarks/gpu_extract.py --model ViT-B-32 --device cuda --images "${IMAGES:-8192}" --views 8 \
   --batch "${BATCH:-512}" "$@"

@@ -5,13 +5,5 @@
 # (as for gpu_extract.sh; docs/performance.md has the pip download line).
 # Last line: classes=1000 samples_per_s=X
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+source "$(dirname "$0")/gpu_env.sh"
 python3 benchmarks/gpu_train.py --device cuda --samples "${SAMPLES:-500000}" --batch "${BATCH:-65536}" "$@"

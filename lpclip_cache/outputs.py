@@ -236,3 +236,9 @@ def _move_into_place(staging: Path, path: Path, what: str, replace: bool) -> Non
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 old.unlink(missing_ok=True)
+
+
+def cache_dir() -> Path:
+    """The project's cache (trained teachers, copies of remote shards): ``$LPCLIP_CACHE_DIR`` or
+    ``~/.cache/lpclip-cache``."""
+    return Path(os.environ.get("LPCLIP_CACHE_DIR", Path.home() / ".cache" / "lpclip-cache")).expanduser()

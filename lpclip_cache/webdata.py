@@ -154,8 +154,7 @@ class WdsSource:
                 raise InputError(f"shard '{shard}' not found: check the data spec")
             return path
         if number not in self._local:
-            from .outputs import filesystem
-            from .world.teacher import cache_dir
+            from .outputs import cache_dir, filesystem
 
             fs, inner = filesystem(shard)
             target = cache_dir() / "shards" / hashlib.sha256(shard.encode()).hexdigest()[:16] / Path(inner).name

@@ -11,7 +11,6 @@ ordinary ``--pretrained PATH`` path.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,13 +51,10 @@ class TeacherConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    """Where trained teachers are kept: ``$LPCLIP_CACHE_DIR`` or ``~/.cache/lpclip-cache``."""
-    return Path(os.environ.get("LPCLIP_CACHE_DIR", Path.home() / ".cache" / "lpclip-cache")).expanduser()
-
-
 def checkpoint_path(config: TeacherConfig) -> Path:
     """The cache file of a configuration's weights."""
+    from ..outputs import cache_dir
+
     return cache_dir() / "teachers" / f"{MODEL_NAME}-{config.key()}.safetensors"
 
 
