@@ -17,7 +17,7 @@ from . import metrics
 from .config import NEIGHBORS_K
 from .errors import InputError
 
-KINDS = ("clusters", "neighbors", "projection")
+KINDS = ("clusters", "neighbors", "projection", "views")
 
 
 def spherical_kmeans(points: np.ndarray, k: int, seed: int = 0, niter: int = 25, nredo: int = 5) -> np.ndarray:
@@ -231,14 +231,26 @@ def format_neighbors(report: dict[str, Any]) -> str:
 
 
 def analyze(kind: str, store: str, out: str | None = None, run: str | None = None, k: int | None = None,
-            sweep: Sequence[int] = (), seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+            sweep: Sequence[int] = (), seed: int = 0, overwrite: bool = False,
+            max_images: int | None = None) -> dict[str, Any]:
     """``lpclip-cache analyze latent KIND``: ``clusters`` (k-means purity/NMI/ARI; ``k`` defaults
     to the number of classes), ``neighbors`` (kNN agreement, silhouette, distance ratio; ``k``
-    neighbours, default ``config.NEIGHBORS_K``) or ``projection`` (a PNG at ``out``). Writes ``out`` when given."""
+    neighbours, default ``config.NEIGHBORS_K``) or ``projection`` (a PNG at ``out``); and
+    ``lpclip-cache analyze views`` (``views``: whether the store's weak and strong views keep the
+    class, on at most ``max_images`` images; no run, k or sweep). Writes ``out`` when given."""
     from .outputs import is_report, prepare_output, refuse_output_inside, write_report
 
     if kind not in KINDS:
-        raise InputError(f"analyze kind must be clusters, neighbors or projection, got '{kind}'")
+        raise InputError(f"analyze kind must be clusters, neighbors, projection or views, got '{kind}'")
+    if kind == "views":
+        from .viewcheck import MAX_IMAGES, analyze_views
+
+        if run or k is not None or sweep:
+            raise InputError("analyze views reads the store's own views: it takes no run, k or sweep")
+        return analyze_views(str(store), str(out) if out else None, seed,
+                             MAX_IMAGES if max_images is None else int(max_images), overwrite)
+    if max_images is not None:
+        raise InputError("max_images belongs to analyze views")
     store, run = str(store), (str(run) if run else None)
     if out:
         refuse_output_inside(str(out), [store, *([run] if run else [])])

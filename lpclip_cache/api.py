@@ -6,6 +6,7 @@
     lc.train(store="train.zarr", out="runs/lpclip", epochs=10)
     report = lc.evaluate(run="runs/lpclip", stores=["test.zarr"], ood=["mnist.zarr"], report="report/")
     lc.analyze("clusters", store="test.zarr", run="runs/lpclip", k=10, out="clusters.json")
+    lc.analyze("views", store="train.zarr", out="views.json")
     lc.run("pipelines/demo.toml")
 
 Each returns the summary the command prints with ``--json`` and raises the command's errors
@@ -53,7 +54,8 @@ def evaluate(run: str, stores: Sequence[str], ood: Sequence[str] = (), out: str 
 def analyze(kind: str, store: str, **options: Any) -> dict[str, Any]:
     """``lpclip-cache analyze latent KIND``: ``clusters`` (k-means purity/NMI/ARI; ``k`` defaults
     to the number of classes), ``neighbors`` (kNN agreement, silhouette, distance ratio; ``k``
-    neighbours) or ``projection`` (a PNG at ``out``). Writes ``out`` when given."""
+    neighbours) or ``projection`` (a PNG at ``out``); or ``lpclip-cache analyze views``
+    (``"views"``: do the store's weak and strong views keep the class). Writes ``out`` when given."""
     from .analysis import analyze as run_analyze
 
     return run_analyze(kind, str(store), **options)

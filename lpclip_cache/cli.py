@@ -203,6 +203,25 @@ def analyze() -> None:
     """Analyses of the cached embedding spaces."""
 
 
+@analyze.command()
+@click.option("--store", required=True, help="Feature store whose weak and strong views to check (adaptation store).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the halves and of the image sample.")
+@click.option("--max-images", type=int, default=None,
+              help="Analyse at most this many images, a seeded sample (default 10000).")
+@click.option("--out", required=True, type=click.Path(), help="Report JSON to write.")
+@overwrite_option
+@json_option
+@report_errors
+def views(store: str, seed: int, max_images: int | None, out: str, overwrite: bool, as_json: bool) -> None:
+    """Do the views keep the class? Teacher agreement, cosine and confidence per view kind; with
+    labels, the teacher's accuracy, label preservation and the consistency ceiling."""
+    from .analysis import analyze
+    from .viewcheck import format_views
+
+    report = analyze("views", store, out=out, seed=seed, max_images=max_images, overwrite=overwrite)
+    emit(report, as_json, format_views(report) + f"\nwrote {out}")
+
+
 @analyze.group()
 def latent() -> None:
     """Latent-space structure of CLIP's embeddings and of the probe's outputs."""
@@ -289,10 +308,11 @@ def list_models(as_json: bool) -> None:
 @report_errors
 def demo(quiet: bool, as_json: bool, **options: Any) -> None:
     """The whole method offline: a small CLIP trained here, shapes world with shifts and OOD, one table."""
-    from .world.demo import format_ablation, format_table, run_demo
+    from .world.demo import format_ablation, format_table, format_views, run_demo
 
     results = run_demo(DemoConfig(progress=not quiet, **options))
-    emit(results, as_json, f"{format_table(results)}\n\n{format_ablation(results)}\nwrote {options['out']}/"
+    emit(results, as_json, f"{format_views(results)}\n\n{format_table(results)}\n\n{format_ablation(results)}\n"
+         f"wrote {options['out']}/"
          f"results.json, results.md, reliability.png, severity.png in {results['timings_s']['total']:.0f} s")
 
 

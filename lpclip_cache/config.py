@@ -169,6 +169,9 @@ class DemoConfig:
     """Sizes and seeds of one demo run (``demo``): overrides of the demo recipe."""
 
     out: str = option("demo-out", "Output folder.")
+    world: str = option("objects", "The shapes world: objects (seen as photos see objects: the views keep the class) "
+                        "or geometry (the earlier world, whose views break the class; a contrast).",
+                        choices=("objects", "geometry"))
     seed: int = option(0, "First seed of the world's data, the views and the probes.")
     seeds: int = option(3, "Seeds to run (seed, seed+1, ...): the table gives their mean, spread and intervals.")
     train_n: int = option(4000, "Images in the adaptation split.")
@@ -179,7 +182,7 @@ class DemoConfig:
     lr: float = option(1e-2, "Probe learning rate (AdamW).")
     ensemble: int = option(5, "Members of the LP-CLIP ensemble.")
     teacher_seed: int | None = option(None, "Seed of the small CLIP's training (default: the teacher's own).")
-    teacher_steps: int = option(1000, "Training steps of the small CLIP.")
+    teacher_steps: int | None = option(None, "Training steps of the small CLIP (default: the world's teacher's own).")
     teacher_pool: int = option(20000, "Image-caption pairs it learns from.")
     severities: tuple[int, ...] = option((1, 2, 3, 4, 5), "Corruption severities to run (comma-separated, 1-5).")
     ablations: bool = option(True, cli=False)

@@ -182,15 +182,15 @@ def torchvision_cifar(variant: str) -> Callable[[str, str, str | None, bool], Ar
 
 
 def generated_shapes(spec: str, rest: str, split: str | None, download: bool) -> ArraySource:
-    """The project's procedural shapes world (``shapes:SPLIT[:STYLE|:CORRUPTION:SEVERITY]``),
+    """The project's procedural shapes world (``shapes:SPLIT[:STYLE|:CORRUPTION:SEVERITY][:world=NAME]``),
     generated in memory (``download`` is not needed)."""
-    from .world.shapes import SHAPES, parse_spec, split_pixels
+    from .world.shapes import SHAPES, WORLDS, parse_spec, split_pixels
 
     parsed = parse_spec(spec, rest, split)
     pixels, labels = split_pixels(parsed)
     identity = {"kind": "shapes", "spec": spec, "split": parsed.split, "domain": parsed.domain,
                 "style": parsed.style, "corruption": parsed.corruption, "severity": parsed.severity,
-                "n": parsed.n, "seed": parsed.seed}
+                "n": parsed.n, "seed": parsed.seed, "world": parsed.world, "scenes": WORLDS[parsed.world].describe()}
     keys = [f"shapes/{parsed.split}/{parsed.domain}/{i}" for i in range(parsed.n)]
     return ArraySource(pixels, keys, labels, list(SHAPES), identity)
 

@@ -37,7 +37,7 @@ EXTRACT_KEYS = recipe_keys(ExtractConfig, "extract")
 DATASET_KEYS = {"role": "", **recipe_keys(ExtractConfig, "dataset"), **VIEW_KEYS, **EXTRACT_KEYS}
 TRAIN_KEYS = recipe_keys(TrainConfig, "train")
 EVALUATE_KEYS = {"report"}
-ANALYZE_KEYS = {"clusters", "neighbors", "projection", "k", "sweep", "neighbors_k", "seed"}
+ANALYZE_KEYS = {"clusters", "neighbors", "projection", "views", "k", "sweep", "neighbors_k", "seed"}
 NOT_OPTIONS = {"out", "overwrite", "progress", "extra_manifest", "memory_budget"}  # not the stage's configuration
 SHAPES_TEACHER = "shapes-teacher"  # the project's offline teacher, trained once and cached
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -238,6 +238,11 @@ def plan(recipe: Recipe) -> list[Stage]:
                               f"{out}/analysis/{kind}-{store.name}-{run_name}.{suffix}", options, [store.id, run.id])
                 stage.key = _key([options, store.key, run.key])
                 stages.append(stage)
+    if recipe.analyze.get("views", False):  # do the adaptation store's views keep the class
+        options = {"kind": "views", "store": adapt.out, "seed": recipe.analyze.get("seed", 0)}
+        stage = Stage("analyze", f"views-{adapt.name}", f"{out}/analysis/views-{adapt.name}.json", options, [adapt.id])
+        stage.key = _key([options, adapt.key])
+        stages.append(stage)
     return stages
 
 
@@ -340,6 +345,8 @@ def execute_stage(recipe: Recipe, stage: Stage, progress: bool) -> dict[str, Any
                              report=stage.out if o["report"] else None, overwrite=True)
     from .analysis import analyze
 
+    if o["kind"] == "views":
+        return analyze("views", store=o["store"], out=stage.out, seed=o["seed"], overwrite=True)
     return analyze(o["kind"], store=o["store"], run=o["run"], out=stage.out, k=o["k"], sweep=o["sweep"],
                    seed=o["seed"], overwrite=True)
 

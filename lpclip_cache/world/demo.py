@@ -19,29 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..config import NEIGHBORS_K, DemoConfig
+from .demo_recipe import recipe_path, style_shifts
 from .teacher import MODEL_NAME
 
 PROBES = ("lpclip", "ensemble", "supervised")  # the recipe's probes
 METHODS = ("teacher", *PROBES)
 STRENGTHS = (1, 3)  # RandAugment operations per strong view in the strength ablation (the policy's own: 2)
-
-
-def recipe_path() -> Path:
-    """The demo's recipe, the one definition of its datasets, views, probes and analyses
-    (``pipelines/demo.toml`` is the same file)."""
-    from importlib import resources
-
-    return Path(str(resources.files("lpclip_cache") / "resources" / "demo.toml"))
-
-
-def style_shifts() -> tuple[str, ...]:
-    """The recipe's style shifts: its shifted datasets that are not corruptions, in its order."""
-    import tomllib
-
-    datasets = tomllib.loads(recipe_path().read_text())["datasets"]
-    return tuple(name for name, table in datasets.items() if table["role"] == "shift" and "corrupt" not in table)
-
-
 STYLE_SHIFTS = style_shifts()
 
 
@@ -78,6 +61,7 @@ def overrides(config: DemoConfig, checkpoint: Path, seed: int, out: Path) -> lis
     for name, table in recipe.datasets.items():
         n = config.train_n if table["role"] == "adapt" else config.corrupt_n if table.get("corrupt") else config.test_n
         data = re.sub(r":seed=\d+", f":seed={seed}", re.sub(r":n=\d+", f":n={n}", table["data"]))
+        data = re.sub(r":world=\w+", "", data) + f":world={config.world}"
         items.append(f"datasets.{name}.data={data}")
         if table.get("corrupt"):
             corruption = table["corrupt"].partition(":")[0]
@@ -91,12 +75,14 @@ def overrides(config: DemoConfig, checkpoint: Path, seed: int, out: Path) -> lis
 
 
 def check_config(config: DemoConfig) -> None:
-    """Reject impossible sizes before anything is written."""
+    """Reject impossible sizes and unknown worlds before anything is written."""
+    from ..config import check_choices
     from ..errors import InputError
     from .teacher import TeacherConfig
 
-    sizes = (config.train_n, config.test_n, config.corrupt_n, config.views, config.epochs, config.teacher_steps,
-             config.ensemble)
+    check_choices(config)
+    sizes = (config.train_n, config.test_n, config.corrupt_n, config.views, config.epochs,
+             1 if config.teacher_steps is None else config.teacher_steps, config.ensemble)
     if min(sizes) < 1 or not config.lr > 0 or config.seeds < 2:
         raise InputError("--train-n, --test-n, --corrupt-n, --views, --epochs, --teacher-steps and --ensemble must be "
                          "at least 1, --seeds at least 2 (a spread needs two), --lr > 0")
@@ -112,7 +98,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     spread over seeds (also written as JSON)."""
     from ..outputs import prepare_output
     from .regime import measure
-    from .teacher import TeacherConfig, ensure_teacher
+    from .teacher import ensure_teacher, world_teacher
 
     check_config(config)
     started = time.perf_counter()
@@ -120,16 +106,19 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     prepare_output(out, config.overwrite, is_demo, "demo output")
     (out / "stores").mkdir(parents=True)
     (out / STARTED).write_text("a demo is writing this folder; results.json appears when it has finished\n")
-    log("teacher: the small CLIP trained on shapes captions (cached after the first run)", config.progress)
-    seed = TeacherConfig.seed if config.teacher_seed is None else config.teacher_seed
-    teacher = TeacherConfig(seed=seed, steps=config.teacher_steps, pool=config.teacher_pool)
+    log(f"teacher: the small CLIP of the {config.world} world (shipped for the default one; others trained once "
+        "and cached)", config.progress)
+    teacher = world_teacher(config.world, seed=config.teacher_seed, steps=config.teacher_steps,
+                            pool=config.teacher_pool)
     checkpoint = ensure_teacher(teacher, progress=config.progress)
     timings = {"teacher": round(time.perf_counter() - started, 2)}
     began = time.perf_counter()
-    regime = measure(checkpoint, seed=config.seed, train_n=config.train_n, test_n=config.test_n)
+    regime = measure(checkpoint, seed=config.seed, train_n=config.train_n, test_n=config.test_n, world=config.world)
     timings["regime"] = round(time.perf_counter() - began, 2)
-    log(f"regime: probe {regime['supervised_probe']:.3f}, zero-shot {regime['zeroshot']:.3f} "
-        f"({regime['classes']} classes)", config.progress)
+    views = regime["views"]["views"]
+    log(f"regime ({config.world} world): probe {regime['supervised_probe']:.3f}, zero-shot {regime['zeroshot']:.3f} "
+        f"({regime['classes']} classes); the probe keeps {views['weak']['label_preservation']['ratio']:.0%} on weak "
+        f"and {views['strong']['label_preservation']['ratio']:.0%} on strong views", config.progress)
     seeds = [config.seed + i for i in range(config.seeds)]
     per_seed = []
     for seed in seeds:
@@ -156,14 +145,33 @@ def run_seed(config: DemoConfig, checkpoint: Path, seed: int, out: Path, timings
     stages = {stage["id"]: stage["out"] for stage in summary["stages"]}
     reports = {m: json.loads(Path(stages[f"evaluate-{m}"]).read_text()) for m in PROBES}
     clusters = {m: json.loads(Path(stages[f"analyze-clusters-test-{m}"]).read_text()) for m in PROBES}
+    views = view_row(json.loads(Path(stages["analyze-views-train"]).read_text()))
     stores = {name: stages[f"extract-{name}"] for name in ("train", "test", *STYLE_SHIFTS, "strokes")}
     row = {"teacher": metrics_row(reports["lpclip"], "teacher", stores, clusters["lpclip"]["spaces"]["clip"])}
     row.update({m: metrics_row(reports[m], "probe", stores, clusters[m]["spaces"]["probe"]) for m in PROBES})
     began = time.perf_counter()
     ablation = ablations(config, checkpoint, seed, out, stores) if config.ablations else {}
     timings["ablations"] = round(timings.get("ablations", 0.0) + time.perf_counter() - began, 2)
-    return {"seed": seed, "table": row, "ablation": ablation, "stores": stores, "reports": reports,
+    return {"seed": seed, "table": row, "ablation": ablation, "views": views, "stores": stores, "reports": reports,
             "runs": {m: stages[f"train-{m}"] for m in PROBES}}
+
+
+VIEW_COLUMNS = ("teacher_accuracy", "pseudo_label_agreement", "cosine_to_clean", "keeps", "ceiling")
+
+
+def view_row(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One seed's view figures of its train store (``analyze views``), per view kind and the clean
+    view: the teacher's accuracy, its agreement with its clean answer, the cosine to the clean
+    embedding, the share of a clean probe's accuracy kept and the consistency ceiling."""
+    clean = report["clean"]
+    rows = {"clean": {"teacher_accuracy": clean["teacher_accuracy"], "pseudo_label_agreement": 1.0,
+                      "cosine_to_clean": 1.0, "keeps": 1.0, "ceiling": clean["probe_accuracy"]}}
+    for kind, entry in report["views"].items():
+        rows[kind] = {"teacher_accuracy": entry["teacher_accuracy"],
+                      "pseudo_label_agreement": entry["pseudo_label_agreement"],
+                      "cosine_to_clean": entry["cosine_to_clean"], "keeps": entry["label_preservation"]["ratio"],
+                      "ceiling": entry["ceiling"]["clean_accuracy"]}
+    return rows
 
 
 def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str], space: dict[str, Any]) -> dict[str, float]:
@@ -250,10 +258,12 @@ def aggregate(config: DemoConfig, per_seed: list[dict[str, Any]]) -> dict[str, A
         keys = list(per_seed[0]["ablation"]["lpclip"])
         ablation = {v: {k: interval([s["ablation"][v][k] for s in per_seed]) for k in keys}
                     for v in per_seed[0]["ablation"]}
+    views = {kind: {c: interval([s["views"][kind][c] for s in per_seed]) for c in VIEW_COLUMNS}
+             for kind in per_seed[0]["views"]}
     return {"tool": "lpclip-cache", "demo": {**asdict(config), "severities": [int(s) for s in config.severities]},
-            "seeds": [s["seed"] for s in per_seed], "methods": list(METHODS), "columns": columns, "table": table,
-            "paired": paired, "ablation": ablation,
-            "per_seed": [{k: s[k] for k in ("seed", "table", "ablation")} for s in per_seed]}
+            "world": config.world, "seeds": [s["seed"] for s in per_seed], "methods": list(METHODS),
+            "columns": columns, "table": table, "paired": paired, "ablation": ablation, "views": views,
+            "per_seed": [{k: s[k] for k in ("seed", "table", "ablation", "views")} for s in per_seed]}
 
 
 def cell(stat: dict[str, Any], digits: int = 3) -> str:
@@ -272,6 +282,14 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
         rows.append([column, *(cell(results["table"][m][column]) for m in results["methods"]),
                      f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"])
     return text_table(["measure", *results["methods"], "lpclip - teacher [95% CI]"], rows, markdown)
+
+
+def format_views(results: dict[str, Any], markdown: bool = False) -> str:
+    """The view table: a row per view kind of the train stores, mean ± standard deviation over seeds."""
+    from ..figures import text_table
+
+    rows = [[kind, *(cell(values[c]) for c in VIEW_COLUMNS)] for kind, values in results["views"].items()]
+    return text_table(["view", *VIEW_COLUMNS], rows, markdown)
 
 
 def format_ablation(results: dict[str, Any], markdown: bool = False) -> str:
@@ -299,14 +317,28 @@ def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> 
     results["plots"] = {k: str(v) for k, v in plots.items()}
     regime = results["regime"]
     seeds = ", ".join(map(str, results["seeds"]))
+    views = regime["views"]["views"]
     markdown = [
-        "# lpclip-cache demo: the shapes world",
+        f"# lpclip-cache demo: the shapes world ({results['world']})",
         "",
         f"Teacher: `{MODEL_NAME}` trained by the project. Regime on the clean test set (world seed "
         f"{regime['seed']}): {regime['classes']} classes; supervised linear probe on the frozen embeddings "
         f"{regime['supervised_probe']:.3f}; zero-shot {regime['zeroshot']:.3f} (gap {regime['gap']:.3f}); "
         + "; ".join(f"{k} accuracy {v['accuracy']:.3f} at ECE {v['ece']:.3f}" for k, v in regime["shifts"].items())
-        + f"; OOD MSP AUROC {regime['ood_msp_auroc']:.3f}; in regime: {regime['in_regime']}.",
+        + f"; OOD MSP AUROC {regime['ood_msp_auroc']:.3f}. Views ({regime['views']['images']} train images): a "
+        f"probe fitted on clean embeddings keeps {views['weak']['label_preservation']['ratio']:.3f} of its accuracy "
+        f"on weak views and {views['strong']['label_preservation']['ratio']:.3f} on strong ones; the teacher is "
+        f"right on {regime['views']['clean']['teacher_accuracy']:.3f} of clean and "
+        f"{views['weak']['teacher_accuracy']:.3f} of weak views. In regime: {regime['in_regime']}"
+        + (f" (failing: {', '.join(k for k, ok in regime['checks'].items() if not ok)})."
+           if not regime["in_regime"] else "."),
+        "",
+        "Do the method's views keep the class? `analyze views` on each seed's train store (mean ± standard "
+        "deviation over seeds): the teacher's accuracy on the view, its agreement with its own answer on the clean "
+        "image, the cosine to the clean embedding, the share of a clean probe's accuracy kept on the view, and "
+        "the clean accuracy of a true-label probe trained on the view (the ceiling of consistency training).",
+        "",
+        format_views(results, markdown=True),
         "",
         f"Mean ± standard deviation over seeds {seeds} (world data, views and probes; one teacher). "
         "corruption_* average every corruption and severity; ood_* use the maximum softmax probability "

@@ -6,6 +6,12 @@ it fails overconfidently under style shifts. ``measure`` gives the same figures 
 checkpoint on the clean test split: the class count, the supervised probe's accuracy, zero-shot
 accuracy with the prompt ensemble (and per class), and per style shift the teacher's accuracy
 and ECE, and the OOD set's MSP AUROC. The world's parameters are fixed from these alone.
+
+It also measures whether the method's views keep the class, as FixMatch's views do on photos:
+``viewcheck.view_figures`` (the figures of ``analyze views``) on weak and strong views of the
+train split made with the demo recipe's policies. A probe fitted on clean embeddings must keep
+most of its accuracy on the views, and the teacher's pseudo-labels on weak views must be about
+as right as its answers on clean images.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import numpy as np
 
 # point 1 of the world's requirements (docs/demo.md): the regime the comparison needs
 REGIME = {"classes_min": 10, "probe_min": 0.85, "zeroshot_range": (0.55, 0.85), "gap_min": 0.08,
-          "shift_drop_min": 0.20, "shift_ece_min": 0.15, "ood_auroc_max": 0.75}
+          "shift_drop_min": 0.20, "shift_ece_min": 0.15, "ood_auroc_max": 0.75,
+          "weak_keeps_min": 0.97, "strong_keeps_min": 0.70, "weak_teacher_drop_max": 0.02}
+REGIME_VIEWS = 2  # weak and strong views per train image in the view figures
 
 
 def embed(loaded: Any, pixels: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -34,49 +42,53 @@ def embed(loaded: Any, pixels: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
-def linear_probe(train: np.ndarray, labels: np.ndarray, test: np.ndarray, l2: float = 1e-4) -> np.ndarray:
-    """Predictions of a multinomial logistic regression (L-BFGS, L2 ``l2``) fitted on ``train``:
-    the supervised probe protocol of the CLIP paper, on frozen embeddings."""
+def view_embeddings(loaded: Any, pixels: np.ndarray, views: int, seed: int,
+                    policies: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Unit embeddings (N x views x D) of weak and strong views of uint8 images, made by the
+    extraction's own ``ViewMaker`` with the demo recipe's policies (or ``policies``)."""
     import torch
 
-    x = torch.from_numpy(train.astype(np.float64))
-    y = torch.from_numpy(labels.astype(np.int64))
-    weight = torch.zeros(x.shape[1], int(labels.max()) + 1, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(int(labels.max()) + 1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+    from ..augment import ViewMaker, load_policy
+    from .demo_recipe import view_policies
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * (weight**2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
+    weak, strong = policies or view_policies()
+    maker = ViewMaker(loaded.preprocess, load_policy(weak), load_policy(strong), seed, torch.device("cpu"))
+    images = maker.to_float(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
+    out = {}
     with torch.no_grad():
-        return (torch.from_numpy(test.astype(np.float64)) @ weight + bias).argmax(1).numpy()
+        for kind in ("weak", "strong"):
+            out[kind] = np.stack([loaded.model.encode_image(maker.view(images, kind, 0, v), normalize=True).numpy()
+                                  for v in range(views)], axis=1)
+    return out
 
 
-def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: int = 1000) -> dict[str, Any]:
+def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: int = 1000,
+            world: str | None = None, policies: tuple[str, str] | None = None) -> dict[str, Any]:
     """The regime figures of a world checkpoint (world seed ``seed``), and whether each holds."""
     from .. import metrics
     from ..models import load_model, zero_shot_head
     from ..prompts import load_templates
+    from ..viewcheck import linear_probe, view_figures
     from ..zeroshot import softmax, teacher_logits
-    from .shapes import SHAPES, STYLES, render, render_scribbles, sample_attributes, split_rng
+    from .shapes import DEFAULT_WORLD, SHAPES, STYLES, WORLDS, render, render_scribbles, sample_attributes, split_rng
     from .teacher import MODEL_NAME
 
+    scenes = WORLDS[world or DEFAULT_WORLD]
     loaded = load_model(MODEL_NAME, str(checkpoint), device="cpu")
     head = zero_shot_head(loaded, list(SHAPES), load_templates("shapes")).numpy()
-    train_attrs = sample_attributes(train_n, split_rng(seed, "train"))
-    test_attrs = sample_attributes(test_n, split_rng(seed, "test"))
+    train_attrs = sample_attributes(train_n, split_rng(seed, "train"), scenes)
+    test_attrs = sample_attributes(test_n, split_rng(seed, "test"), scenes)
     labels = test_attrs.shape
-    train_emb = embed(loaded, render(train_attrs))
+    train_pixels = render(train_attrs)
+    train_emb = embed(loaded, train_pixels)
     probs = {style: softmax(teacher_logits(embed(loaded, render(test_attrs, style=style)), head,
                                            loaded.logit_scale), np.float64) for style in STYLES}
-    ood = softmax(teacher_logits(embed(loaded, render_scribbles(test_n, split_rng(seed, "ood"))), head,
+    ood = softmax(teacher_logits(embed(loaded, render_scribbles(test_n, split_rng(seed, "ood"), world=scenes)), head,
                                  loaded.logit_scale), np.float64)
     clean_emb = embed(loaded, render(test_attrs))
-    probe = float(np.mean(linear_probe(train_emb, train_attrs.shape, clean_emb) == labels))
+    probe = float(np.mean(linear_probe(train_emb, train_attrs.shape, clean_emb, len(SHAPES)) == labels))
+    views = view_figures(train_emb, view_embeddings(loaded, train_pixels, REGIME_VIEWS, seed, policies), head,
+                         loaded.logit_scale, labels=train_attrs.shape.astype(np.int64), seed=seed)
     zeroshot = metrics.accuracy(probs["filled"], labels)
     per_class = {name: float(np.mean(probs["filled"][labels == c].argmax(1) == c))
                  for c, name in enumerate(SHAPES) if (labels == c).any()}
@@ -92,9 +104,15 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
         "shifts": all(s["drop"] >= REGIME["shift_drop_min"] and s["ece"] >= REGIME["shift_ece_min"]
                       for s in shifts.values()),
         "ood": auroc < REGIME["ood_auroc_max"],
+        "weak_views_keep_the_class": views["views"]["weak"]["label_preservation"]["ratio"] >= REGIME["weak_keeps_min"],
+        "strong_views_keep_the_class":
+            views["views"]["strong"]["label_preservation"]["ratio"] >= REGIME["strong_keeps_min"],
+        "weak_pseudo_labels_as_right_as_clean":
+            views["clean"]["teacher_accuracy"] - views["views"]["weak"]["teacher_accuracy"]
+            <= REGIME["weak_teacher_drop_max"],
     }
-    return {"classes": len(SHAPES), "chance": 1 / len(SHAPES), "supervised_probe": probe, "zeroshot": zeroshot,
-            "gap": probe - zeroshot, "zeroshot_per_class": per_class,
+    return {"world": scenes.name, "classes": len(SHAPES), "chance": 1 / len(SHAPES), "supervised_probe": probe,
+            "zeroshot": zeroshot, "gap": probe - zeroshot, "zeroshot_per_class": per_class,
             "zeroshot_ece": metrics.ece(probs["filled"], labels),
-            "shifts": shifts, "ood_msp_auroc": auroc, "checks": checks, "in_regime": all(checks.values()),
-            "seed": seed, "train_n": train_n, "test_n": test_n}
+            "shifts": shifts, "ood_msp_auroc": auroc, "views": views, "checks": checks,
+            "in_regime": all(checks.values()), "seed": seed, "train_n": train_n, "test_n": test_n}

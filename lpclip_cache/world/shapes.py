@@ -10,12 +10,18 @@ edges are antialiased and the result is the same on every machine.
 - Styles: ``filled`` (the teacher's pretraining style), ``outline`` (only a band along the edge)
   and ``texture`` (the shape filled with stripes of its background): shifts the teacher never saw.
 - ``scribbles``: out-of-distribution images of random strokes, none of the shapes.
+- Worlds (``WORLDS``): how scenes vary. ``objects``, the default, is seen the way photos see
+  objects: whole and inside the frame, facing either way, at any angle of the views' range,
+  from varied viewpoints, under varied light, sometimes partly hidden; so FixMatch's views keep
+  the class, as they do on photos. ``geometry`` is the earlier world (upright, facing one way,
+  near the border, one light): a shape's class lives only in its exact geometry, which the views
+  break. docs/demo.md compares the two.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -55,6 +61,60 @@ STYLES = ("filled", "outline", "texture")
 SUPERSAMPLE = 4
 SPLIT_OFFSETS = {"pretrain": 0, "train": 1, "test": 2, "ood": 3}
 INNER_SCALE = 0.7  # the outline style keeps the band between the shape and its 70% copy
+
+
+@dataclass(frozen=True)
+class World:
+    """How a world's scenes vary (every range is uniform). The defaults are the ``geometry`` world."""
+
+    name: str
+    scale: float = 1.0  # objects' sizes, relative to SIZES
+    rotation: float = 25.0  # base rotation of an object, in +-degrees
+    mirror: bool = False  # objects face either way (a horizontal flip shows a scene of the world)
+    margin: float | None = None  # the object's whole extent stays this far inside the frame (fraction of
+    # the half-size); None: its centre may go up to 0.95 - radius from the middle (edges may touch the frame)
+    shear: float = 0.0  # viewpoint: a shear of the object on each axis, in +-shear
+    brightness: tuple[float, float] = (1.0, 1.0)  # the scene's exposure: a factor on every pixel
+    contrast: tuple[float, float] = (1.0, 1.0)  # blend with the scene's mean grey (1: unchanged)
+    saturation: tuple[float, float] = (1.0, 1.0)  # blend with the scene's grey image (0: black and white)
+    occluder: float = 0.0  # probability that a grey rectangle hides part of the scene
+    occluder_area: tuple[float, float] = (0.02, 0.1)  # its area, as a fraction of the image
+    typical_colour: float = 0.0  # probability that an object has its class's usual colour (a second cue); the
+    # outline and texture renditions of an object draw any colour (a sketch of a banana need not be yellow)
+    auto_levels: float = 0.0  # probability that the camera stretches each channel to the full range
+    equalised: float = 0.0  # probability that the camera equalises each channel's histogram
+    caption_names: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()  # CAPTION_NAMES entries it changes
+
+    def names(self) -> dict[str, tuple[tuple[str, float], ...]]:
+        """How this world's captions name each shape."""
+        return {**CAPTION_NAMES, **dict(self.caption_names)}
+
+    def describe(self) -> dict[str, object]:
+        """The world's parameters (part of a teacher's key and of a data source's identity)."""
+        return asdict(self)
+
+
+# How the objects world's captions differ: its rotations and mirrors make the three look-alike pairs
+# look more alike, and naming them as each other often made one class of a pair take both in the
+# zero-shot head, so they are named more faithfully; the text head's imperfection comes from a
+# pair that does not look alike, triangle and arrow, instead (docs/demo.md, how it was fixed).
+OBJECT_NAMES = (
+    ("square", (("square", 0.5), ("box", 0.2), ("diamond", 0.3))),
+    ("diamond", (("diamond", 0.4), ("rhombus", 0.3), ("square", 0.3))),
+    ("crescent", (("crescent", 0.5), ("moon", 0.35), ("semicircle", 0.15))),
+    ("semicircle", (("semicircle", 0.6), ("dome", 0.25), ("crescent", 0.15))),
+    ("pentagon", (("pentagon", 0.5), ("polygon", 0.25), ("hexagon", 0.25))),
+    ("hexagon", (("hexagon", 0.5), ("polygon", 0.25), ("pentagon", 0.25))),
+    ("heart", (("heart", 0.7), ("circle", 0.3))),
+    ("circle", (("circle", 0.45), ("disc", 0.25), ("heart", 0.3))),
+)
+WORLDS = {
+    "objects": World("objects", scale=0.8, rotation=55.0, mirror=True, margin=0.1, brightness=(0.5, 1.1),
+                     contrast=(0.5, 1.0), saturation=(0.3, 1.0), occluder=0.2, typical_colour=0.95, auto_levels=0.25,
+                     equalised=0.15, caption_names=OBJECT_NAMES),
+    "geometry": World("geometry"),
+}
+DEFAULT_WORLD = "objects"
 
 
 def _polygon(radius: Callable[[np.ndarray], np.ndarray], points: int = 64) -> np.ndarray:
@@ -122,6 +182,13 @@ class Attributes:
     colour_rgb: np.ndarray
     background_level: np.ndarray
     noise_seed: np.ndarray
+    mirror: np.ndarray | None = None  # bool: the object faces the other way
+    shear: np.ndarray | None = None  # N x 2: shear along x and along y
+    light: np.ndarray | None = None  # N x 3: brightness, contrast and saturation factors
+    occluder: np.ndarray | None = None  # N x 5: present, left, top, width, height (fractions), and ...
+    occluder_level: np.ndarray | None = None  # ... its grey level
+    camera: np.ndarray | None = None  # 0 plain, 1 auto levels, 2 equalised
+    drawn_rgb: np.ndarray | None = None  # the colour drawn at random, where the usual colour replaced it
 
     def __len__(self) -> int:
         return len(self.shape)
@@ -132,24 +199,62 @@ def split_rng(seed: int, split: str, *extra: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_OFFSETS[split], *extra])
 
 
-def sample_attributes(n: int, rng: np.random.Generator) -> Attributes:
-    """Draw shape, colour, size, position, rotation and background for ``n`` images."""
+# each class's usual colour (index into COLOURS), where a world gives objects one
+CLASS_COLOURS = np.array([list(COLOURS).index(c) for c in (
+    "yellow", "blue", "green", "orange", "red", "purple", "cyan", "white", "red", "green", "yellow", "blue")])
+EXTENT = np.array([np.linalg.norm(POLYGONS[name], axis=1).max() for name in SHAPES])  # farthest vertex
+
+
+def sample_attributes(n: int, rng: np.random.Generator, world: World | None = None) -> Attributes:
+    """Draw shape, colour, size, position, rotation and background for ``n`` images, and the
+    world's mirror, viewpoint, light and occluder where it has them (drawn after the rest, so the
+    ``geometry`` world draws exactly what it always drew)."""
+    world = world or WORLDS[DEFAULT_WORLD]
     shape = rng.integers(0, len(SHAPES), n)
     colour = rng.integers(0, len(COLOURS), n)
     size = rng.integers(0, len(SIZES), n)
     background = rng.integers(0, len(BACKGROUNDS), n)
-    radius = np.array(list(SIZES.values()))[size] * rng.uniform(0.92, 1.08, n)
-    reach = np.maximum(0.0, 0.95 - radius)
+    radius = np.array(list(SIZES.values()))[size] * rng.uniform(0.92, 1.08, n) * world.scale
+    if world.margin is None:
+        reach = np.maximum(0.0, 0.95 - radius)
+    else:  # the farthest vertex, sheared at most, stays ``margin`` inside the frame
+        extent = EXTENT[shape] * (1 + world.shear)
+        radius = np.minimum(radius, (1 - world.margin) / extent)
+        reach = np.maximum(0.0, (1 - world.margin) - radius * extent)
     cx = rng.uniform(-1, 1, n) * reach
     cy = rng.uniform(-1, 1, n) * reach
-    rotation = np.deg2rad(rng.uniform(-25, 25, n))
+    rotation = np.deg2rad(rng.uniform(-world.rotation, world.rotation, n))
     palette = np.array(list(COLOURS.values()))
-    colour_rgb = np.clip(palette[colour] + rng.uniform(-0.06, 0.06, (n, 3)), 0, 1)
+    tint = rng.uniform(-0.06, 0.06, (n, 3))
+    colour_rgb = np.clip(palette[colour] + tint, 0, 1)
     levels = np.array([0.06, 0.45, 0.3])
     background_level = levels[background] + rng.uniform(-0.04, 0.04, n)
     noise_seed = rng.integers(0, 2**31, n)
-    return Attributes(shape, colour, size, background, cx, cy, radius, rotation, colour_rgb, background_level,
-                      noise_seed)
+    attrs = Attributes(shape, colour, size, background, cx, cy, radius, rotation, colour_rgb, background_level,
+                       noise_seed)
+    if world.mirror:
+        attrs.mirror = rng.random(n) < 0.5
+    if world.shear:
+        attrs.shear = rng.uniform(-world.shear, world.shear, (n, 2))
+    if (world.brightness, world.contrast, world.saturation) != ((1.0, 1.0),) * 3:
+        attrs.light = np.stack([rng.uniform(*world.brightness, n), rng.uniform(*world.contrast, n),
+                                rng.uniform(*world.saturation, n)], axis=1)
+    if world.occluder:
+        area = rng.uniform(*world.occluder_area, n)
+        aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0), n))
+        width, height = np.minimum(np.sqrt(area * aspect), 1.0), np.minimum(np.sqrt(area / aspect), 1.0)
+        attrs.occluder = np.stack([rng.random(n) < world.occluder, rng.uniform(0, 1, n) * (1 - width),
+                                   rng.uniform(0, 1, n) * (1 - height), width, height], axis=1)
+        attrs.occluder_level = rng.uniform(0.0, 1.0, n)
+    if world.auto_levels or world.equalised:
+        draw = rng.random(n)
+        attrs.camera = np.where(draw < world.auto_levels, 1, np.where(draw < world.auto_levels + world.equalised, 2, 0))
+    if world.typical_colour:
+        typical = rng.random(n) < world.typical_colour
+        attrs.colour = np.where(typical, CLASS_COLOURS[shape], colour)
+        attrs.drawn_rgb = colour_rgb
+        attrs.colour_rgb = np.clip(palette[attrs.colour] + tint, 0, 1)
+    return attrs
 
 
 def _backgrounds(attrs: Attributes, rows: slice, size: int) -> np.ndarray:
@@ -164,11 +269,14 @@ def _backgrounds(attrs: Attributes, rows: slice, size: int) -> np.ndarray:
     return out
 
 
-def _place(polygon: np.ndarray, cx: float, cy: float, radius: float, rotation: float, fine: int) -> list:
-    """Rotate, scale and move a unit polygon into pixel coordinates of the supersampled canvas."""
+def _place(polygon: np.ndarray, cx: float, cy: float, radius: float, rotation: float, fine: int,
+           mirror: bool = False, shear: tuple[float, float] = (0.0, 0.0)) -> list:
+    """Mirror, rotate, shear, scale and move a unit polygon into pixel coordinates of the supersampled canvas."""
     cos, sin = np.cos(rotation), np.sin(rotation)
-    x = polygon[:, 0] * cos - polygon[:, 1] * sin
-    y = polygon[:, 0] * sin + polygon[:, 1] * cos
+    u = -polygon[:, 0] if mirror else polygon[:, 0]
+    x = u * cos - polygon[:, 1] * sin
+    y = u * sin + polygon[:, 1] * cos
+    x, y = x + shear[0] * y, y + shear[1] * x
     px = (cx + radius * x + 1) / 2 * fine
     py = (cy + radius * y + 1) / 2 * fine
     return list(zip(px.tolist(), py.tolist()))
@@ -190,23 +298,68 @@ def coverage(attrs: Attributes, size: int = 32, style: str = "filled") -> np.nda
         canvas = Image.new("L", (fine, fine), 0)
         draw = ImageDraw.Draw(canvas)
         polygon = POLYGONS[SHAPES[attrs.shape[i]]]
+        pose = {"mirror": bool(attrs.mirror[i]) if attrs.mirror is not None else False,
+                "shear": tuple(attrs.shear[i]) if attrs.shear is not None else (0.0, 0.0)}
         place = (attrs.cx[i], attrs.cy[i], attrs.radius[i], attrs.rotation[i], fine)
-        draw.polygon(_place(polygon, *place), fill=255)
+        draw.polygon(_place(polygon, *place, **pose), fill=255)
         if style == "outline":
             inner = (attrs.cx[i], attrs.cy[i], attrs.radius[i] * INNER_SCALE, attrs.rotation[i], fine)
-            draw.polygon(_place(polygon, *inner), fill=0)
+            draw.polygon(_place(polygon, *inner, **pose), fill=0)
         if stripes is not None:
             canvas = Image.fromarray(np.asarray(canvas) * stripes)
         out[i] = np.asarray(canvas.reduce(SUPERSAMPLE), np.float32) / 255.0
     return out
 
 
+def scene(attrs: Attributes, image: np.ndarray) -> np.ndarray:
+    """The world's occluders and light over composed float images (N x size x size x 3 in [0, 1]),
+    quantised to uint8. Light follows PIL's definitions: contrast blends with the mean grey,
+    saturation with the grey image, brightness multiplies."""
+    size = image.shape[1]
+    if attrs.occluder is not None:
+        image = image.copy()
+        grid = (np.arange(size) + 0.5) / size
+        for i in np.flatnonzero(attrs.occluder[:, 0]):
+            _, left, top, width, height = attrs.occluder[i]
+            rows = (grid >= top) & (grid < top + height)
+            cols = (grid >= left) & (grid < left + width)
+            image[i][np.ix_(rows, cols)] = attrs.occluder_level[i]
+    if attrs.light is not None:
+        brightness, contrast, saturation = (attrs.light[:, j, None, None, None] for j in range(3))
+        grey = image @ np.array([0.299, 0.587, 0.114])
+        image = grey.mean(axis=(1, 2))[:, None, None, None] * (1 - contrast) + image * contrast
+        grey = (image @ np.array([0.299, 0.587, 0.114]))[..., None]
+        image = (grey * (1 - saturation) + image * saturation) * brightness
+    pixels = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    if attrs.camera is not None and attrs.camera.any():
+        pixels = _camera(pixels, attrs.camera)
+    return pixels
+
+
+def _camera(pixels: np.ndarray, camera: np.ndarray) -> np.ndarray:
+    """The camera's processing of uint8 images: auto levels (1) or histogram equalisation (2) per
+    channel, PIL's operations as the views' ``augment`` module defines them."""
+    import torch
+
+    from ..augment import autocontrast, equalize
+
+    out = pixels.copy()
+    for code, operation in ((1, autocontrast), (2, equalize)):
+        rows = np.flatnonzero(camera == code)
+        if rows.size:
+            x = torch.from_numpy(pixels[rows]).permute(0, 3, 1, 2).float().div(255.0).contiguous()
+            y = operation(x).mul(255.0).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+            out[rows] = y
+    return out
+
+
 def render(attrs: Attributes, size: int = 32, style: str = "filled") -> np.ndarray:
-    """Draw the shapes of ``attrs`` in a style over their backgrounds; uint8 N x size x size x 3."""
+    """Draw the shapes of ``attrs`` in a style over their backgrounds; uint8 N x size x size x 3.
+    Renditions (outline, texture) take the colour drawn at random, not the class's usual one."""
     cover = coverage(attrs, size, style)[..., None]
     background = _backgrounds(attrs, slice(0, len(attrs)), size)
-    image = background * (1 - cover) + attrs.colour_rgb[:, None, None, :] * cover
-    return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    colour = attrs.drawn_rgb if style != "filled" and attrs.drawn_rgb is not None else attrs.colour_rgb
+    return scene(attrs, background * (1 - cover) + colour[:, None, None, :] * cover)
 
 
 def position_phrase(cx: float, cy: float) -> str:
@@ -220,12 +373,13 @@ def position_phrase(cx: float, cy: float) -> str:
     return "in the center"
 
 
-def captions(attrs: Attributes, rng: np.random.Generator) -> list[str]:
+def captions(attrs: Attributes, rng: np.random.Generator, world: World | None = None) -> list[str]:
     """One caption per image, phrasing and dropped attributes varied at random."""
     colour_names = list(COLOURS)
     size_names = list(SIZES)
     out = []
-    naming = [([w for w, _ in CAPTION_NAMES[name]], [p for _, p in CAPTION_NAMES[name]]) for name in SHAPES]
+    names = (world or WORLDS[DEFAULT_WORLD]).names()
+    naming = [([w for w, _ in names[name]], [p for _, p in names[name]]) for name in SHAPES]
     for i in range(len(attrs)):
         words, weights = naming[attrs.shape[i]]
         shape = words[int(rng.choice(len(words), p=weights))]
@@ -303,14 +457,15 @@ def vocabulary_file() -> bytes:
     return gzip.compress("\n".join(lines).encode(), mtime=0)  # no final newline: open_clip reads every line
 
 
-def render_scribbles(n: int, rng: np.random.Generator, size: int = 32) -> np.ndarray:
-    """Out-of-distribution images: a few random strokes on the same backgrounds, no closed shape."""
+def render_scribbles(n: int, rng: np.random.Generator, size: int = 32, world: World | None = None) -> np.ndarray:
+    """Out-of-distribution images: a few random strokes on the same backgrounds, no closed shape,
+    under the world's light and occluders."""
     from PIL import Image, ImageDraw
 
-    attrs = sample_attributes(n, rng)
+    attrs = sample_attributes(n, rng, world)
     backgrounds = _backgrounds(attrs, slice(0, n), size)
     fine = size * SUPERSAMPLE
-    out = np.empty((n, size, size, 3), np.uint8)
+    out = np.empty((n, size, size, 3))
     for i in range(n):
         canvas = Image.fromarray(np.zeros((fine, fine), np.uint8))
         draw = ImageDraw.Draw(canvas)
@@ -318,9 +473,8 @@ def render_scribbles(n: int, rng: np.random.Generator, size: int = 32) -> np.nda
             points = [tuple(p) for p in rng.uniform(0.1, 0.9, (int(rng.integers(2, 4)), 2)) * fine]
             draw.line(points, fill=255, width=int(rng.integers(SUPERSAMPLE, 3 * SUPERSAMPLE)))
         cover = np.asarray(canvas, np.float64).reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) / 255
-        image = backgrounds[i] * (1 - cover[..., None]) + attrs.colour_rgb[i] * cover[..., None]
-        out[i] = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-    return out
+        out[i] = backgrounds[i] * (1 - cover[..., None]) + attrs.colour_rgb[i] * cover[..., None]
+    return scene(attrs, out)
 
 
 DEFAULT_SIZES = {"pretrain": 20000, "train": 4000, "test": 1000, "ood": 1000}
@@ -328,7 +482,7 @@ DEFAULT_SIZES = {"pretrain": 20000, "train": 4000, "test": 1000, "ood": 1000}
 
 @dataclass(frozen=True)
 class ShapesSpec:
-    """A parsed ``shapes:SPLIT[:STYLE | :CORRUPTION:SEVERITY][:n=N][:seed=S]`` data spec."""
+    """A parsed ``shapes:SPLIT[:STYLE | :CORRUPTION:SEVERITY][:n=N][:seed=S][:world=NAME]`` data spec."""
 
     split: str
     style: str = "filled"
@@ -336,6 +490,7 @@ class ShapesSpec:
     severity: int = 0
     n: int = 0
     seed: int = 0
+    world: str = DEFAULT_WORLD
 
     @property
     def domain(self) -> str:
@@ -359,6 +514,8 @@ def parse_spec(spec: str, rest: str, split: str | None) -> ShapesSpec:
         key, eq, value = token.partition("=")
         if eq and key in ("n", "seed") and value.isdigit():
             fields[key] = int(value)
+        elif eq and key == "world" and value in WORLDS:
+            fields["world"] = value
         elif token in STYLES:
             fields["style"] = token
         elif token in CORRUPTIONS:
@@ -368,7 +525,7 @@ def parse_spec(spec: str, rest: str, split: str | None) -> ShapesSpec:
         else:
             raise InputError(
                 f"data spec '{spec}': unknown part '{token}'; use a style ({', '.join(STYLES)}), a corruption "
-                f"({', '.join(CORRUPTIONS)}) with a severity, n=N or seed=S"
+                f"({', '.join(CORRUPTIONS)}) with a severity, n=N, seed=S or world={'|'.join(WORLDS)}"
             )
     if fields["n"] < 1:
         raise InputError(f"data spec '{spec}': n must be at least 1")
@@ -380,11 +537,12 @@ def split_pixels(parsed: ShapesSpec, size: int = 32) -> tuple[np.ndarray, np.nda
     from ..corruptions import corrupt
 
     rng = split_rng(parsed.seed, parsed.split)
+    world = WORLDS[parsed.world]
     if parsed.split == "ood":
-        pixels = render_scribbles(parsed.n, rng, size)
+        pixels = render_scribbles(parsed.n, rng, size, world)
         labels = np.full(parsed.n, -1, np.int32)
     else:
-        attrs = sample_attributes(parsed.n, rng)
+        attrs = sample_attributes(parsed.n, rng, world)
         pixels = render(attrs, size, parsed.style)
         labels = attrs.shape.astype(np.int32)
     if parsed.corruption:

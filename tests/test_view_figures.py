@@ -1,0 +1,155 @@
+"""analyze views: do the views keep the class? Checked against independent computations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import clustered_embeddings, run_cli, unit, write_store
+
+from lpclip_cache.errors import InputError
+from lpclip_cache.viewcheck import PROBE_L2, halves, linear_probe, view_figures
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Twelve classes in 16 dimensions; weak views close to the clean embedding, strong ones far."""
+    centres, labels, clean, weak = clustered_embeddings(600, 12, 16, 0.35, seed=3, views=2)
+    rng = np.random.default_rng(4)
+    strong = unit(clean[:, None] + 1.2 * rng.normal(size=(600, 3, 16)))
+    head = unit(centres + 0.5 * rng.normal(size=centres.shape))  # an imperfect zero-shot head
+    return head, labels, clean, {"weak": weak, "strong": strong}
+
+
+def sklearn_accuracy(train, train_labels, test, test_labels, classes):
+    """The same probe by scikit-learn: sum of log-losses + ||W||^2 / (2C) is n times mean CE + l2 ||W||^2."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=1.0 / (2 * len(train) * PROBE_L2), max_iter=5000, tol=1e-10)
+    model.fit(train, train_labels)
+    return float(np.mean(model.predict(test) == test_labels)), model.predict(test)
+
+
+def flat(entry: dict, prefix: str = "") -> dict:
+    """A nested report entry as one level of dotted keys."""
+    out = {}
+    for key, value in entry.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_view_figures_match_an_independent_computation(world):
+    head, labels, clean, views = world
+    report = view_figures(clean, views, head, 100.0, labels=labels, seed=7)
+    logits = lambda x: 100.0 * x @ head.T  # noqa: E731
+    softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)  # noqa: E501,E731
+    clean_label = logits(clean).argmax(1)
+    fit, score = halves(labels, 7)
+    assert len(set(fit) | set(score)) == 600 and not set(fit) & set(score) and abs(len(fit) - len(score)) <= 1
+    clean_acc, _ = sklearn_accuracy(clean[fit], labels[fit], clean[score], labels[score], 12)
+    assert report["clean"]["probe_accuracy"] == pytest.approx(clean_acc, abs=0.01)
+    assert report["clean"]["teacher_accuracy"] == pytest.approx(np.mean(clean_label == labels), abs=1e-9)
+    for kind, emb in views.items():
+        k = emb.shape[1]
+        entry = report["views"][kind]
+        by_hand = [np.mean([logits(emb[i, j]).argmax() == clean_label[i] for i in range(600) for j in range(k)]),
+                   np.mean([emb[i, j] @ clean[i] for i in range(600) for j in range(k)]),
+                   np.mean([softmax(logits(emb[i, j])).max() for i in range(600) for j in range(k)]),
+                   np.mean([logits(emb[i, j]).argmax() == labels[i] for i in range(600) for j in range(k)])]
+        assert [entry["pseudo_label_agreement"], entry["cosine_to_clean"], entry["confidence"],
+                entry["teacher_accuracy"]] == pytest.approx(by_hand, abs=1e-5)
+        view_acc, _ = sklearn_accuracy(clean[fit], labels[fit], emb[score].reshape(-1, 16), np.repeat(labels[score], k),
+                                       12)
+        assert entry["label_preservation"]["view_accuracy"] == pytest.approx(view_acc, abs=0.01)
+        assert entry["label_preservation"]["ratio"] == pytest.approx(view_acc / clean_acc, abs=0.015)
+        ceiling, _ = sklearn_accuracy(emb[fit].reshape(-1, 16), np.repeat(labels[fit], k), clean[score], labels[score],
+                                      12)
+        assert entry["ceiling"]["clean_accuracy"] == pytest.approx(ceiling, abs=0.01)
+    # the world was made so: weak views keep the class, strong ones lose much of it
+    keeps = {kind: entry["label_preservation"]["ratio"] for kind, entry in report["views"].items()}
+    assert keeps["weak"] > keeps["strong"]
+    assert report["views"]["strong"]["cosine_to_clean"] < report["views"]["weak"]["cosine_to_clean"]
+
+
+def test_views_identical_to_the_clean_view_keep_everything(world):
+    head, labels, clean, _ = world
+    same = np.repeat(clean[:, None], 3, axis=1)
+    report = view_figures(clean, {"weak": same, "strong": same}, head, 100.0, labels=labels)
+    for entry in report["views"].values():
+        assert entry["pseudo_label_agreement"] == 1.0
+        assert entry["cosine_to_clean"] == pytest.approx(1.0, abs=1e-6)
+        assert entry["teacher_accuracy"] == report["clean"]["teacher_accuracy"]
+        assert entry["confidence"] == pytest.approx(report["clean"]["confidence"], abs=1e-6)
+        assert entry["label_preservation"]["ratio"] == 1.0
+        assert entry["ceiling"]["ratio"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_probe_is_scikit_learns_logistic_regression(world):
+    head, labels, clean, _ = world
+    ours = linear_probe(clean[:300], labels[:300], clean[300:], 12)
+    _, theirs = sklearn_accuracy(clean[:300], labels[:300], clean[300:], labels[300:], 12)
+    assert np.mean(ours == theirs) >= 0.99
+
+
+def test_unlabelled_rows_give_the_label_free_figures_only(world):
+    head, labels, clean, views = world
+    report = view_figures(clean, views, head, 100.0, labels=np.full(600, -1))
+    assert "probe" not in report and set(report["views"]["weak"]) == {"views", "pseudo_label_agreement",
+                                                                      "cosine_to_clean", "confidence"}
+    partly = labels.copy()
+    partly[::2] = -1  # labelled figures on the labelled half only
+    half = view_figures(clean, views, head, 100.0, labels=partly)
+    assert half["probe"]["fit_images"] + half["probe"]["score_images"] == 300
+    assert half["views"]["weak"]["teacher_accuracy"] == pytest.approx(
+        np.mean((100 * views["weak"][1::2] @ head.T).argmax(-1) == labels[1::2, None]), abs=1e-9)
+    with pytest.raises(InputError, match="N x K x D"):
+        view_figures(clean, {"weak": clean}, head, 100.0)
+
+
+def test_analyze_views_command_on_a_store(world, tmp_path):
+    head, labels, clean, views = world
+    store = write_store(tmp_path / "s.zarr", clean, head, labels, weak=views["weak"], strong=views["strong"])
+    out = tmp_path / "views.json"
+    result = run_cli("analyze", "views", "--store", str(store), "--out", str(out), "--seed", "2")
+    assert result.returncode == 0, result.stderr
+    assert "weak" in result.stdout and "strong" in result.stdout and "keeps" in result.stdout
+    report = json.loads(out.read_text())
+    stored = {k: v.astype(np.float16).astype(np.float32) for k, v in views.items()}  # the store holds fp16
+    expected = view_figures(clean.astype(np.float16), stored, head, 100.0, labels=labels, seed=2)
+    for kind, entry in expected["views"].items():
+        assert flat(report["views"][kind]) == pytest.approx(flat(entry), abs=1e-6)
+    assert report["store"] == str(store) and report["images"] == 600
+    again = run_cli("analyze", "views", "--store", str(store), "--out", str(out), "--json")
+    assert again.returncode != 0 and "exists" in again.stderr and again.stderr.count("\n") == 1
+    as_json = run_cli("analyze", "views", "--store", str(store), "--out", str(tmp_path / "b.json"), "--json",
+                      "--max-images", "100")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["images"] == 100
+
+
+def test_analyze_views_refuses_a_store_without_views(world, tmp_path):
+    head, labels, clean, _ = world
+    store = write_store(tmp_path / "eval.zarr", clean, head, labels)
+    result = run_cli("analyze", "views", "--store", str(store), "--out", str(tmp_path / "v.json"))
+    assert result.returncode != 0 and "holds no weak or strong views" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "v.json").exists()
+
+
+def test_analyze_views_from_the_api_and_a_recipe(world, tmp_path):
+    import lpclip_cache as lc
+    from lpclip_cache.recipe import load_recipe, plan
+
+    head, labels, clean, views = world
+    store = write_store(tmp_path / "s.zarr", clean, head, labels, weak=views["weak"])
+    report = lc.analyze("views", store=str(store), out=str(tmp_path / "v.json"))
+    assert set(report["views"]) == {"weak"} and json.loads((tmp_path / "v.json").read_text())["views"] == \
+        json.loads(json.dumps(report["views"]))
+    with pytest.raises(InputError, match="no run, k or sweep"):
+        lc.analyze("views", store=str(store), k=3)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "v"\nout = "o"\n[model]\nname = "test-tiny"\npretrained = "none"\n'
+                      '[datasets.train]\nrole = "adapt"\ndata = "shapes:train:n=8"\n'
+                      '[datasets.test]\nrole = "test"\ndata = "shapes:test:n=8"\n'
+                      '[train.lpclip]\nmethod = "lpclip"\n[analyze]\nviews = true\n')
+    stages = [s for s in plan(load_recipe(recipe)) if s.kind == "analyze"]
+    assert [(s.id, s.options["store"]) for s in stages] == [("analyze-views-train", "o/stores/train.zarr")]
