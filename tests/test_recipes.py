@@ -65,16 +65,18 @@ def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shape
     out = tmp_path / "demo"
     sets = [*SMALL, f"out={out}"]
     first = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert first["skipped"] == [] and len(first["ran"]) == 18  # 6 stores, 3 probes, 3 reports, 6 analyses
+    assert first["skipped"] == [] and len(first["ran"]) == 19  # 6 stores, 3 probes, 3 reports, 7 analyses
     report = json.loads((out / "reports" / "lpclip" / "report.json").read_text())
     assert report["methods"] == ["teacher", "probe"]
     assert len(report["stores"]) == 3 + 15  # test, outline, texture, then the 15 corruptions at severity 2
     assert set(report["corruptions"]["probe"]["error"]) == set(STANDARD)
     assert (out / "analysis" / "clusters-test-lpclip.json").is_file()
+    views = json.loads((out / "analysis" / "views-train.json").read_text())  # do the train store's views keep the class
+    assert set(views["views"]) == {"weak", "strong"} and views["store"] == str(out / "stores" / "train.zarr")
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()}
 
     again = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert again["ran"] == [] and len(again["skipped"]) == 18
+    assert again["ran"] == [] and len(again["skipped"]) == 19
     assert {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()} == stamps
 
     changed = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=[*sets, "train.lpclip.epochs=3"],

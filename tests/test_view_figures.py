@@ -153,3 +153,18 @@ def test_analyze_views_from_the_api_and_a_recipe(world, tmp_path):
                       '[train.lpclip]\nmethod = "lpclip"\n[analyze]\nviews = true\n')
     stages = [s for s in plan(load_recipe(recipe)) if s.kind == "analyze"]
     assert [(s.id, s.options["store"]) for s in stages] == [("analyze-views-train", "o/stores/train.zarr")]
+
+
+def test_a_store_whose_views_are_its_clean_view_keeps_everything(world, tmp_path):
+    """The requirement as a user meets it: a store extracted with views identical to the clean
+    view (written through the store, fp16 and all) gives 100% on every figure."""
+    import lpclip_cache as lc
+
+    head, labels, clean, _ = world
+    same = np.repeat(clean[:, None], 2, axis=1)
+    store = write_store(tmp_path / "same.zarr", clean, head, labels, weak=same, strong=same)
+    report = lc.analyze("views", store=str(store))
+    for entry in report["views"].values():
+        assert entry["pseudo_label_agreement"] == 1.0 and entry["label_preservation"]["ratio"] == 1.0
+        assert entry["cosine_to_clean"] == pytest.approx(1.0, abs=1e-6)
+        assert entry["teacher_accuracy"] == report["clean"]["teacher_accuracy"]

@@ -180,14 +180,20 @@ def test_trained_teacher_loads_by_path_and_beats_chance_zero_shot(teacher_cache,
     assert accuracy > 0.5, accuracy
 
 
-def test_world_clip_is_in_clips_regime(teacher_cache):
+@pytest.fixture(scope="module")
+def shipped_regime(teacher_cache):
+    """The regime figures of the shipped teacher (measured once for the tests that read them)."""
+    from lpclip_cache.world.regime import measure
+
+    return measure(teacher_cache, seed=0)
+
+
+def test_world_clip_is_in_clips_regime(shipped_regime):
     """Point 1 of the demo's world (docs/demo.md), on the default teacher the suite trains: strong
     features, a weaker zero-shot head with no class at chance, overconfident failure under every
     style shift, and OOD images it does not tell apart. The thresholds are the requirement's, not
     figures of this teacher."""
-    from lpclip_cache.world.regime import measure
-
-    figures = measure(teacher_cache, seed=0)
+    figures = shipped_regime
     assert figures["classes"] >= 10
     assert figures["supervised_probe"] >= 0.85, figures
     assert 0.55 <= figures["zeroshot"] <= 0.85, figures
@@ -204,33 +210,24 @@ def test_world_clip_is_in_clips_regime(teacher_cache):
     assert figures["world"] == "objects" and figures["in_regime"], figures["checks"]
 
 
-# How far a retrained default teacher's regime figures may lie from the shipped weights' (the
-# same training on another machine may round differently; fp16 storage moves them a little).
-RETRAIN_TOLERANCE = {"supervised_probe": 0.03, "zeroshot": 0.04, "ood_msp_auroc": 0.06, "weak_keeps": 0.02,
-                     "strong_keeps": 0.05, "weak_teacher": 0.04}
+def test_shipped_teacher_records_the_configuration_that_made_it(teacher_cache):
+    """The default teacher ships in fp16 (the cold demo does not train it): the file is the one
+    ``shipped_path`` names for the default configuration, its metadata is that configuration, and
+    its tensors are half precision. Retraining it is ``pipelines/train_shapes_clip.py
+    --compare-shipped`` (about 3 minutes; docs/demo.md records what it gives)."""
+    import json
 
+    from safetensors import safe_open
 
-def regime_summary(figures):
-    views = figures["views"]["views"]
-    return {"supervised_probe": figures["supervised_probe"], "zeroshot": figures["zeroshot"],
-            "ood_msp_auroc": figures["ood_msp_auroc"], "weak_keeps": views["weak"]["label_preservation"]["ratio"],
-            "strong_keeps": views["strong"]["label_preservation"]["ratio"],
-            "weak_teacher": views["weak"]["teacher_accuracy"]}
-
-
-def test_shipped_teacher_is_what_retraining_gives(teacher_cache, tmp_path):
-    """The default teacher ships in fp16 (the cold demo does not train it); training its
-    configuration again gives the same regime figures within RETRAIN_TOLERANCE, and every check."""
-    from lpclip_cache.world.regime import measure
-    from lpclip_cache.world.teacher import shipped_path, train_teacher
+    from lpclip_cache.world.teacher import shipped_path
 
     assert teacher_cache == shipped_path(TeacherConfig()) and teacher_cache.stat().st_size < 5_000_000
-    record = train_teacher(TeacherConfig(), out=tmp_path / "retrained.safetensors", progress=False)
-    assert record["key"] == TeacherConfig().key()
-    shipped, retrained = measure(teacher_cache), measure(tmp_path / "retrained.safetensors")
-    assert retrained["in_regime"], retrained["checks"]
-    a, b = regime_summary(shipped), regime_summary(retrained)
-    assert all(abs(a[k] - b[k]) <= RETRAIN_TOLERANCE[k] for k in a), (a, b)
+    assert TeacherConfig().key() in teacher_cache.name
+    with safe_open(str(teacher_cache), "pt") as handle:
+        recorded = json.loads(handle.metadata()["config"])
+        dtypes = {handle.get_slice(name).get_dtype() for name in handle.keys()}
+    assert recorded == json.loads(json.dumps(TeacherConfig().__dict__))
+    assert {d for d in dtypes if d.startswith(("F", "BF"))} == {"F16"}, dtypes  # integer buffers stay as they are
 
 
 def test_worlds_have_one_list_of_names():
