@@ -83,7 +83,7 @@ class ExtractConfig:
                             recipe="model.precision")
     download: bool = option(False, "Let torchvision download the dataset (connected machines).",
                             recipe="extract.download")
-    skip_bad: bool = option(False, "Record undecodable images as invalid instead of stopping.",
+    skip_bad: bool = option(False, "Record undecodable images and bad samples as invalid instead of stopping.",
                             recipe="extract.skip_bad")
     compression: str = option("none", "Codec of the embedding arrays (uncompressed reads fastest).",
                               choices=("none", "zstd"), recipe="extract.compression")

@@ -363,24 +363,26 @@ BUILDERS: dict[str, Callable[[str, str, str | None, bool], Source]] = {
     "imagenet": imagenet_folder,
     "mnist": mnist_idx,
     "svhn": svhn_torchvision,
-    "wds": lambda *args: webdataset_source(*args),
+    "wds": lambda *args, **options: webdataset_source(*args, **options),
 }
+INDEXED = frozenset({"wds"})  # builders that index their files first, with progress when asked
 
 
-def webdataset_source(spec: str, rest: str, split: str | None, download: bool) -> Source:
+def webdataset_source(spec: str, rest: str, split: str | None, download: bool, progress: bool = True) -> Source:
     """``wds:SPEC``: WebDataset shards or a CLIP_benchmark root (``webdata``, imported when used)."""
     from .webdata import open_webdataset
 
-    return open_webdataset(spec, rest, split, download)
+    return open_webdataset(spec, rest, split, download, progress)
 
 
-def open_source(spec: str, split: str | None = None, download: bool = False) -> Source:
+def open_source(spec: str, split: str | None = None, download: bool = False, progress: bool = True) -> Source:
     """Open a dataset from a spec: ``PREFIX:ARGS`` for a registered builder, else a folder path."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in BUILDERS:
         if not rest and prefix != "shapes":
             raise InputError(f"data spec '{spec}' has no root: write {prefix}:PATH")
-        return BUILDERS[prefix](spec, rest, split, download)
+        options = {"progress": progress} if prefix in INDEXED else {}
+        return BUILDERS[prefix](spec, rest, split, download, **options)
     if sep and len(prefix) > 1 and not Path(spec).exists():
         raise InputError(f"unknown data source '{prefix}' in '{spec}': use one of {', '.join(sorted(BUILDERS))} "
                          "(as PREFIX:ROOT) or an ImageFolder path")

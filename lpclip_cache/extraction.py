@@ -120,7 +120,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     from .store import ROW_ORDER, Layout, StoreWriter, cache_key
 
     check_config(config)
-    source = open_source(config.data, config.split, config.download)
+    source = open_source(config.data, config.split, config.download, config.progress)
     given = getattr(source, "templates", None)  # a CLIP_benchmark root's own templates
     if config.templates or not given:
         templates = load_templates(config.templates or default_templates(source.identity))
@@ -138,6 +138,10 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
             f"--classnames '{config.classnames}' lists {len(classnames)} classes but data '{config.data}' has "
             f"{len(source.classnames)} ({shown}): give one name per data class, in the data's label order"
         )
+    admit = getattr(source, "admit", None)  # a source that found problems in its data (webdata)
+    if admit is not None:
+        for line in admit(len(classnames), config.skip_bad):
+            sys.stderr.write(line + "\n")
     known = source.labels >= 0
     if config.classnames and known.any() and int(source.labels[known].max()) >= len(classnames):
         raise InputError(

@@ -3,14 +3,21 @@
 Built-in sets ship as JSON files under ``lpclip_cache/resources`` (see each
 file's ``source`` for where the list comes from). User sets are files: a
 ``.json`` file holding a list of strings (or an object with a ``templates`` /
-``classnames`` list), or any other file read as UTF-8 text with one entry per
-line, where blank lines and lines starting with ``#`` are ignored.
+``classnames`` list), or any other file read as UTF-8 text (a byte-order mark is
+dropped) with one entry per line, where blank lines and lines starting with ``#``
+are ignored. A template's placeholder is ``{}`` or CLIP_benchmark's ``{c}``.
+
+A CLIP_benchmark root's ``classnames.txt`` is read as CLIP_benchmark reads it,
+every line a class (``classnames_from_text(..., one_per_line=True)``): a blank
+or ``#`` line there would be a class, so it is refused rather than dropped,
+which would shift every later name against the labels.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -22,6 +29,7 @@ _RESOURCES = "lpclip_cache.resources"
 _TEMPLATES_DIR = "templates"
 _CLASSNAMES_DIR = "classnames"
 _EXAMPLE_TEMPLATE = "a photo of a {}."
+_CLIP_BENCHMARK_PLACEHOLDER = re.compile(r"(?<!\{)\{c\}(?!\})")  # {c}, not {{c}}
 
 
 def _builtin_names(folder: str) -> tuple[str, ...]:
@@ -132,17 +140,22 @@ def _resolve(
         reason = exc.strerror or type(exc).__name__
         raise _fail(f"cannot read {kind} file {path}: {reason}; "
                     "check that it exists and is readable") from exc
+    label = f"{kind} file {path}"
+    return _decode(data, label), _Source(label, path.suffix.lower() != ".json")
+
+
+def _decode(data: bytes, label: str) -> str:
+    """A file's bytes as UTF-8 text, without a byte-order mark; refuses other encodings and
+    empty files."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _fail(f"{kind} file {path} is not UTF-8 text "
+        raise _fail(f"{label} is not UTF-8 text "
                     f"(invalid byte at offset {exc.start}); save it as UTF-8") from exc
-    is_json = path.suffix.lower() == ".json"
-    label = f"{kind} file {path}"
     if not text.strip():
         raise _fail(f"{label} is empty; put one entry per line (.txt) "
                     "or a JSON list of strings (.json)")
-    return text, _Source(label, not is_json)
+    return text
 
 
 def _entries(text: str, source: _Source, kind: str, key: str) -> list[tuple[int, str]]:
@@ -227,7 +240,19 @@ def _check_template(template: str, where: str) -> None:
 def load_templates(name_or_path: str | os.PathLike[str]) -> list[str]:
     """Load prompt templates from a built-in set name or a .json/.txt file."""
     text, source = _resolve(name_or_path, "template", _TEMPLATES_DIR, BUILTIN_TEMPLATES)
-    entries = _entries(text, source, "template", "templates")
+    return _templates(text, source)
+
+
+def templates_from_text(data: bytes, where: str) -> list[str]:
+    """Templates from a text file's bytes read elsewhere (a CLIP_benchmark root's
+    ``zeroshot_classification_templates.txt``), with the checks of ``load_templates``."""
+    label = f"template file {where}"
+    return _templates(_decode(data, label), _Source(label, True))
+
+
+def _templates(text: str, source: _Source) -> list[str]:
+    entries = [(position, _CLIP_BENCHMARK_PLACEHOLDER.sub("{}", template))
+               for position, template in _entries(text, source, "template", "templates")]
     for position, template in entries:
         if not template:
             raise _fail(f"{source.at(position)}: empty template; "
@@ -242,7 +267,36 @@ def load_classnames(name_or_path: str | os.PathLike[str]) -> list[str]:
     text, source = _resolve(
         name_or_path, "class-name", _CLASSNAMES_DIR, BUILTIN_CLASSNAMES
     )
-    entries = _entries(text, source, "class name", "classnames")
+    return _classnames(_entries(text, source, "class name", "classnames"), source)
+
+
+def classnames_from_text(data: bytes, where: str, one_per_line: bool = False) -> list[str]:
+    """Class names from a text file's bytes read elsewhere, with the checks of
+    ``load_classnames``. ``one_per_line`` reads them as CLIP_benchmark reads a root's
+    ``classnames.txt``: every line (``str.splitlines``) is a class, so a blank line or a ``#``
+    line before the last name is refused (dropping it would shift every later name against the
+    labels); blank lines after the last name are ignored."""
+    label = f"class-name file {where}"
+    text = _decode(data, label)
+    source = _Source(label, True)
+    if not one_per_line:
+        return _classnames(_entries(text, source, "class name", "classnames"), source)
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line:
+            raise _fail(f"{source.at(number)}: blank line; CLIP_benchmark reads one class name per line, so "
+                        f"it is class {number - 1} with an empty name, and dropping it would shift every later "
+                        "name: remove the line, or write the class name there")
+        if line.startswith("#"):
+            raise _fail(f"{source.at(number)}: {_show(line)} starts with '#'; CLIP_benchmark reads it as the name "
+                        f"of class {number - 1}, this tool's class-name files as a comment: remove it or rename "
+                        "the class so both read the file alike")
+    return _classnames(list(enumerate(lines, start=1)), source)
+
+
+def _classnames(entries: list[tuple[int, str]], source: _Source) -> list[str]:
     for position, name in entries:
         if not name:
             raise _fail(f"{source.at(position)}: empty class name; "

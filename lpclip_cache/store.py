@@ -625,4 +625,23 @@ class FeatureStore:
             "arrays",
         ]
         lines += [f"  {name:<14} {str(tuple(s)):<18} {d}" for name, (s, d) in self.arrays().items()]
+        lines += [f"data        {line}" for line in data_problems(self.manifest)]
         return "\n".join(lines)
+
+
+def data_problems(manifest: dict[str, Any], shown: int = 10) -> list[str]:
+    """The problems extraction found in the data and recorded (``--skip-bad``: samples left out,
+    invalid rows, shards cut short; warnings), one line each, for ``info`` and ``verify``."""
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    problems = dataset.get("problems") or []
+    if not isinstance(problems, list):
+        return []
+    lines = []
+    for problem in problems[:shown]:
+        if isinstance(problem, dict):
+            where = f"shard '{problem.get('shard')}'" + (f", sample '{problem['key']}'" if problem.get("key") else "")
+            lines.append(f"{problem.get('severity', '?')}: {where}: {problem.get('problem', '?')}")
+    total = dataset.get("problem_count", len(problems))
+    if isinstance(total, int) and total > len(lines):
+        lines.append(f"... {total - len(lines)} more (info --json lists {len(problems)})")
+    return lines

@@ -14,7 +14,7 @@ NORM_TOLERANCE = 1e-2  # fp16 rounding moves a unit vector's norm by about 1e-3
 
 def verify(path: str) -> dict[str, Any]:
     """Completeness, finite unit embeddings, label ranges and manifest consistency of a store."""
-    from .store import FeatureStore, cache_key
+    from .store import FeatureStore, cache_key, data_problems
 
     store = FeatureStore(path, require_complete=False)
     layout = store.layout
@@ -70,6 +70,7 @@ def verify(path: str) -> dict[str, Any]:
         "shards_done": int(done.sum()),
         "shards": layout.n_shards,
         "counts": counts,
+        "data_notes": data_problems(store.manifest, shown=1000),
     }
 
 
@@ -81,6 +82,10 @@ def format_verify(report: dict[str, Any]) -> str:
         f"samples  {report['samples']} ({report['invalid_samples']} invalid)",
     ]
     lines += [f"problem  {p}" for p in report["problems"]] or ["ok       every check passed"]
+    notes = report.get("data_notes", [])
+    lines += [f"data     {line}" for line in notes[:10]]
+    if len(notes) > 10:
+        lines.append(f"data     ... {len(notes) - 10} more in --json")
     return "\n".join(lines)
 
 

@@ -9,7 +9,8 @@ Without ``--out`` the checkpoint goes to the cache the demo reads (``$LPCLIP_CAC
 the default configuration, and commit it with the regime figures this prints. The result loads
 like any open_clip checkpoint: ``lpclip-cache extract --model lpclip-shapes --pretrained FILE ...``.
 ``--compare-shipped`` puts the shipped teacher's regime figures beside the retrained one's, with
-their differences (docs/demo.md records what retraining gave on the machines it was tried on).
+their differences and whether they lie within ``RETRAIN_TOLERANCE`` (docs/demo.md records what
+retraining gave on the machines it was tried on).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def compare_with_shipped(config, retrained: dict) -> dict:
     from dataclasses import replace
 
     from lpclip_cache.world.regime import measure
-    from lpclip_cache.world.teacher import TeacherConfig, shipped_path
+    from lpclip_cache.world.teacher import RETRAIN_TOLERANCE, TeacherConfig, shipped_path
 
     shipped = shipped_path(replace(config, threads=TeacherConfig.threads))
     if not shipped.is_file():
@@ -70,8 +71,9 @@ def compare_with_shipped(config, retrained: dict) -> dict:
                 "weak_teacher": views["weak"]["teacher_accuracy"], "in_regime": figures["in_regime"]}
 
     a, b = headline(reference), headline(retrained)
-    return {"shipped": a, "retrained": b,
-            "difference": {k: round(b[k] - a[k], 4) for k in a if k != "in_regime"}}
+    difference = {k: round(b[k] - a[k], 4) for k in a if k != "in_regime"}
+    return {"shipped": a, "retrained": b, "difference": difference, "tolerance": RETRAIN_TOLERANCE,
+            "within_tolerance": all(abs(difference[k]) <= RETRAIN_TOLERANCE[k] for k in difference)}
 
 
 if __name__ == "__main__":

@@ -92,6 +92,23 @@ def shapes_teacher(tmp_path_factory: pytest.TempPathFactory):
         os.environ["LPCLIP_CACHE_DIR"] = previous
 
 
+def interrupt_writes_after(monkeypatch: pytest.MonkeyPatch, shards: int):
+    """Make the store writer raise KeyboardInterrupt, as Ctrl-C would, once ``shards`` shards are
+    written; returns the function that puts the real writer back."""
+    from lpclip_cache.store import StoreWriter
+
+    original, written = StoreWriter.write_shard, []
+
+    def interrupted(self, shard, arrays):
+        if len(written) == shards:
+            raise KeyboardInterrupt
+        original(self, shard, arrays)
+        written.append(shard)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", interrupted)
+    return lambda: monkeypatch.setattr(StoreWriter, "write_shard", original)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``lpclip-cache`` in a fresh interpreter, as a user would."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}

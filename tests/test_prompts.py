@@ -402,5 +402,16 @@ def test_module_imports_only_stdlib() -> None:
         for line in source.splitlines()
         if line.startswith(("import ", "from "))
     ]
-    allowed = {"__future__", "json", "os", "string", "importlib", "pathlib", "typing"}
+    allowed = {"__future__", "json", "os", "re", "string", "importlib", "pathlib", "typing"}
     assert {name.split(".")[0] for name in imports} <= allowed | {"lpclip_cache"}
+
+
+def test_clip_benchmark_placeholder_is_read_as_the_plain_one(tmp_path: Path) -> None:
+    """CLIP_benchmark writes templates with ``{c}``: a template file may use it, escaped
+    ``{{c}}`` stays literal text, and ``{c}`` beside ``{}`` is two placeholders."""
+    path = tmp_path / "t.txt"
+    path.write_text("a photo of a {c}.\n{{c}} marks {c}\n")
+    assert prompts.load_templates(path) == ["a photo of a {}.", "{{c}} marks {}"]
+    path.write_text("a {c} and a {}.\n")
+    with pytest.raises(InputError, match="2 '\\{\\}' placeholders"):
+        prompts.load_templates(path)

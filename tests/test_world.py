@@ -213,8 +213,7 @@ def test_world_clip_is_in_clips_regime(shipped_regime):
 def test_shipped_teacher_records_the_configuration_that_made_it(teacher_cache):
     """The default teacher ships in fp16 (the cold demo does not train it): the file is the one
     ``shipped_path`` names for the default configuration, its metadata is that configuration, and
-    its tensors are half precision. Retraining it is ``pipelines/train_shapes_clip.py
-    --compare-shipped`` (about 3 minutes; docs/demo.md records what it gives)."""
+    its tensors are half precision."""
     import json
 
     from safetensors import safe_open
