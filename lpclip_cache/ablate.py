@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AblationConfig
-from .errors import InputError
+from .errors import InputError, NothingKept
 
 
 def variants(config: AblationConfig, max_views: int) -> dict[str, dict[str, Any]]:
@@ -70,9 +70,15 @@ def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any
         if config.progress:
             sys.stderr.write(f"[ablate] {name}\n")  # progress, never on stdout (--json)
         run = out / "runs" / name
-        summary = train(TrainConfig(store=config.store, out=str(run), epochs=config.epochs, lr=config.lr,
-                                    batch_size=config.batch_size, seed=config.seed, device=config.device,
-                                    progress=False, **options))
+        try:
+            summary = train(TrainConfig(store=config.store, out=str(run), epochs=config.epochs, lr=config.lr,
+                                        batch_size=config.batch_size, seed=config.seed, device=config.device,
+                                        progress=False, **options))
+        except NothingKept as exc:  # the variant has nothing to learn from: say so, score nothing
+            sys.stderr.write(f"[ablate] {name}: not trained: {exc}\n")
+            rows[name] = {"options": options, "seconds": 0.0, "not_trained": str(exc),
+                          "stores": {path: {} for path in config.eval_stores}, "ood": {path: {} for path in config.ood}}
+            continue
         report = evaluate(str(run), config.eval_stores, config.ood)
         rows[name] = {
             "options": options,
@@ -105,6 +111,6 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     for name, row in results["rows"].items():
         cells = [f"{row['stores'][s]['accuracy']:.3f}/{row['stores'][s]['ece']:.3f}/{row['stores'][s]['nll']:.2f}"
                  if "accuracy" in row["stores"][s] else "-" for s in stores]
-        cells += [f"{row['ood'][o]['auroc']:.3f}" for o in oods]
+        cells += [f"{row['ood'][o]['auroc']:.3f}" if "auroc" in row["ood"][o] else "-" for o in oods]
         body.append([name, *cells])
     return text_table(head, body, markdown)

@@ -195,6 +195,10 @@ def projection_plot(store_path: str, out: str, run_path: str | None = None) -> d
     import matplotlib.pyplot as plt
 
     spaces, references = load_spaces(store_path, run_path)
+    count = len(references["pseudo_labels"])
+    if count < 3:
+        raise InputError(f"analyze latent projection needs at least 3 valid images to draw a 2-D projection; store "
+                         f"'{store_path}' has {count}")
     panels = [("pseudo-label", references["pseudo_labels"], "tab10")]
     if "true_labels" in references:
         correct = (references["pseudo_labels"] == references["true_labels"]).astype(int)
@@ -214,9 +218,23 @@ def projection_plot(store_path: str, out: str, run_path: str | None = None) -> d
             axis.set_yticks([])
     fig.tight_layout()
     with atomic_file(out, "plot") as temp:
-        fig.savefig(temp, dpi=100)
+        fig.savefig(temp, dpi=100, metadata={"Software": PLOT_SOFTWARE})
     plt.close(fig)
     return {"store": store_path, "out": out, "spaces": list(spaces), "explained_variance_2d": explained}
+
+
+PLOT_SOFTWARE = "lpclip-cache analyze latent projection"  # the PNG's Software text, which marks it as ours
+
+
+def is_projection(path: Path) -> bool:
+    """True when ``path`` is a projection PNG this tool wrote (its Software text says so)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PLOT_SOFTWARE
+    except (OSError, ValueError):
+        return False
 
 
 def format_neighbors(report: dict[str, Any]) -> str:
@@ -257,7 +275,7 @@ def analyze(kind: str, store: str, out: str | None = None, run: str | None = Non
     if kind == "projection":
         if not out:
             raise InputError("analyze projection needs out (the PNG file to write)")
-        prepare_output(Path(out), overwrite, lambda path: path.suffix == ".png", "plot", remove=False)
+        prepare_output(Path(out), overwrite, is_projection, "plot", remove=False)
         return projection_plot(store, str(out), run)  # written whole, then renamed over any old plot
     if out:
         prepare_output(Path(out), overwrite, is_report, "report", remove=False)

@@ -170,7 +170,7 @@ def train(as_json: bool, quiet: bool, **options: Any) -> None:
     emit(summary, as_json,
         f"wrote {summary['run']}: {summary['method']} x{summary['ensemble']}, {summary['epochs']} epochs, final loss "
         f"{summary['final_loss']:.4f}, teacher agreement {summary['teacher_agreement']:.3f}, "
-        f"{summary['samples_per_s']:,.0f} samples/s",
+        f"{summary['kept']:.1%} of samples kept, {summary['samples_per_s']:,.0f} samples/s",
     )
 
 

@@ -31,6 +31,9 @@ def flag_of(spec: Field) -> str:
     return spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
 
 
+MAX_SEED = 2**63 - 1  # what torch.manual_seed and numpy's generators both take
+
+
 def check_choices(config: Any) -> None:
     """An InputError for a field whose value is not one of its choices (a value from the Python
     API or a recipe; click checks the command line's)."""
@@ -40,6 +43,9 @@ def check_choices(config: Any) -> None:
         allowed, value = spec.metadata.get("choices"), getattr(config, spec.name)
         if allowed and value not in allowed:
             raise InputError(f"{flag_of(spec)} must be one of {', '.join(allowed)}, got '{value}'")
+        if spec.name.endswith("seed") and value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED):
+            raise InputError(f"{flag_of(spec)} must be a whole number from 0 to {MAX_SEED}, got {value!r}")
 
 
 def recipe_keys(config: type, section: str) -> dict[str, str]:

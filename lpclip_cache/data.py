@@ -395,6 +395,8 @@ def local_root(spec: str) -> Path | None:
     from .outputs import is_url
 
     prefix, sep, rest = spec.partition(":")
+    if sep and prefix in BUILDERS and not rest.strip():
+        return None  # no root given: open_source says so, naming the spec
     if sep and prefix == "wds":
         return None if is_url(rest) else Path(rest.split("{")[0] or ".").expanduser()
     if sep and prefix in BUILDERS:

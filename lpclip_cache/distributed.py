@@ -83,6 +83,9 @@ def pick_device(device: str = "auto") -> Any:
         chosen = torch.device(device)
     except RuntimeError as exc:
         raise ModelError(f"unknown device '{device}': use auto, cpu, cuda or cuda:N") from exc
+    if chosen.type not in ("cpu", "cuda"):
+        raise ModelError(f"device '{device}' is not supported (lpclip-cache runs on the CPU or CUDA): use auto, cpu, "
+                         "cuda or cuda:N")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device '{device}' asked for, but no CUDA device is visible: use --device cpu")
     return chosen

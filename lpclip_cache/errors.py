@@ -25,6 +25,10 @@ class InputError(LpclipError):
     exit_code = 3
 
 
+class NothingKept(InputError):
+    """A confidence threshold that keeps no sample to train on (``train --threshold``)."""
+
+
 class ModelError(LpclipError):
     """A model name, pretrained tag or checkpoint that cannot be resolved or loaded."""
 

@@ -11,6 +11,7 @@ becomes one ``StoreError`` naming the output (see ``write_error``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -156,7 +157,8 @@ def atomic_file(path: str | Path, what: str = "output") -> Iterator[Path]:
         _flush_to_disk(temp)
         os.replace(temp, path)
     except BaseException as exc:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a folder that refused the write may refuse this too
+            temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise write_error(what, path, exc) from exc
         raise

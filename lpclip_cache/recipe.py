@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ EVALUATE_KEYS = {"report"}
 ANALYZE_KEYS = {"clusters", "neighbors", "projection", "views", "k", "sweep", "neighbors_k", "seed"}
 NOT_OPTIONS = {"out", "overwrite", "progress", "extra_manifest", "memory_budget"}  # not the stage's configuration
 SHAPES_TEACHER = "shapes-teacher"  # the project's offline teacher, trained once and cached
+NAMED_TABLES = {"datasets": "dataset", "train": "probe"}  # tables whose keys the recipe names itself
+NAMED_EXAMPLES = {"datasets": '{role = "test", data = "cifar10:~/data"}', "train": '{method = "lpclip"}'}
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -89,6 +91,41 @@ def _check_keys(path: Path, where: str, table: Any, allowed: Any) -> dict[str, A
     return table
 
 
+def _type_name(annotation: str) -> str:
+    """``int | None`` -> ``int``: the type a recipe value must have (TOML has no null)."""
+    return annotation.replace(" | None", "").strip()
+
+
+FIELD_TYPES = {config: {f.name: _type_name(str(f.type)) for f in fields(config)} for config in (ExtractConfig,
+                                                                                                    TrainConfig)}
+OTHER_TYPES = {"report": "bool", "clusters": "bool", "neighbors": "bool", "projection": "bool", "views": "bool",
+               "k": "int", "neighbors_k": "int", "seed": "int", "sweep": "list[int]", "role": "str"}
+CHECKS = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a quoted string"),
+    "list[int]": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+                  "a list of whole numbers"),
+}
+
+
+def _check_types(path: Path, where: str, table: dict[str, Any], keys: dict[str, str] | set[str],
+                 config: type | None) -> None:
+    """Every value of a table has its option's type: ``report = "false"`` or ``epochs = 2.7`` is
+    one line naming the key, before any stage runs (``--dry-run`` included)."""
+    for key, value in table.items():
+        field_name = keys.get(key) if isinstance(keys, dict) else None
+        expected = FIELD_TYPES[config].get(field_name or "") if config else None
+        expected = expected or OTHER_TYPES.get(key)
+        if expected not in CHECKS:
+            continue
+        accepts, wanted = CHECKS[expected]
+        if not accepts(value):
+            shown = json.dumps(value) if not isinstance(value, str) else repr(value)
+            raise _fail(path, where, f"{key} should be {wanted}, got {shown}")
+
+
 def apply_overrides(doc: dict[str, Any], overrides: list[str], path: Path) -> None:
     """``--set a.b.c=value`` edits: the value is read as TOML (a number, true/false, a quoted
     string or a list), or taken as a plain string when it is not valid TOML."""
@@ -104,6 +141,12 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str], path: Path) -> No
             value = raw
         node = doc
         parts = dotted.strip().split(".")
+        named = doc.get(parts[0]) if parts[0] in NAMED_TABLES else None
+        if isinstance(named, dict) and len(parts) >= 3 and parts[1] not in named:
+            raise InputError(f"--set '{item}': recipe '{path}' has no [{parts[0]}.{parts[1]}] (it has "
+                             f"{', '.join(named) or 'none'}): --set changes a {NAMED_TABLES[parts[0]]}, it does not "
+                             f"create one; to add it, give its whole table, e.g. --set "
+                             f"'{parts[0]}.{parts[1]}={NAMED_EXAMPLES[parts[0]]}'")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
@@ -119,8 +162,11 @@ def _expand(value: Any, unresolved: list[str], where: str) -> Any:
     if isinstance(value, str):
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in os.environ:
+            if os.environ.get(name):
                 return os.environ[name]
+            if name in os.environ and default is None:  # set, but to nothing: as unusable as unset
+                unresolved.append(f"{where} uses ${{{name}}}, which is empty")
+                return match.group(0)
             if default is not None:
                 return default
             unresolved.append(f"{where} uses ${{{name}}}")
@@ -153,16 +199,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for required in ("name", "out", "model", "datasets", "train"):
         if required not in doc:
             raise _fail(path, required, "missing; see docs/recipes.md for the form of a recipe")
+    out = doc["out"]
+    if not isinstance(out, str) or not out.strip() or Path(out).expanduser().resolve() == Path("/"):
+        raise _fail(path, "out", f"is {out!r}: give the folder the recipe writes into (not empty, not the root)")
     model = _check_keys(path, "[model]", doc["model"], MODEL_KEYS)
+    _check_types(path, "[model]", model, MODEL_KEYS, ExtractConfig)
     if "name" not in model:
         raise _fail(path, "[model]", "needs name (an open_clip model, e.g. ViT-B-32)")
     views = _check_keys(path, "[views]", doc.get("views", {}), VIEW_KEYS)
+    _check_types(path, "[views]", views, VIEW_KEYS, ExtractConfig)
     engine = _check_keys(path, "[extract]", doc.get("extract", {}), EXTRACT_KEYS)
+    _check_types(path, "[extract]", engine, EXTRACT_KEYS, ExtractConfig)
     datasets_doc = _check_keys(path, "[datasets]", doc["datasets"], set(doc["datasets"]))
     datasets: dict[str, dict[str, Any]] = {}
     for name, table in datasets_doc.items():
         where = f"[datasets.{name}]"
         table = _check_keys(path, where, table, DATASET_KEYS)
+        _check_types(path, where, table, DATASET_KEYS, ExtractConfig)
         if table.get("role") not in ROLES:
             raise _fail(path, where, f"role should be one of {', '.join(ROLES)}, got {table.get('role')!r}")
         if not isinstance(table.get("data"), str):
@@ -179,8 +232,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not train_doc:
         raise _fail(path, "[train]", "names no probe: add e.g. [train.lpclip] method = \"lpclip\"")
     train = {name: _check_keys(path, f"[train.{name}]", table, TRAIN_KEYS) for name, table in train_doc.items()}
+    for name, table in train.items():
+        _check_types(path, f"[train.{name}]", table, TRAIN_KEYS, TrainConfig)
     evaluate = _check_keys(path, "[evaluate]", doc.get("evaluate", {}), EVALUATE_KEYS)
+    _check_types(path, "[evaluate]", evaluate, EVALUATE_KEYS, None)
     analyze = _check_keys(path, "[analyze]", doc.get("analyze", {}), ANALYZE_KEYS)
+    _check_types(path, "[analyze]", analyze, ANALYZE_KEYS, None)
     for name in list(datasets) + list(train):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise _fail(path, name, "names of datasets and probes become file names: use letters, digits, _ . -")
@@ -280,8 +337,48 @@ def stage_state(recipe: Recipe, stage: Stage) -> str:
         return f"resume {now}" if now.kind == "partial" else "run"
     output = Path(stage.out)
     if stamped and output.exists():
-        return "skip (complete)"
+        damage = output_damage(stage)
+        return f"{DAMAGED} ({damage})" if damage else "skip (complete)"
     return "run (replacing an older output)" if output.exists() else "run"
+
+
+DAMAGED = "redo (its output is damaged)"
+
+
+def output_damage(stage: Stage) -> str | None:
+    """Why a finished stage's output is not whole (a run that does not load, a report or analysis
+    that does not parse, a plot that is not a PNG), or None when it is."""
+    from .errors import LpclipError
+
+    out = Path(stage.out)
+    try:
+        if stage.kind == "train":
+            from .runs import load_run
+
+            load_run(out)
+        elif out.suffix == ".png":
+            from PIL import Image
+
+            with Image.open(out) as image:
+                image.verify()
+        else:
+            json.loads((out / "report.json" if out.is_dir() else out).read_text())
+    except (LpclipError, OSError, ValueError, SyntaxError) as exc:
+        return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return None
+
+
+def remove_own_output(recipe: Recipe, stage: Stage) -> None:
+    """Delete a damaged output that this recipe's stamp shows it wrote, and the stamp, so the stage
+    runs again into a clean place (nothing else is ever deleted)."""
+    import shutil
+
+    out = Path(stage.out)
+    if out.is_dir():
+        shutil.rmtree(out)
+    else:
+        out.unlink(missing_ok=True)
+    _stamp_path(recipe, stage).unlink(missing_ok=True)
 
 
 def format_plan(recipe: Recipe, stages: list[Stage]) -> str:
@@ -362,8 +459,9 @@ def run_recipe(path: str | Path, dry_run: bool = False, overrides: list[str] | N
     if dry_run:
         return summary
     if recipe.unresolved:
-        raise InputError(f"recipe '{recipe.path}': {recipe.unresolved[0].lstrip('.')}, which is not set: export it, "
-                         "or pass --set KEY=VALUE for that key")
+        first = recipe.unresolved[0].lstrip(".")
+        why = "" if first.endswith("which is empty") else ", which is not set"
+        raise InputError(f"recipe '{recipe.path}': {first}{why}: export it, or pass --set KEY=VALUE for that key")
     started = time.perf_counter()
     ran, skipped = [], []
     for index, stage in enumerate(stages, 1):
@@ -375,6 +473,8 @@ def run_recipe(path: str | Path, dry_run: bool = False, overrides: list[str] | N
             continue
         if progress:
             sys.stderr.write(f"[{index}/{len(stages)}] {stage.id}: {state} -> {stage.out}\n")
+        if state.startswith(DAMAGED):
+            remove_own_output(recipe, stage)
         began = time.perf_counter()
         execute_stage(recipe, stage, progress)
         _write_stamp(recipe, stage, time.perf_counter() - began)

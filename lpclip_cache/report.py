@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .evaluation import METHOD_NAMES, Evaluation, StoreOutputs
 from .figures import colour, pyplot, reliability_panel, save
 
@@ -47,6 +48,11 @@ def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None =
     from .outputs import is_report, is_report_folder, prepare_output, refuse_output_inside, write_report
 
     run, stores, ood = str(run), [str(s) for s in stores], [str(s) for s in ood]
+    where = [s if "://" in s else str(Path(s).expanduser().resolve()) for s in stores + ood]
+    same = [given for given, place in zip(stores + ood, where) if where.count(place) > 1]
+    if same:  # an OOD set equal to the in-distribution one scores AUROC 0.5 by construction
+        raise InputError(f"store '{same[0]}' is given twice (as --store and --ood, or twice as one of them): "
+                         "in- and out-of-distribution sets must be different stores")
     for option, target in (("--out", out), ("--report", report)):
         if target:
             refuse_output_inside(str(target), [run, *stores, *ood], option)

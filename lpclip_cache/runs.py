@@ -136,8 +136,12 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(info, dict):
         raise StoreError(f"run '{path}' is damaged (run.json holds no object): train it again")
     version = info.get("format_version")
-    if not isinstance(version, int) or version > RUN_FORMAT_VERSION:
-        raise StoreError(f"run '{path}' has format version {version}, newer than this lpclip-cache reads")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StoreError(f"run '{path}' is damaged (its run.json has no format version lpclip-cache wrote: "
+                         f"{version!r}): train it again")
+    if version > RUN_FORMAT_VERSION:
+        raise StoreError(f"run '{path}' has format version {version}, newer than this lpclip-cache reads "
+                         f"({RUN_FORMAT_VERSION}): upgrade lpclip-cache")
     weight, bias, head = tensors.get("weight"), tensors.get("bias"), tensors.get("head")
     if (
         weight is None or bias is None or head is None or weight.ndim not in (2, 3)

@@ -129,9 +129,14 @@ class StoreLock:
         import fcntl
         import os
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from .outputs import write_error
+
         while True:
-            self.handle = open(self.path, "a+")
+            try:  # a folder that cannot be written is one line (exit 5), not a traceback
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.handle = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
+            except OSError as exc:
+                raise write_error("store", str(self.path)[:-5], exc) from None
             try:
                 fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

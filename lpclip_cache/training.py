@@ -19,6 +19,8 @@ actually drawn from.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +29,12 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig, check_choices
-from .errors import InputError, Interrupted, StoreError
+from .errors import InputError, Interrupted, NothingKept, StoreError
 from .progress import Progress
+
+# An epoch in which the confidence threshold keeps fewer than this fraction of the samples is
+# recorded in run.json's warnings and said on stderr; one that keeps none stops training.
+MIN_KEPT_FRACTION = 0.05
 
 
 def weighted_cross_entropy(logits: Any, targets: Any, weights: Any) -> Any:
@@ -45,8 +51,13 @@ def check_config(config: TrainConfig) -> None:
     check_choices(config)
     if config.epochs < 1 or config.batch_size < 1:
         raise InputError("--epochs and --batch-size must be at least 1")
-    if not config.lr > 0 or config.weight_decay < 0:
-        raise InputError("--lr must be positive and --weight-decay non-negative")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise InputError(f"--lr must be a positive finite number, got {config.lr}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise InputError(f"--weight-decay must be a finite number of 0 or more, got {config.weight_decay}")
+    if config.method == "supervised" and config.threshold:
+        raise InputError(f"--threshold {config.threshold} applies to the teacher's pseudo-labels: --method "
+                         "supervised trains on true labels and would ignore it; drop the option")
     if not 0.0 <= config.threshold < 1.0:
         raise InputError(f"--threshold must be in [0, 1), got {config.threshold}")
     if not 0.0 <= config.holdout < 1.0:
@@ -208,6 +219,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     out = Path(config.out)
     store = FeatureStore(config.store)
     prepare_output(out, config.overwrite, is_run, "run", remove=False)  # replaced once the new run is whole
+    cached = max(1 if side == "clean" else store.layout.views(side) for side in sides(store, config))
+    if config.max_views is not None and config.max_views > cached:
+        raise InputError(f"--max-views {config.max_views}, but store '{store.path}' caches at most {cached} view(s) "
+                         f"of the kinds this run reads: pass at most {cached}, or omit it to use them all")
     held_out = holdout_shards(store.layout.n_shards, config.holdout, config.seed)
     source = PairSource(
         store, *sides(store, config), config.max_views,
@@ -265,9 +280,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         for epoch in range(config.epochs):
             rng = np.random.default_rng([config.seed, epoch, 1])
-            total_loss, seen = 0.0, 0
+            total_loss, seen, kept, offered = 0.0, 0, 0, 0
             for buffer in source.epoch(config.seed, epoch):
                 student, targets, weights = member_batches(buffer, config, rng, head, scale, store.temperature)
+                kept += int((weights > 0).sum())
+                offered += int(weights.numel())
                 rows_source = on_device(student.source, device, resident, keep=not source.streaming)
                 index, targets, weights = student.index.to(device), targets.to(device), weights.to(device)
                 rows = index.shape[1]
@@ -288,7 +305,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     logits = monitor @ weight.transpose(1, 2) + bias[:, None, :]
                     predicted = torch.softmax(logits, dim=-1).mean(0).argmax(1)
                 agreement = float((predicted == monitor_label).float().mean()) if monitor.shape[0] else 0.0
-            curve.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "teacher_agreement": agreement})
+            if kept == 0:
+                raise NothingKept(f"--threshold {config.threshold} keeps no sample in epoch {epoch + 1} (the teacher's "
+                                 f"confidence never reaches it on the views drawn): lower it; 'lpclip-cache analyze "
+                                 f"views --store {store.path}' shows the confidences; run '{out}' was not written")
+            if not (torch.isfinite(weight).all() and torch.isfinite(bias).all() and math.isfinite(total_loss)):
+                raise InputError(f"training diverged in epoch {epoch + 1} (loss {total_loss / max(seen, 1):.4g}, the "
+                                 f"probe's weights are no longer finite): lower --lr (now {config.lr}); run '{out}' "
+                                 "was not written")
+            curve.append({"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "teacher_agreement": agreement,
+                          "kept": round(kept / max(offered, 1), 6), "kept_samples": kept // members})
     except KeyboardInterrupt as exc:  # nothing is written before the end: say so, and how to finish
         raise Interrupted.of(exc, f"training stopped in epoch {epoch + 1} of {config.epochs}; run '{out}' was not "
                              "written (any run already there is untouched): run the same command again") from None
@@ -298,6 +324,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     elapsed = time.perf_counter() - started
     progress.close()
 
+    warnings = [f"epoch {c['epoch']}: --threshold {config.threshold} kept {c['kept']:.1%} of the samples (fewer than "
+                f"{MIN_KEPT_FRACTION:.0%}): the probe learned from few pseudo-labels" for c in curve
+                if c["kept"] < MIN_KEPT_FRACTION]
+    for line in warnings[:3]:
+        sys.stderr.write(f"warning: {line}\n")
     record = asdict(config)
     record.pop("memory_budget")
     info = {
@@ -318,6 +349,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         },
         "ensemble": members,
         "device": str(device),
+        "warnings": warnings,
         "loss": loss_description(config, source.teacher_side, source.student_side),
         "curve": curve,
         "seconds": elapsed,
@@ -338,6 +370,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "streamed": source.streaming,
         "final_loss": curve[-1]["loss"],
         "teacher_agreement": curve[-1]["teacher_agreement"],
+        "kept": curve[-1]["kept"],
+        "warnings": warnings,
         "seconds": round(elapsed, 3),
         "samples_per_s": round(info["samples_per_s"], 1),
     }

@@ -92,6 +92,21 @@ def shapes_teacher(tmp_path_factory: pytest.TempPathFactory):
         os.environ["LPCLIP_CACHE_DIR"] = previous
 
 
+# setpriv options that drop the capabilities by which root ignores file permissions
+UNPRIVILEGED = ["--bounding-set=-dac_override,-dac_read_search"]
+# runs each argument list (JSON in argv[1]) through the command line in one process, printing the results as JSON
+SCRIPT = """
+import json, sys
+from click.testing import CliRunner
+from lpclip_cache.cli import main
+out = []
+for args in json.loads(sys.argv[1]):
+    result = CliRunner().invoke(main, args)
+    out.append({"code": result.exit_code, "stderr": result.stderr, "output": result.output})
+print(json.dumps(out))
+"""
+
+
 def interrupt_writes_after(monkeypatch: pytest.MonkeyPatch, shards: int):
     """Make the store writer raise KeyboardInterrupt, as Ctrl-C would, once ``shards`` shards are
     written; returns the function that puts the real writer back."""

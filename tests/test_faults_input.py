@@ -23,7 +23,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
-from conftest import clustered_embeddings, run_cli, write_store
+from conftest import SCRIPT, UNPRIVILEGED, clustered_embeddings, run_cli, write_store
 from PIL import Image
 
 from lpclip_cache.cli import main
@@ -137,17 +137,6 @@ def test_missing_path_is_one_line_naming_it(option, stores, image_folder, extrac
     assert not any(tmp_path.glob("o*"))
 
 
-UNPRIVILEGED = ["--bounding-set=-dac_override,-dac_read_search"]
-SCRIPT = """
-import json, sys
-from click.testing import CliRunner
-from lpclip_cache.cli import main
-out = []
-for args in json.loads(sys.argv[1]):
-    result = CliRunner().invoke(main, args)
-    out.append({"code": result.exit_code, "stderr": result.stderr, "output": result.output})
-print(json.dumps(out))
-"""
 
 
 def permission_prefix(probe: Path) -> list[str] | None:

@@ -415,3 +415,20 @@ def test_clip_benchmark_placeholder_is_read_as_the_plain_one(tmp_path: Path) -> 
     path.write_text("a {c} and a {}.\n")
     with pytest.raises(InputError, match="2 '\\{\\}' placeholders"):
         prompts.load_templates(path)
+
+
+def test_a_clip_benchmark_template_file_gives_the_same_prompt_ensemble(tmp_path: Path) -> None:
+    """CLIP_benchmark's own ``zeroshot_classification_templates.txt`` (``{c}``), given with
+    --templates, makes exactly the head the same templates written with ``{}`` make."""
+    import torch
+
+    from lpclip_cache.models import load_model, zero_shot_head
+
+    written = ["a photo of a {c}.", "a blurry photo of the {c}.", "itap of a {c}."]
+    (tmp_path / "cb.txt").write_text("\n".join(written) + "\n")
+    (tmp_path / "plain.txt").write_text("\n".join(t.replace("{c}", "{}") for t in written) + "\n")
+    torch.manual_seed(0)
+    loaded = load_model("test-tiny", "none", device="cpu")
+    names = ["cat", "dog", "ship"]
+    heads = [zero_shot_head(loaded, names, prompts.load_templates(tmp_path / f)) for f in ("cb.txt", "plain.txt")]
+    assert torch.equal(heads[0], heads[1])

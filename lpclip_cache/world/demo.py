@@ -228,11 +228,13 @@ def ablations(config: DemoConfig, checkpoint: Path, seed: int, out: Path, stores
 
 
 def ablation_row(entry: dict[str, Any], stores: dict[str, str]) -> dict[str, float]:
-    """One variant's cells: test accuracy, ECE and NLL, accuracy under each style shift, OOD AUROC."""
+    """One variant's cells: test accuracy, ECE and NLL, accuracy under each style shift, OOD AUROC
+    (NaN for a variant that was not trained: a threshold that kept no sample)."""
+    nan = float("nan")
     test = entry["stores"][stores["test"]]
-    row = {"test_accuracy": test["accuracy"], "test_ece": test["ece"], "test_nll": test["nll"]}
-    row.update({f"{style}_accuracy": entry["stores"][stores[style]]["accuracy"] for style in STYLE_SHIFTS})
-    row["ood_auroc"] = entry["ood"][stores["strokes"]]["auroc"]
+    row = {f"test_{k}": test.get(k, nan) for k in ("accuracy", "ece", "nll")}
+    row.update({f"{style}_accuracy": entry["stores"][stores[style]].get("accuracy", nan) for style in STYLE_SHIFTS})
+    row["ood_auroc"] = entry["ood"][stores["strokes"]].get("auroc", nan)
     return row
 
 
@@ -267,7 +269,9 @@ def aggregate(config: DemoConfig, per_seed: list[dict[str, Any]]) -> dict[str, A
 
 
 def cell(stat: dict[str, Any], digits: int = 3) -> str:
-    """``mean ± sd`` of a cell."""
+    """``mean ± sd`` of a cell (``not trained`` where a seed's variant kept no sample)."""
+    if stat["mean"] != stat["mean"]:
+        return "not trained"
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
