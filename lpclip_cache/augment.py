@@ -4,10 +4,14 @@ Policies are data (``resources/policies/*.json`` or a user's JSON file). The str
 FixMatch's RandAugment: ``num_ops`` operations per sample, each drawn uniformly from the policy's
 list with a magnitude drawn uniformly in that operation's range. Each operation is a batched
 function of float images in [0, 1] and a per-sample magnitude that reproduces PIL's and
-torchvision's definition of the operation (brightness multiplies, contrast blends with the mean
-grey, ...); Kornia's own RandAugment draws one operation set per call for the whole batch, and its
-brightness and contrast differ from PIL's, so it is not used here. The weak policy for small
-images shifts by whole pixels with reflected borders (FixMatch's pad-and-crop): no resampling blur.
+torchvision's definition of the operation. Most are Kornia's functional operations
+(``kornia.enhance``: ``adjust_brightness_accumulative``, ``adjust_contrast_with_mean_subtraction``,
+``adjust_saturation_with_gray_subtraction``, ``sharpness``, ``posterize``, ``equalize``;
+``kornia.geometry.transform``: ``rotate``, ``translate``); the few the project keeps say why
+(solarize, autocontrast, the shears, the weak view's whole-pixel shift). Kornia's own RandAugment
+draws one operation set per call for the whole batch, so the policy's draws are made here. The
+weak policy for small images shifts by whole pixels with reflected borders (FixMatch's
+pad-and-crop): no resampling blur.
 
 Every random draw comes from torch's generator, seeded per (seed, shard, view kind, view index)
 inside ``torch.random.fork_rng``: a shard's views do not depend on what ran before it.
@@ -25,27 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import kornia.augmentation as K
+import kornia.enhance as KE
+import kornia.geometry.transform as KG
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma: PIL's "L" and torchvision's rgb_to_grayscale
-
-
-def _per_sample(values: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, 1, 1, 1)
-
-
-def _blend(images: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL's ImageEnhance: ``degenerate + factor * (images - degenerate)`` per sample, clamped."""
-    return (degenerate + _per_sample(factor) * (images - degenerate)).clamp_(0.0, 1.0)
-
-
-def grayscale(images: torch.Tensor) -> torch.Tensor:
-    """B x 1 x H x W luma of B x 3 x H x W RGB images (ITU-R 601-2 weights)."""
-    r, g, b = images.unbind(1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
 def to_levels(images: torch.Tensor) -> torch.Tensor:
@@ -53,62 +42,81 @@ def to_levels(images: torch.Tensor) -> torch.Tensor:
     return images.mul(255.0).round_().clamp_(0, 255).long()
 
 
+def quantised(images: torch.Tensor) -> torch.Tensor:
+    """Float images at their nearest 8-bit level: what a PIL operation reads after an earlier one."""
+    return to_levels(images).to(images.dtype) / 255.0
+
+
+# Kornia's functional operations, taking a per-sample magnitude each (docs/method.md lists how far
+# they lie from PIL's and torchvision's: tests/test_view_ops.py holds them to 2 levels).
+
+
 def brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL's Brightness: blend with black, i.e. multiply by ``factor`` (0 black, 1 unchanged)."""
-    return _blend(images, torch.zeros_like(images), factor)
+    """PIL's Brightness: multiply by ``factor`` (0 black, 1 unchanged), clipped."""
+    return KE.adjust_brightness_accumulative(images, factor.to(images.dtype))
 
 
 def contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL's Contrast: blend with the image's mean grey level (0 flat grey, 1 unchanged)."""
-    return _blend(images, grayscale(images).mean(dim=(1, 2, 3), keepdim=True), factor)
+    return KE.adjust_contrast_with_mean_subtraction(images, factor.to(images.dtype))
 
 
 def color(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """PIL's Color (saturation): blend with the grayscale image (0 grey, 1 unchanged)."""
-    return _blend(images, grayscale(images), factor)
+    return KE.adjust_saturation_with_gray_subtraction(images, factor.to(images.dtype))
 
 
 def sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL's Sharpness: blend with PIL's 3x3 SMOOTH filter (0 smoothed, 1 unchanged); border pixels are kept."""
-    smooth = images.clone()  # SMOOTH is [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13: the 3x3 sum plus 4 x the centre
-    smooth[..., 1:-1, 1:-1] = (F.avg_pool2d(images, 3, stride=1) * 9.0 + 4.0 * images[..., 1:-1, 1:-1]) / 13.0
-    return _blend(images, smooth, factor)
+    """PIL's Sharpness: blend with the 3x3 SMOOTH filter (0 smoothed, 1 unchanged); border pixels are kept."""
+    return KE.sharpness(images, factor.to(images.dtype))
 
 
 def posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Keep the top ``bits`` bits (1 to 8) of each 8-bit channel value."""
-    mask = 256 - torch.pow(2, 8 - bits.long())
-    return (to_levels(images) & mask.view(-1, 1, 1, 1)).to(images.dtype) / 255.0
+    return KE.posterize(quantised(images), bits.long())
+
+
+def equalize(images: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each channel of each image, with PIL's (and torchvision's) lookup table."""
+    return KE.equalize(quantised(images))
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate counter-clockwise by ``degrees`` about the image centre (PIL's rotate, torchvision's rotate)."""
+    return KG.rotate(images, degrees.to(images.dtype), align_corners=False)
+
+
+def translate_x(images: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """FixMatch's TranslateX: x_in = x + round(fraction * width) (content moves left for fraction > 0), 0 outside."""
+    pixels = torch.round(fraction.to(images.dtype) * images.shape[3])
+    return KG.translate(images, torch.stack([-pixels, torch.zeros_like(pixels)], dim=1), align_corners=False)
+
+
+def translate_y(images: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """FixMatch's TranslateY: y_in = y + round(fraction * height) (content moves up for fraction > 0), 0 outside."""
+    pixels = torch.round(fraction.to(images.dtype) * images.shape[2])
+    return KG.translate(images, torch.stack([torch.zeros_like(pixels), -pixels], dim=1), align_corners=False)
+
+
+# The project's own operations, where Kornia has no equal (each says why).
 
 
 def solarize(images: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """Invert the channel values whose 8-bit level is at least ``256 * threshold`` (0: all, 1: none)."""
-    inverted = to_levels(images) >= _per_sample(threshold) * 256.0
+    """Invert the channel values whose 8-bit level is at least ``256 * threshold`` (0: all, 1: none).
+    Own: it decides on the 8-bit level, as PIL's table does; Kornia's compares the raw float, so an
+    earlier operation's in-between value could land on the other side."""
+    inverted = to_levels(images) >= threshold.to(images.dtype).view(-1, 1, 1, 1) * 256.0
     return torch.where(inverted, 1.0 - images, images)
 
 
 def autocontrast(images: torch.Tensor) -> torch.Tensor:
-    """Stretch each channel of each image linearly so that its minimum is 0 and its maximum 1."""
+    """Stretch each channel of each image linearly so that its minimum is 0 and its maximum 1.
+    Own: a flat channel stays as it is (PIL); Kornia's ``normalize_min_max`` turns it black."""
     low = images.amin(dim=(2, 3), keepdim=True)
     high = images.amax(dim=(2, 3), keepdim=True)
     flat = high <= low
     scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low).clamp_min(1e-12))
     return ((images - torch.where(flat, torch.zeros_like(low), low)) * scale).clamp_(0.0, 1.0)
-
-
-def equalize(images: torch.Tensor) -> torch.Tensor:
-    """Histogram equalisation of each channel of each image, with PIL's (and torchvision's) lookup table."""
-    b, c, h, w = images.shape
-    levels = to_levels(images).view(b * c, h * w)
-    hist = torch.zeros(b * c, 256, dtype=torch.int64, device=images.device)
-    hist.scatter_add_(1, levels, torch.ones_like(levels))
-    cumulative = hist.cumsum(1)
-    top = hist.gather(1, cumulative.argmax(1, keepdim=True))  # pixels at the highest level present
-    step = (h * w - top) // 255
-    lut = ((cumulative[:, :-1] + step // 2) // step.clamp_min(1)).clamp_(0, 255)
-    lut = torch.cat([torch.zeros_like(lut[:, :1]), lut], dim=1)
-    equalized = (lut.gather(1, levels).to(images.dtype) / 255.0).view(b, c, h, w)
-    return torch.where((step > 0).view(b, c, 1, 1), equalized, images)
 
 
 def warp(images: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -128,42 +136,20 @@ def _matrices(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor
     return torch.stack([torch.stack([a, b], dim=1), torch.stack([c, d], dim=1)], dim=1)
 
 
-def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate counter-clockwise by ``degrees`` about the image centre (PIL's rotate, torchvision's rotate)."""
-    angle = torch.deg2rad(degrees.to(images.dtype))
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    return warp(images, _matrices(cos, -sin, sin, cos), torch.zeros(len(images), 2, device=images.device))
-
-
 def shear_x(images: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
-    """FixMatch's ShearX: PIL's affine transform (1, v, 0, 0, 1, 0), i.e. x_in = x + v * y from the top-left corner."""
+    """FixMatch's ShearX: PIL's affine transform (1, v, 0, 0, 1, 0), i.e. x_in = x + v * y from the top-left corner.
+    Own: Kornia's ``shear`` shears about the image centre, which moves the image by v * height / 2."""
     v = coefficient.to(images.dtype)
     one, zero = torch.ones_like(v), torch.zeros_like(v)
     return warp(images, _matrices(one, v, zero, one), torch.stack([v * images.shape[2] / 2.0, zero], dim=1))
 
 
 def shear_y(images: torch.Tensor, coefficient: torch.Tensor) -> torch.Tensor:
-    """FixMatch's ShearY: PIL's affine transform (1, 0, 0, v, 1, 0), i.e. y_in = y + v * x from the top-left corner."""
+    """FixMatch's ShearY: PIL's affine transform (1, 0, 0, v, 1, 0), i.e. y_in = y + v * x from the top-left corner.
+    Own: as for ``shear_x``."""
     v = coefficient.to(images.dtype)
     one, zero = torch.ones_like(v), torch.zeros_like(v)
     return warp(images, _matrices(one, zero, v, one), torch.stack([zero, v * images.shape[3] / 2.0], dim=1))
-
-
-def _translate(images: torch.Tensor, pixels_x: torch.Tensor, pixels_y: torch.Tensor) -> torch.Tensor:
-    one, zero = torch.ones_like(pixels_x), torch.zeros_like(pixels_x)
-    return warp(images, _matrices(one, zero, zero, one), torch.stack([pixels_x, pixels_y], dim=1))
-
-
-def translate_x(images: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
-    """FixMatch's TranslateX: x_in = x + round(fraction * width) (content moves left for fraction > 0), 0 outside."""
-    pixels = torch.round(fraction.to(images.dtype) * images.shape[3])
-    return _translate(images, pixels, torch.zeros_like(pixels))
-
-
-def translate_y(images: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
-    """FixMatch's TranslateY: y_in = y + round(fraction * height) (content moves up for fraction > 0), 0 outside."""
-    pixels = torch.round(fraction.to(images.dtype) * images.shape[2])
-    return _translate(images, torch.zeros_like(pixels), pixels)
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -173,6 +159,7 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 def shift(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     """Move image i by whole pixels (dy[i] down, dx[i] right), filling the border by reflection (no edge repeat).
+    Own: Kornia's translate resamples, and its reflection repeats the edge pixel.
 
     The result equals a crop of the reflect-padded image (FixMatch's weak augmentation: pad, random crop).
     """

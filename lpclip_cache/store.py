@@ -168,6 +168,112 @@ class StoreLock:
         self.handle.close()
 
 
+class ObjectStoreLock:
+    """The lock of a store on object storage (``STORE.lock`` beside it, an object): created only
+    if absent (S3's conditional write, ``If-None-Match: *``, through fsspec's ``mode="create"``),
+    holding the writer's host, pid and a heartbeat that a thread refreshes every
+    ``HEARTBEAT_SECONDS``. A lock whose holder is gone is taken over: at once when it was this
+    machine's and its process no longer exists (a killed job resumed by the same command), else
+    once its heartbeat is older than ``STALE_SECONDS``. A filesystem without create-if-absent
+    gets a one-line warning and no lock."""
+
+    HEARTBEAT_SECONDS = 30.0
+    STALE_SECONDS = 120.0
+
+    def __init__(self, path: str) -> None:
+        self.store = path.rstrip("/")
+        self.path = f"{self.store}.lock"
+        self.held = False
+        self._stop: Any = None
+
+    def _record(self) -> bytes:
+        import os
+        import socket
+        import time
+
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}).encode()
+
+    def _stale(self, holder: dict[str, Any]) -> bool:
+        import os
+        import socket
+        import time
+
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True  # this machine's job, and it is gone
+            except PermissionError:
+                pass
+        heartbeat = holder.get("heartbeat")
+        return not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > self.STALE_SECONDS
+
+    def __enter__(self) -> ObjectStoreLock:
+        import sys
+
+        from .outputs import filesystem
+
+        from .outputs import write_error
+
+        fs, inner = filesystem(self.path)
+        try:
+            fs.makedirs(fs._parent(inner), exist_ok=True)
+        except OSError as exc:
+            raise write_error("store", self.store, exc) from None
+        for _ in range(2):  # a stale lock is removed once, then created again
+            try:
+                fs.pipe_file(inner, self._record(), mode="create")
+            except FileExistsError:
+                try:
+                    holder = json.loads(fs.cat_file(inner))
+                except (OSError, ValueError):
+                    holder = {}
+                if not self._stale(holder):
+                    raise StoreError(
+                        f"store '{self.store}' is being written by pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')} (lock '{self.path}'): wait for it to finish, or write another "
+                        f"--out; a lock whose job died is taken over {int(self.STALE_SECONDS)} s after its last "
+                        "heartbeat (at once on the machine that ran it)") from None
+                fs.rm_file(inner)
+                continue
+            except (TypeError, NotImplementedError, ValueError):
+                sys.stderr.write(f"warning: '{self.store}' is on a filesystem without create-if-absent writes: no "
+                                 "lock keeps a second writer away; run one extraction at a time on it\n")
+                return self
+            self.held = True
+            self._beat(fs, inner)
+            return self
+        raise StoreError(f"store '{self.store}': another writer took the lock '{self.path}' as this one did: "
+                         "wait for it to finish, or write another --out")
+
+    def _beat(self, fs: Any, inner: str) -> None:
+        import threading
+
+        self._stop = threading.Event()
+
+        def refresh() -> None:
+            while not self._stop.wait(self.HEARTBEAT_SECONDS):
+                try:
+                    fs.pipe_file(inner, self._record())
+                except OSError:
+                    pass  # the next beat tries again; a lock that ages out is the worst case
+
+        threading.Thread(target=refresh, name="lpclip-store-lock", daemon=True).start()
+
+    def __exit__(self, *exc: Any) -> None:
+        from .outputs import filesystem
+
+        if self._stop is not None:
+            self._stop.set()
+        if self.held:
+            fs, inner = filesystem(self.path)
+            try:
+                fs.rm_file(inner)
+            except OSError:
+                pass
+            self.held = False
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of the store: its shape, dtype, fill value and chunk shape."""
@@ -293,7 +399,7 @@ class StoreWriter:
 
     def __init__(self, path: str | Path, layout: Layout, manifest: dict[str, Any]) -> None:
         self.path, self.layout, self.manifest = path, layout, manifest
-        self.lock: StoreLock | None = None
+        self.lock: StoreLock | ObjectStoreLock | None = None
         self._group: zarr.Group | None = None
 
     @property
@@ -308,7 +414,9 @@ class StoreWriter:
         A store with the same cache key is resumed (its done shards are kept); one with another key
         is refused, naming the fields that differ, unless ``overwrite``.
         """
-        if not is_url(self.path):  # an OS lock needs a local file; on a URL the user keeps writers apart
+        if is_url(self.path):  # an object that is created only if absent
+            self.lock = ObjectStoreLock(str(self.path)).__enter__()
+        else:  # an OS file lock
             self.lock = StoreLock(Path(self.path)).__enter__()
         try:
             if is_store(self.path) and not overwrite:

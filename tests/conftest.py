@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs two workers on two cores: one thread each
+    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = "1"
+
+import numpy as np  # noqa: E402 (after the thread settings, which numpy reads when imported)
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_FIXTURE = ROOT / "tests" / "data" / "cifar10"  # 20 real test JPEGs per class (see its README)
