@@ -211,9 +211,7 @@ class ObjectStoreLock:
     def __enter__(self) -> ObjectStoreLock:
         import sys
 
-        from .outputs import filesystem
-
-        from .outputs import write_error
+        from .outputs import filesystem, write_error
 
         fs, inner = filesystem(self.path)
         try:
