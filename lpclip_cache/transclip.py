@@ -1,0 +1,157 @@
+"""TransCLIP (Zanella, Gérin, Ben Ayed, NeurIPS 2024), zero-shot and "atop" another method: a
+transductive, training-free refinement of a CLIP classifier's predictions on a set of test
+embeddings, written from the paper's update equations (the public solver is AGPL-3.0).
+
+Given the test images' L2-normalised embeddings x_i (N x D), the zero-shot head's unit rows t_c
+(K x D) and initial predictions y_i (softmax(100 x_i . t_c) zero-shot, or another method's
+probabilities "atop" it), the solver alternates, for ``OUTER_ITERATIONS`` rounds:
+
+- z-step (``INNER_Z_STEPS`` times): z_i ∝ y_i^λ · exp((log N(x_i; μ_c, Σ) + (C / 2k) Σ_j (W_ij + W_ji) z_j) / C),
+  with the Gaussian log-likelihood up to a constant, -½ Σ_d (x_id - μ_cd)² / σ_d, one diagonal
+  variance shared by all classes, W the k-nearest-neighbour affinity (W_ij = x_i . x_j for the k
+  nearest j of i, self excluded), λ = 1, C = 50 and k = 3;
+- μ-step: μ_c = Σ_i z_ic x_i / Σ_i z_ic, then L2-normalised;
+- σ-step: σ_d = Σ_i Σ_c z_ic (x_id - μ_cd)² / Σ_i Σ_c z_ic;
+
+then a last z-step. μ starts from the 8 most confident images of each class (the mean of z_ic x_i
+over them, normalised) and σ from 1/D. Every step is computed in chunks of ``chunk`` rows from
+expanded squares (‖x‖²/σ - 2 x.(μ/σ) + ‖μ‖²/σ), so memory is O(N K + N D), never N x K x D; the
+neighbours come from FAISS's exact inner-product search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+OUTER_ITERATIONS = 10
+INNER_Z_STEPS = 5
+NEIGHBORS = 3
+CONFIDENT = 8  # images per class that start its mean
+TEMPERATURE = 50.0  # the constant C of the z-step
+LAMBDA = 1.0
+ZERO_SHOT_SCALE = 100.0  # the initial predictions' logit scale, as CLIP's
+CHUNK = 4096
+
+
+@dataclass
+class TransclipResult:
+    z: np.ndarray  # N x K soft assignments (rows sum to 1)
+    mu: np.ndarray  # K x D class means (unit rows)
+    sigma: np.ndarray  # D shared variances
+    neighbors: np.ndarray  # N x k nearest neighbours (self excluded)
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nearest_neighbors(x: np.ndarray, k: int = NEIGHBORS, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row by inner product (FAISS's exact search), self
+    excluded, and their similarities (float32)."""
+    import faiss
+
+    data = np.ascontiguousarray(x, dtype=np.float32)
+    index = faiss.IndexFlatIP(data.shape[1])
+    index.add(data)
+    found_s, found_i = [], []
+    for start in range(0, len(data), chunk):
+        sims, ids = index.search(data[start : start + chunk], min(k + 1, len(data)))
+        rows = np.arange(start, start + len(ids))[:, None]
+        keep = ids != rows  # drop the row itself wherever it ranks (ties may put it second)
+        trimmed_i = np.stack([r[m][:k] for r, m in zip(ids, keep)])
+        trimmed_s = np.stack([r[m][:k] for r, m in zip(sims, keep)])
+        found_i.append(trimmed_i)
+        found_s.append(trimmed_s)
+    return np.concatenate(found_i), np.concatenate(found_s)
+
+
+def affinity(neighbors: np.ndarray, similarities: np.ndarray, n: int) -> Any:
+    """W (N x N, sparse): W_ij = x_i . x_j for the k nearest j of i, and W + W^T, which the z-step uses."""
+    from scipy import sparse
+
+    rows = np.repeat(np.arange(n), neighbors.shape[1])
+    w = sparse.csr_matrix((similarities.ravel().astype(np.float64), (rows, neighbors.ravel())), shape=(n, n))
+    return (w + w.T).tocsr()
+
+
+def log_likelihood(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """-½ Σ_d (x_id - μ_cd)² / σ_d for every image and class (N x K), chunk by chunk."""
+    inverse = 1.0 / sigma
+    scaled_mu = mu * inverse  # K x D
+    mu_term = (mu * scaled_mu).sum(axis=1)  # K
+    out = np.empty((len(x), len(mu)), np.float64)
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk]
+        x_term = (block * block * inverse).sum(axis=1, keepdims=True)
+        out[start : start + chunk] = -0.5 * (x_term - 2.0 * block @ scaled_mu.T + mu_term)
+    return out
+
+
+def z_step(loglik: np.ndarray, prior: np.ndarray, z: np.ndarray, symmetric: Any, k: int) -> np.ndarray:
+    """``INNER_Z_STEPS`` updates of the assignments (the mean-field step of the paper's objective)."""
+    powered = prior**LAMBDA
+    for _ in range(INNER_Z_STEPS):
+        energy = loglik + (TEMPERATURE / (2 * k)) * (symmetric @ z)
+        energy -= energy.max(axis=1, keepdims=True)
+        unnormalised = powered * np.exp(energy / TEMPERATURE)
+        z = unnormalised / unnormalised.sum(axis=1, keepdims=True)
+    return z
+
+
+def mu_step(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    mu = (z.T @ x) / z.sum(axis=0)[:, None]
+    return mu / np.linalg.norm(mu, axis=1, keepdims=True)
+
+
+def sigma_step(x: np.ndarray, z: np.ndarray, mu: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """σ_d = Σ_i Σ_c z_ic (x_id - μ_cd)² / Σ z, expanded: Σ_i (Σ_c z_ic) x_id² - 2 Σ_c (Σ_i z_ic x_id) μ_cd
+    + Σ_c (Σ_i z_ic) μ_cd²."""
+    mass = z.sum(axis=1)  # N
+    column = z.sum(axis=0)  # K
+    squares = np.zeros(x.shape[1], np.float64)
+    weighted = np.zeros_like(mu)
+    for start in range(0, len(x), chunk):
+        block = x[start : start + chunk]
+        squares += (mass[start : start + chunk, None] * block * block).sum(axis=0)
+        weighted += z[start : start + chunk].T @ block
+    total = squares - 2.0 * (weighted * mu).sum(axis=0) + (column[:, None] * mu * mu).sum(axis=0)
+    return total / z.sum()
+
+
+def initial_means(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Each class's mean of z_ic x_i over its ``CONFIDENT`` highest z_ic, L2-normalised."""
+    count = min(CONFIDENT, len(x))
+    top = np.argpartition(-z, count - 1, axis=0)[:count]  # count x K image indices
+    classes = np.arange(z.shape[1])
+    mu = (z[top, classes][..., None] * x[top]).mean(axis=0)  # K x D
+    return mu / np.linalg.norm(mu, axis=1, keepdims=True)
+
+
+def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None,
+              chunk: int = CHUNK, neighbors: int = NEIGHBORS) -> TransclipResult:
+    """TransCLIP's assignments of ``embeddings`` (N x D, unit rows) to the classes of ``head``
+    (K x D, unit rows): zero-shot from softmax(100 x . t), or atop ``initial`` (N x K
+    probabilities from another method)."""
+    x = np.asarray(embeddings, np.float64)
+    t = np.asarray(head, np.float64)
+    if len(x) <= neighbors:
+        raise ValueError(f"TransCLIP needs more than {neighbors} images (its {neighbors}-nearest-neighbour "
+                         f"graph); got {len(x)}")
+    prior = softmax_rows(ZERO_SHOT_SCALE * x @ t.T) if initial is None else np.asarray(initial, np.float64)
+    z = prior.copy()
+    mu = initial_means(x, z)
+    sigma = np.full(x.shape[1], 1.0 / x.shape[1])
+    ids, sims = nearest_neighbors(x, neighbors, chunk)
+    symmetric = affinity(ids, sims, len(x))
+    for round_ in range(OUTER_ITERATIONS + 1):
+        z = z_step(log_likelihood(x, mu, sigma, chunk), prior, z, symmetric, neighbors)
+        if round_ == OUTER_ITERATIONS:
+            break
+        mu = mu_step(x, z)
+        sigma = sigma_step(x, z, mu, chunk)
+    return TransclipResult(z=z, mu=mu, sigma=sigma, neighbors=ids)
