@@ -43,12 +43,13 @@ def train(store: str, out: str, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(run: str, stores: Sequence[str], ood: Sequence[str] = (), out: str | None = None,
-             report: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """``lpclip-cache evaluate``: score the teacher and the probe; write ``out`` (JSON) and/or the
-    ``report`` folder (JSON, Markdown, PNG plots) when given; return the report."""
+             report: str | None = None, overwrite: bool = False, transclip: bool = False) -> dict[str, Any]:
+    """``lpclip-cache evaluate``: score the teacher and the probe (and with ``transclip`` TransCLIP,
+    zero-shot and atop the probe); write ``out`` (JSON) and/or the ``report`` folder (JSON,
+    Markdown, PNG plots) when given; return the report."""
     from .report import evaluate_into
 
-    return evaluate_into(run, list(stores), list(ood), out, report, overwrite)
+    return evaluate_into(run, list(stores), list(ood), out, report, overwrite, transclip)
 
 
 def analyze(kind: str, store: str, **options: Any) -> dict[str, Any]:

@@ -181,11 +181,13 @@ def train(as_json: bool, quiet: bool, **options: Any) -> None:
 @click.option("--out", default=None, type=click.Path(), help="Report JSON to write.")
 @click.option("--report", "report_dir", default=None, type=click.Path(),
               help="Folder for report.json, report.md and PNG plots.")
+@click.option("--transclip", is_flag=True,
+              help="Also score TransCLIP, transductive over each store: on the zero-shot head and atop the probe.")
 @overwrite_option
 @json_option
 @report_errors
 def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str | None, report_dir: str | None,
-             overwrite: bool, as_json: bool) -> None:
+             transclip: bool, overwrite: bool, as_json: bool) -> None:
     """Accuracy, calibration and OOD detection of the teacher and the probe on stores."""
     from .errors import InputError
     from .evaluation import format_table
@@ -193,7 +195,8 @@ def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: 
 
     if not out and not report_dir:
         raise InputError("evaluate needs --out REPORT.json or --report DIR (or both)")
-    report = evaluate_into(run_path, list(stores), list(ood), out=out, report=report_dir, overwrite=overwrite)
+    report = evaluate_into(run_path, list(stores), list(ood), out=out, report=report_dir, overwrite=overwrite,
+                           transclip=transclip)
     written = ", ".join(p for p in (out, report_dir) if p)
     emit(report, as_json, format_table(report) + f"\nwrote {written}")
 

@@ -23,6 +23,8 @@ from .errors import StoreError
 from .zeroshot import softmax
 
 METHOD_NAMES = ("teacher", "probe")
+# evaluate --transclip: TransCLIP on the zero-shot head, and atop the probe's predictions
+TRANSCLIP_METHODS = ("transclip", "transclip-probe")
 SEVERITIES = (1, 2, 3, 4, 5)  # of every corruption, for a mean corruption error
 
 
@@ -136,10 +138,15 @@ def class_subset(store: Any) -> list[int] | None:
     return sorted(subset)
 
 
-def outputs_in(run: Any, store: Any, classes: list[int] | None) -> dict[str, MethodOutputs]:
+def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool = False) -> dict[str, MethodOutputs]:
     """Each method's outputs on a store's valid clean embeddings over the run's ``classes`` (None:
     all of them): the other classes' logits are dropped before any softmax, for the teacher and
-    every member alike, so an ensemble averages its members' renormalised probabilities."""
+    every member alike, so an ensemble averages its members' renormalised probabilities.
+
+    ``transclip`` adds TransCLIP, transductive over the store's own rows: on the zero-shot head
+    (``transclip``) and atop the probe's probabilities (``transclip-probe``). Its assignments are
+    the method's probabilities; their logarithms stand for its logits (so max-logit is the log of
+    the largest assignment, and energy is 0 for every image)."""
     from .zeroshot import teacher_logits
 
     emb = store.read("clean/emb")[store.read("valid")]
@@ -151,6 +158,16 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None) -> dict[str, Met
         for m in range(run.members):
             outputs[f"member-{m}"] = MethodOutputs(probe.logits[m : m + 1], probe.member_probs[m : m + 1],
                                                    probe.member_probs[m])
+    if transclip:
+        from .transclip import NEIGHBORS
+        from .transclip import transclip as solve
+
+        if len(emb) <= NEIGHBORS:
+            raise StoreError(f"store '{store.path}' has {len(emb)} valid images: --transclip needs more than "
+                             f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph)")
+        for name, initial in zip(TRANSCLIP_METHODS, (None, probe.probs)):
+            z = solve(emb, head, initial=initial).z
+            outputs[name] = MethodOutputs.of(np.log(np.clip(z, np.finfo(np.float64).tiny, None))[None])
     return outputs
 
 
@@ -200,9 +217,10 @@ class StoreOutputs:
     scores: dict[str, dict[str, np.ndarray]]
 
     @classmethod
-    def of(cls, run: Any, store: Any, classes: list[int] | None, labelled: bool) -> StoreOutputs:
+    def of(cls, run: Any, store: Any, classes: list[int] | None, labelled: bool,
+           transclip: bool = False) -> StoreOutputs:
         """Score a store over ``classes``; ``labelled`` maps its labels into that class space."""
-        outputs = outputs_in(run, store, classes)
+        outputs = outputs_in(run, store, classes, transclip)
         labels = labels_in(store, classes) if labelled else np.full(outputs["probe"].probs.shape[0], -1)
         return cls(str(store.path), outputs, labels, classes, {m: ood_scores(o) for m, o in outputs.items()})
 
@@ -221,12 +239,13 @@ class Evaluation:
     ood: dict[str, StoreOutputs]
 
 
-def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None) -> dict[str, Any]:
+def evaluate(run_path: str, stores: list[str], ood: list[str] | None = None,
+             transclip: bool = False) -> dict[str, Any]:
     """Evaluate a run on in-distribution stores and OOD stores; return the report as a dict."""
-    return score(run_path, stores, ood).report
+    return score(run_path, stores, ood, transclip).report
 
 
-def score(run_path: str, stores: list[str], ood: list[str] | None = None) -> Evaluation:
+def score(run_path: str, stores: list[str], ood: list[str] | None = None, transclip: bool = False) -> Evaluation:
     """Score a run on in-distribution stores and OOD stores, each store read and scored once.
 
     OOD stores are scored in the class space of the reference (the first in-distribution store):
@@ -240,14 +259,16 @@ def score(run_path: str, stores: list[str], ood: list[str] | None = None) -> Eva
     if not stores:
         raise StoreError("evaluate needs at least one --store (the in-distribution test set)")
     run = load_run(run_path)
-    methods = method_names(run.members)
+    methods = method_names(run.members) + (TRANSCLIP_METHODS if transclip else ())
     report: dict[str, Any] = {
         "run": str(Path(run_path)),
         "method": run.info["config"]["method"],
         "ensemble": run.members,
         "methods": list(methods),
         "metrics": {"ece_bins": 15, "ood_score": "max softmax probability (others under 'scores')",
-                    "ood_positive": True, "ood_classes": "the reference store's (its class subset, else all)"},
+                    "ood_positive": True, "ood_classes": "the reference store's (its class subset, else all)",
+                    **({"transclip": "transductive over each store's own valid rows, OOD stores included (each "
+                                     "on its own): zero-shot and atop the probe"} if transclip else {})},
         "stores": {},
         "ood": {},
     }
@@ -255,7 +276,8 @@ def score(run_path: str, stores: list[str], ood: list[str] | None = None) -> Eva
     for path in stores:
         store = FeatureStore(path)
         check_compatible(run, store, "in-distribution")
-        result = scored.stores[path] = StoreOutputs.of(run, store, class_subset(store), labelled=True)
+        result = scored.stores[path] = StoreOutputs.of(run, store, class_subset(store), labelled=True,
+                                                       transclip=transclip)
         entry: dict[str, Any] = {"samples": int(result.labels.size)}
         if result.classes is not None:
             entry["classes"] = len(result.classes)
@@ -272,7 +294,8 @@ def score(run_path: str, stores: list[str], ood: list[str] | None = None) -> Eva
     for path in ood:
         store = FeatureStore(path)
         check_compatible(run, store, "OOD")
-        result = scored.ood[path] = StoreOutputs.of(run, store, reference.classes, labelled=False)
+        result = scored.ood[path] = StoreOutputs.of(run, store, reference.classes, labelled=False,
+                                                    transclip=transclip)
         entry = {"samples": int(result.labels.size), "reference": stores[0]}
         if reference.classes is not None:
             entry["classes"] = len(reference.classes)
@@ -343,7 +366,7 @@ def missing_severities(corruptions: dict[str, Any]) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """A readable table: one row per (store, method)."""
-    lines = [f"{'set':<28} {'method':<9} {'acc':>7} {'nll':>7} {'brier':>7} {'ece':>7} {'auroc':>7} {'fpr95':>7}"]
+    lines = [f"{'set':<28} {'method':<15} {'acc':>7} {'nll':>7} {'brier':>7} {'ece':>7} {'auroc':>7} {'fpr95':>7}"]
     lines.append("-" * len(lines[0]))
 
     def cell(values: dict[str, float], key: str) -> str:
@@ -355,7 +378,7 @@ def format_table(report: dict[str, Any]) -> str:
             for method in report.get("methods", METHOD_NAMES):
                 values = entry[method]
                 keys = ("accuracy", "nll", "brier", "ece", "auroc", "fpr95")
-                lines.append(f"{name[:28]:<28} {method:<9} " + " ".join(cell(values, k) for k in keys))
+                lines.append(f"{name[:28]:<28} {method:<15} " + " ".join(cell(values, k) for k in keys))
     missing = missing_severities(report.get("corruptions", {}))
     if missing:
         lines.append(f"no mean corruption error: severities missing ({missing})")

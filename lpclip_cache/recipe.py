@@ -36,7 +36,7 @@ VIEW_KEYS = recipe_keys(ExtractConfig, "views")
 EXTRACT_KEYS = recipe_keys(ExtractConfig, "extract")
 DATASET_KEYS = {"role": "", **recipe_keys(ExtractConfig, "dataset"), **VIEW_KEYS, **EXTRACT_KEYS}
 TRAIN_KEYS = recipe_keys(TrainConfig, "train")
-EVALUATE_KEYS = {"report"}
+EVALUATE_KEYS = {"report", "transclip"}
 ANALYZE_KEYS = {"clusters", "neighbors", "projection", "views", "k", "sweep", "neighbors_k", "seed"}
 NOT_OPTIONS = {"out", "overwrite", "progress", "extra_manifest", "memory_budget"}  # not the stage's configuration
 SHAPES_TEACHER = "shapes-teacher"  # the project's offline teacher, trained once and cached
@@ -98,8 +98,8 @@ def _type_name(annotation: str) -> str:
 
 FIELD_TYPES = {config: {f.name: _type_name(str(f.type)) for f in fields(config)} for config in (ExtractConfig,
                                                                                                     TrainConfig)}
-OTHER_TYPES = {"report": "bool", "clusters": "bool", "neighbors": "bool", "projection": "bool", "views": "bool",
-               "k": "int", "neighbors_k": "int", "seed": "int", "sweep": "list[int]", "role": "str"}
+OTHER_TYPES = {"report": "bool", "transclip": "bool", "clusters": "bool", "neighbors": "bool", "projection": "bool",
+               "views": "bool", "k": "int", "neighbors_k": "int", "seed": "int", "sweep": "list[int]", "role": "str"}
 CHECKS = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
@@ -277,7 +277,7 @@ def plan(recipe: Recipe) -> list[Stage]:
     for name, run in runs.items():
         report = bool(recipe.evaluate.get("report", True))
         options = {"run": run.out, "stores": [s.out for s in evaluated], "ood": [s.out for s in by_role["ood"]],
-                   "report": report}
+                   "report": report, **({"transclip": True} if recipe.evaluate.get("transclip") else {})}
         # the path the stage writes, which its completion check reads: a report folder, or one JSON file
         stage = Stage("evaluate", name, f"{out}/reports/{name}" + ("" if report else ".json"), options,
                       [run.id, *(s.id for s in evaluated + by_role["ood"])])
@@ -439,7 +439,8 @@ def execute_stage(recipe: Recipe, stage: Stage, progress: bool) -> dict[str, Any
         from .report import evaluate_into
 
         return evaluate_into(o["run"], o["stores"], o["ood"], out=None if o["report"] else stage.out,
-                             report=stage.out if o["report"] else None, overwrite=True)
+                             report=stage.out if o["report"] else None, overwrite=True,
+                             transclip=o.get("transclip", False))
     from .analysis import analyze
 
     if o["kind"] == "views":

@@ -40,7 +40,7 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
 
 
 def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None = None, report: str | None = None,
-                  overwrite: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False, transclip: bool = False) -> dict[str, Any]:
     """``evaluate``: score the run once, then write ``out`` (the report JSON) and/or the ``report``
     folder (JSON, Markdown, figures) when given; return the report. Both outputs are checked
     before anything is read, and an old one is replaced only once its inputs have proven sound."""
@@ -60,7 +60,7 @@ def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None =
         prepare_output(Path(out), overwrite, is_report, "report", remove=False)
     if report:
         prepare_output(Path(report), overwrite, is_report_folder, "report folder", remove=False)
-    evaluation = score(run, stores, ood)
+    evaluation = score(run, stores, ood, transclip)
     if out:
         write_report(evaluation.report, out, overwrite)
     if report:

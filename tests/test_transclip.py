@@ -4,6 +4,9 @@ FAISS's neighbours against an exact sort; chunked against unchunked."""
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from conftest import clustered_embeddings
@@ -92,3 +95,82 @@ def test_chunks_change_nothing(world):
 def test_too_few_images_for_the_graph_is_refused():
     with pytest.raises(ValueError, match="more than 3 images"):
         T.transclip(np.eye(3), np.eye(3))
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A store, its OOD store and a probe trained on it, then `evaluate --transclip` into a report
+    folder (JSON, Markdown, figures)."""
+    from click.testing import CliRunner
+    from conftest import write_store
+
+    from lpclip_cache.cli import main
+
+    base = tmp_path_factory.mktemp("transclip")
+    centres, labels, clean, views = clustered_embeddings(120, 4, 16, 0.35, seed=7, views=2)
+    store = write_store(base / "test.zarr", clean, centres, labels, weak=views, strong=views, scale=20.0,
+                        shard_size=32)
+    _, _, other, _ = clustered_embeddings(60, 4, 16, 0.35, seed=8)
+    ood = write_store(base / "ood.zarr", other, centres, np.zeros(60, np.int64), scale=20.0, shard_size=32)
+    run = base / "run"
+    assert CliRunner().invoke(main, ["train", "--store", str(store), "--out", str(run), "--epochs", "2",
+                                     "--quiet"]).exit_code == 0
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--store", str(store), "--ood", str(ood),
+                                       "--transclip", "--report", str(base / "report"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    return SimpleNamespace(store=store, ood=ood, run=run, base=base, report=json.loads(result.stdout),
+                           table=result.stdout)
+
+
+def test_evaluate_scores_transclip_like_any_method(scored):
+    """`evaluate --transclip` adds both methods to every store's rows, OOD included, and their
+    scores are those of the solver run on the store's own embeddings and head."""
+    from lpclip_cache import metrics
+    from lpclip_cache.runs import load_run
+    from lpclip_cache.store import FeatureStore
+
+    report = scored.report
+    assert report["methods"][-2:] == ["transclip", "transclip-probe"]
+    store = FeatureStore(scored.store)
+    emb, labels = store.read("clean/emb").astype(np.float64), store.labels()
+    run = load_run(scored.run)
+    zero_shot = T.transclip(emb, run.head).z
+    atop = T.transclip(emb, run.head, initial=T.softmax_rows(run.member_logits(emb, None)[0].astype(np.float64))).z
+    entry = report["stores"][str(scored.store)]
+    assert entry["transclip"]["accuracy"] == pytest.approx(metrics.accuracy(zero_shot, labels), abs=1e-12)
+    assert entry["transclip-probe"]["accuracy"] == pytest.approx(metrics.accuracy(atop, labels), abs=1e-12)
+    assert entry["transclip"]["ece"] == pytest.approx(metrics.ece(zero_shot, labels, n_bins=15), abs=1e-9)
+    ood = report["ood"][str(scored.ood)]
+    assert 0.0 <= ood["transclip"]["auroc"] <= 1.0 and 0.0 <= ood["transclip-probe"]["auroc"] <= 1.0
+    assert "transductive" in report["metrics"]["transclip"]
+    folder = json.loads((scored.base / "report" / "report.json").read_text())
+    assert folder["methods"] == report["methods"]
+    assert "transclip-probe" in (scored.base / "report" / "report.md").read_text()
+
+
+def test_a_store_too_small_for_the_graph_is_one_line(scored, tmp_path):
+    from click.testing import CliRunner
+    from conftest import write_store
+
+    from lpclip_cache.cli import main
+
+    centres, labels, clean, _ = clustered_embeddings(3, 4, 16, 0.35, seed=9)
+    tiny = write_store(tmp_path / "tiny.zarr", clean, centres, labels, scale=20.0, shard_size=32)
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(scored.run), "--store", str(tiny), "--transclip",
+                                       "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 5 and "needs more than 3" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_recipe_asks_for_transclip_in_its_evaluate_table():
+    from pathlib import Path
+
+    from lpclip_cache.errors import InputError
+    from lpclip_cache.recipe import load_recipe, plan
+
+    demo = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
+    stages = plan(load_recipe(demo, ["evaluate.transclip=true", "out=o"]))
+    assert all(s.options.get("transclip") is True for s in stages if s.kind == "evaluate")
+    plain = plan(load_recipe(demo, ["out=o"]))
+    assert all("transclip" not in s.options for s in plain if s.kind == "evaluate")  # earlier stamps still match
+    with pytest.raises(InputError, match="transclip should be true or false"):
+        load_recipe(demo, ['evaluate.transclip="yes"', "out=o"])
