@@ -363,9 +363,7 @@ class WdsSource:
         if index in self._invalid or entry is None:
             raise ValueError(self._invalid.get(index, "no image"))
         shard = self.shards[entry.shard]
-        handle = self._file(entry.shard)
-        handle.seek(entry.offset)
-        data = handle.read(entry.size)
+        data = self._read(entry.shard, entry)
         try:
             image = Image.open(io.BytesIO(data))
             image.load()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # make test runs two workers on two cores: one thread each
     for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -109,6 +110,26 @@ for args in json.loads(sys.argv[1]):
     out.append({"code": result.exit_code, "stderr": result.stderr, "output": result.output})
 print(json.dumps(out))
 """
+
+
+def sigkill_after_shards(process: subprocess.Popen, written: Any, at_least: int = 3, timeout: float = 240) -> None:
+    """SIGKILL an extraction once ``written()`` (the number of shard markers it has written so
+    far) reaches ``at_least``, as a crash or a pre-empted job would end it; it must still run then."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and written() < at_least:
+        time.sleep(0.02)
+    assert process.poll() is None, "extraction finished before it could be killed: make it longer"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def local_shards_written(store: Path) -> Any:
+    """How many shard markers a local store's ``done`` array has on disk (for ``sigkill_after_shards``)."""
+    folder = store / "done" / "c"
+    return lambda: len(list(folder.glob("*"))) if folder.is_dir() else 0
 
 
 def interrupt_writes_after(monkeypatch: pytest.MonkeyPatch, shards: int):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import local_shards_written, sigkill_after_shards
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
@@ -59,15 +58,7 @@ def test_killed_extract_resumes_to_a_bit_identical_store(reference, tiny_checkpo
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "lpclip_cache", *cli_args(out, tiny_checkpoint)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        done = list((out / "done" / "c").glob("*")) if (out / "done" / "c").is_dir() else []
-        if len(done) >= 3:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "extraction finished before it could be killed: make it longer"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    sigkill_after_shards(process, local_shards_written(out))
     with pytest.raises(StoreError, match="incomplete"):
         FeatureStore(out)
     finished = int(FeatureStore(out, require_complete=False).read("done").sum())

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from conftest import sigkill_after_shards
 from test_extract_scale import assert_same_store, cli_args, reference  # noqa: F401 (reference is a fixture)
 
 from lpclip_cache.cli import main
@@ -101,18 +101,14 @@ def test_a_killed_extraction_on_s3_resumes_past_its_own_lock(reference, tiny_che
     url = s3.url("killed.zarr")
     command = [sys.executable, "-m", "lpclip_cache", *cli_args(url, tiny_checkpoint)]
     process = subprocess.Popen(command, env=s3.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
+
+    def written() -> int:
         try:
-            done = s3.fs.ls(f"{BUCKET}/killed.zarr/done/c", refresh=True)
+            return len(s3.fs.ls(f"{BUCKET}/killed.zarr/done/c", refresh=True))
         except FileNotFoundError:
-            done = []
-        if len(done) >= 3:
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "extraction finished before it could be killed: make it longer"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+            return 0
+
+    sigkill_after_shards(process, written)
     assert s3.fs.exists(f"{BUCKET}/killed.zarr.lock")
     finished = int(FeatureStore(url, require_complete=False).read("done").sum())
     assert 3 <= finished < 10

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import interrupt_writes_after, run_cli
+from conftest import interrupt_writes_after, local_shards_written, run_cli, sigkill_after_shards
 
 from lpclip_cache.errors import Interrupted, StoreError
 from lpclip_cache.extraction import ExtractConfig, extract
@@ -231,10 +231,8 @@ def test_a_killed_extraction_resumes_to_a_bit_identical_store(tiny_checkpoint, t
     """SIGKILL while shards are being written (a real process, as a crash or a pre-empted job
     ends), then the same command again: it resumes and the store equals an uninterrupted run's."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     import webdataset as wds
 
@@ -259,14 +257,7 @@ def test_a_killed_extraction_resumes_to_a_bit_identical_store(tiny_checkpoint, t
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed.zarr"
     process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if (out / "done" / "c").is_dir() and len(list((out / "done" / "c").glob("*"))) >= 3:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "extraction finished before it could be killed: make it longer"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    sigkill_after_shards(process, local_shards_written(out))
     finished = int(FeatureStore(out, require_complete=False).read("done").sum())
     assert 3 <= finished < 25
     resumed = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
