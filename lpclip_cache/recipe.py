@@ -98,8 +98,9 @@ def _type_name(annotation: str) -> str:
 
 FIELD_TYPES = {config: {f.name: _type_name(str(f.type)) for f in fields(config)} for config in (ExtractConfig,
                                                                                                     TrainConfig)}
-OTHER_TYPES = {"report": "bool", "transclip": "bool", "clusters": "bool", "neighbors": "bool", "projection": "bool",
-               "views": "bool", "k": "int", "neighbors_k": "int", "seed": "int", "sweep": "list[int]", "role": "str"}
+OTHER_TYPES = {"report": "bool", "transclip": "bool or list[str]", "clusters": "bool", "neighbors": "bool",
+               "projection": "bool", "views": "bool", "k": "int", "neighbors_k": "int", "seed": "int",
+               "sweep": "list[int]", "role": "str"}
 CHECKS = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
@@ -107,6 +108,8 @@ CHECKS = {
     "str": (lambda v: isinstance(v, str), "a quoted string"),
     "list[int]": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
                   "a list of whole numbers"),
+    "bool or list[str]": (lambda v: isinstance(v, bool) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                          "true, false or a list of probe names"),
 }
 
 
@@ -236,6 +239,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         _check_types(path, f"[train.{name}]", table, TRAIN_KEYS, TrainConfig)
     evaluate = _check_keys(path, "[evaluate]", doc.get("evaluate", {}), EVALUATE_KEYS)
     _check_types(path, "[evaluate]", evaluate, EVALUATE_KEYS, None)
+    chosen = evaluate.get("transclip", False)
+    unknown = [n for n in chosen if n not in train] if isinstance(chosen, list) else []
+    if unknown:
+        raise _fail(path, "[evaluate]", f"transclip names no probe '{unknown[0]}': name tables of [train] "
+                    f"({', '.join(train)}), or write true for all")
     analyze = _check_keys(path, "[analyze]", doc.get("analyze", {}), ANALYZE_KEYS)
     _check_types(path, "[analyze]", analyze, ANALYZE_KEYS, None)
     for name in list(datasets) + list(train):
@@ -243,6 +251,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise _fail(path, name, "names of datasets and probes become file names: use letters, digits, _ . -")
     return Recipe(path, str(doc["name"]), str(doc.get("description", "")), str(doc["out"]),
                   str(doc.get("gpu_wall_time", "")), model, datasets, train, evaluate, analyze, unresolved)
+
+
+def transclip_for(recipe: Recipe, probe: str) -> bool:
+    """Whether the probe's evaluation adds TransCLIP's rows: ``[evaluate] transclip`` is true (every
+    probe) or a list that names it (zero-shot TransCLIP is the same in every report of a store, so
+    one probe's report may be enough)."""
+    chosen = recipe.evaluate.get("transclip", False)
+    return probe in chosen if isinstance(chosen, list) else bool(chosen)
 
 
 def _key(payload: Any) -> str:
@@ -277,7 +293,7 @@ def plan(recipe: Recipe) -> list[Stage]:
     for name, run in runs.items():
         report = bool(recipe.evaluate.get("report", True))
         options = {"run": run.out, "stores": [s.out for s in evaluated], "ood": [s.out for s in by_role["ood"]],
-                   "report": report, **({"transclip": True} if recipe.evaluate.get("transclip") else {})}
+                   "report": report, **({"transclip": True} if transclip_for(recipe, name) else {})}
         # the path the stage writes, which its completion check reads: a report folder, or one JSON file
         stage = Stage("evaluate", name, f"{out}/reports/{name}" + ("" if report else ".json"), options,
                       [run.id, *(s.id for s in evaluated + by_role["ood"])])

@@ -13,10 +13,12 @@ probabilities "atop" it), the solver alternates, for ``OUTER_ITERATIONS`` rounds
 - μ-step: μ_c = Σ_i z_ic x_i / Σ_i z_ic, then L2-normalised;
 - σ-step: σ_d = Σ_i Σ_c z_ic (x_id - μ_cd)² / Σ_i Σ_c z_ic;
 
-then a last z-step. μ starts from the 8 most confident images of each class (the mean of z_ic x_i
-over them, normalised) and σ from 1/D. Every step is computed in chunks of ``chunk`` rows from
-expanded squares (‖x‖²/σ - 2 x.(μ/σ) + ‖μ‖²/σ), so memory is O(N K + N D), never N x K x D; the
-neighbours come from FAISS's exact inner-product search.
+then a last z-step (normalised in the log domain; a class whose assignments all underflow to 0
+keeps its previous mean, where the reference would divide 0 by 0). μ starts from the 8 most
+confident images of each class (the mean of z_ic x_i over them, normalised) and σ from 1/D.
+Every step is computed in chunks of ``chunk`` rows from expanded squares (‖x‖²/σ - 2 x.(μ/σ) +
+‖μ‖²/σ), so memory is O(N K + N D), never N x K x D; the neighbours come from FAISS's exact
+inner-product search.
 """
 
 from __future__ import annotations
@@ -93,19 +95,26 @@ def log_likelihood(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, chunk: int 
 
 
 def z_step(loglik: np.ndarray, prior: np.ndarray, z: np.ndarray, symmetric: Any, k: int) -> np.ndarray:
-    """``INNER_Z_STEPS`` updates of the assignments (the mean-field step of the paper's objective)."""
-    powered = prior**LAMBDA
+    """``INNER_Z_STEPS`` updates of the assignments (the mean-field step of the paper's objective),
+    normalised in the log domain, so a row whose terms all underflow in the product form (a small
+    variance, a prior with exact zeros) still sums to one."""
+    with np.errstate(divide="ignore"):  # a prior's exact zeros are -inf: the class is ruled out for the image
+        log_prior = LAMBDA * np.log(prior)
     for _ in range(INNER_Z_STEPS):
         energy = loglik + (TEMPERATURE / (2 * k)) * (symmetric @ z)
-        energy -= energy.max(axis=1, keepdims=True)
-        unnormalised = powered * np.exp(energy / TEMPERATURE)
-        z = unnormalised / unnormalised.sum(axis=1, keepdims=True)
+        z = softmax_rows(log_prior + energy / TEMPERATURE)
     return z
 
 
-def mu_step(x: np.ndarray, z: np.ndarray) -> np.ndarray:
-    mu = (z.T @ x) / z.sum(axis=0)[:, None]
-    return mu / np.linalg.norm(mu, axis=1, keepdims=True)
+def mu_step(x: np.ndarray, z: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Each class's z-weighted mean, L2-normalised; a class that holds no mass at all (every z_ic
+    underflowed to 0) keeps its previous mean, where the plain ratio would be 0/0."""
+    mass = z.sum(axis=0)
+    empty = mass == 0
+    mu = (z.T @ x) / np.where(empty, 1.0, mass)[:, None]
+    mu = mu / np.linalg.norm(np.where(empty[:, None], 1.0, mu), axis=1, keepdims=True)
+    mu[empty] = previous[empty]
+    return mu
 
 
 def sigma_step(x: np.ndarray, z: np.ndarray, mu: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
@@ -152,6 +161,6 @@ def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | No
         z = z_step(log_likelihood(x, mu, sigma, chunk), prior, z, symmetric, neighbors)
         if round_ == OUTER_ITERATIONS:
             break
-        mu = mu_step(x, z)
+        mu = mu_step(x, z, mu)
         sigma = sigma_step(x, z, mu, chunk)
     return TransclipResult(z=z, mu=mu, sigma=sigma, neighbors=ids)

@@ -97,6 +97,29 @@ def test_too_few_images_for_the_graph_is_refused():
         T.transclip(np.eye(3), np.eye(3))
 
 
+def test_underflow_neither_empties_a_row_nor_a_class():
+    """Where every term of a row underflows in the product form y^λ exp(E / C) (a variance so small
+    that the log-likelihoods run to -1e6, a prior with exact zeros), the log-domain z-step still
+    gives a distribution over the classes the prior allows; a class left with no mass at all keeps
+    its previous mean instead of 0/0 (the small demo's 8-image corrupted sets reached both)."""
+    from scipy import sparse
+
+    loglik = np.array([[-1e6, -1e6 - 50.0, -2e6], [-3e6, -1e6, -1e6]])
+    prior = np.array([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])
+    with np.errstate(all="ignore"):
+        naive = prior * np.exp(loglik / T.TEMPERATURE)
+        assert np.isnan(naive / naive.sum(axis=1, keepdims=True)).all()  # the product form is 0/0 here
+    z = T.z_step(loglik, prior, prior.copy(), sparse.csr_matrix((2, 2)), k=3)
+    np.testing.assert_allclose(z.sum(axis=1), 1.0)
+    assert z[0, 2] == 0.0 and z[1, 0] == 0.0  # a class the prior rules out stays out
+    np.testing.assert_allclose(z[0, :2], np.exp([0, -1]) / np.exp([0, -1]).sum())  # exp(Δ / C) with Δ = -50
+    x = np.eye(3)
+    previous = np.full((3, 3), 1 / np.sqrt(3))
+    mu = T.mu_step(x, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]), previous)
+    np.testing.assert_allclose(mu[2], previous[2])  # no mass: the previous mean
+    np.testing.assert_allclose(mu[0], np.array([2, 0, 1]) / np.sqrt(5))  # (x0 + x2 / 2) / 1.5, normalised
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A store, its OOD store and a probe trained on it, then `evaluate --transclip` into a report
@@ -168,9 +191,19 @@ def test_a_recipe_asks_for_transclip_in_its_evaluate_table():
     from lpclip_cache.recipe import load_recipe, plan
 
     demo = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
-    stages = plan(load_recipe(demo, ["evaluate.transclip=true", "out=o"]))
-    assert all(s.options.get("transclip") is True for s in stages if s.kind == "evaluate")
-    plain = plan(load_recipe(demo, ["out=o"]))
+
+    def asked(*overrides: str) -> dict[str, bool]:
+        return {s.name: s.options.get("transclip", False) for s in plan(load_recipe(demo, [*overrides, "out=o"]))
+                if s.kind == "evaluate"}
+
+    # the demo asks for it in LP-CLIP's evaluation alone: zero-shot TransCLIP is the same in every report
+    assert asked() == {"lpclip": True, "ensemble": False, "supervised": False}
+    assert asked("evaluate.transclip=true") == {"lpclip": True, "ensemble": True, "supervised": True}
+    assert asked('evaluate.transclip=["ensemble", "supervised"]') == {"lpclip": False, "ensemble": True,
+                                                                      "supervised": True}
+    plain = plan(load_recipe(demo, ["evaluate.transclip=false", "out=o"]))
     assert all("transclip" not in s.options for s in plain if s.kind == "evaluate")  # earlier stamps still match
-    with pytest.raises(InputError, match="transclip should be true or false"):
+    with pytest.raises(InputError, match="transclip should be true, false or a list of probe names"):
         load_recipe(demo, ['evaluate.transclip="yes"', "out=o"])
+    with pytest.raises(InputError, match="transclip names no probe 'lp': name tables of"):
+        load_recipe(demo, ['evaluate.transclip=["lp"]', "out=o"])

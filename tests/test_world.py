@@ -268,10 +268,13 @@ COLUMNS = ["test_accuracy", "test_ece", "test_nll", "outline_accuracy", "outline
 
 def test_demo_results_have_every_row_and_column(demo_pair):
     base, results, _ = demo_pair
-    assert results["methods"] == ["teacher", "lpclip", "ensemble", "supervised"]
+    assert results["methods"] == ["teacher", "lpclip", "ensemble", "supervised", "transclip", "transclip-lpclip"]
     assert results["columns"] == COLUMNS and results["seeds"] == [0, 1]
     for method in results["methods"]:
-        for column in COLUMNS:
+        # TransCLIP keeps CLIP's embeddings: no space of its own for k-means (n/a); every other cell is a number
+        applies = COLUMNS[:-3] if method.startswith("transclip") else COLUMNS
+        assert list(results["table"][method]) == applies
+        for column in applies:
             stat = results["table"][method][column]
             assert set(stat) == {"mean", "sd", "ci95", "values"} and len(stat["values"]) == 2
             assert all(np.isfinite(stat["values"]))
@@ -282,6 +285,7 @@ def test_demo_results_have_every_row_and_column(demo_pair):
     assert on_disk["table"] == results["table"] and on_disk["regime"]["classes"] == len(SHAPES)
     markdown = (base / "a" / "results.md").read_text()
     assert "| test_accuracy |" in markdown and "| strong-1-ops |" in markdown and "lpclip - teacher" in markdown
+    assert "| transclip-lpclip |" in markdown and "lpclip - transclip" in markdown and "| n/a |" in markdown
     # the views table: each seed's train store through analyze views, mean and spread over seeds
     assert results["world"] == "objects" and set(results["views"]) == {"clean", "weak", "strong"}
     assert "| keeps |" in markdown and "| weak |" in markdown and "| strong |" in markdown
@@ -301,21 +305,45 @@ def test_demo_table_statistics_are_computed_from_the_per_seed_results(demo_pair)
     seeds = results["per_seed"]
     t = stats.t.ppf(0.975, len(seeds) - 1)
     for method in results["methods"]:
-        for column in COLUMNS:
+        for column in results["table"][method]:
             values = np.array([seed["table"][method][column] for seed in seeds])
             stat = results["table"][method][column]
             assert stat["values"] == values.tolist()
             assert stat["mean"] == pytest.approx(values.mean()) and stat["sd"] == pytest.approx(values.std(ddof=1))
             half = t * values.std(ddof=1) / np.sqrt(len(values))
             assert stat["ci95"] == pytest.approx([values.mean() - half, values.mean() + half])
-    for column in COLUMNS:
-        diff = np.array([s["table"]["lpclip"][column] - s["table"]["teacher"][column] for s in seeds])
-        assert results["paired"][column]["mean"] == pytest.approx(diff.mean())
-        assert results["paired"][column]["sd"] == pytest.approx(diff.std(ddof=1))
+    pairs = [("lpclip", "teacher"), ("transclip", "teacher"), ("lpclip", "transclip"), ("transclip-lpclip", "lpclip"),
+             ("transclip-lpclip", "transclip")]
+    assert list(results["paired"]) == [f"{a} - {b}" for a, b in pairs]
+    for a, b in pairs:
+        applies = COLUMNS[:-3] if "transclip" in (a + b) else COLUMNS  # the cluster columns are n/a for TransCLIP
+        assert list(results["paired"][f"{a} - {b}"]) == applies
+        for column in applies:
+            diff = np.array([s["table"][a][column] - s["table"][b][column] for s in seeds])
+            assert results["paired"][f"{a} - {b}"][column]["mean"] == pytest.approx(diff.mean())
+            assert results["paired"][f"{a} - {b}"][column]["sd"] == pytest.approx(diff.std(ddof=1))
     for variant, cells in results["ablation"].items():
         assert cells["test_accuracy"]["values"] == [s["ablation"][variant]["test_accuracy"] for s in seeds]
     # the seeds differ (data, views, probes), so the spread is real, not zero
     assert results["table"]["lpclip"]["test_accuracy"]["sd"] > 0
+
+
+def test_demo_transclip_rows_are_lpclip_reports_transclip_methods(demo_pair):
+    """The demo's two TransCLIP methods are the rows of each seed's LP-CLIP report: TransCLIP on the
+    zero-shot head and atop the LP-CLIP probe, each scored on the whole test set it transduced."""
+    base, results, _ = demo_pair
+    for index, seed in enumerate(results["seeds"]):
+        report = json.loads((base / "a" / "seeds" / str(seed) / "reports" / "lpclip.json").read_text())
+        assert report["methods"][-2:] == ["transclip", "transclip-probe"]
+        test = next(entry for path, entry in report["stores"].items() if path.endswith("/test.zarr"))
+        assert results["table"]["transclip"]["test_accuracy"]["values"][index] == test["transclip"]["accuracy"]
+        assert results["table"]["transclip-lpclip"]["test_ece"]["values"][index] == test["transclip-probe"]["ece"]
+        for other in ("ensemble", "supervised"):  # asked for in LP-CLIP's evaluation alone
+            assert "transclip" not in json.loads((base / "a" / "seeds" / str(seed) / "reports" /
+                                                  f"{other}.json").read_text())["methods"]
+    # zero-shot TransCLIP starts from the teacher's predictions, and it moves them
+    assert results["table"]["transclip"]["test_accuracy"]["values"] != results["table"]["teacher"]["test_accuracy"][
+        "values"]
 
 
 def test_demo_plots_are_real_images(demo_pair):
@@ -345,6 +373,8 @@ def test_the_geometry_demo_runs_the_landed_world_with_its_own_teacher(tmp_path):
     assert world_teacher("objects", steps=None, seed=5).seed == 5
     with pytest.raises(InputError, match="--world must be one of objects, geometry"):
         check_config(DemoConfig_(world="flat"))
+    with pytest.raises(InputError, match="--test-n and --corrupt-n must be more than 3: TransCLIP"):
+        check_config(DemoConfig_(corrupt_n=3))
 
 
 def test_demo_is_reproducible_with_the_same_seed(demo_pair):
@@ -367,6 +397,7 @@ def test_demo_command_line_and_refusal(teacher_cache, tmp_path):
             "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + result.stderr
-    assert set(json.loads(result.stdout)["table"]) == {"teacher", "lpclip", "ensemble", "supervised"}
+    assert set(json.loads(result.stdout)["table"]) == {"teacher", "lpclip", "ensemble", "supervised", "transclip",
+                                                       "transclip-lpclip"}
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 5 and "already exists" in again.stderr

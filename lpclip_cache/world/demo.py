@@ -2,8 +2,9 @@
 
 teacher (trained once, cached) and its regime figures -> for each seed: the demo recipe (extract
 train with weak + strong views, test, style shifts, the 15 corruptions at 5 severities and OOD;
-train LP-CLIP, an LP-CLIP ensemble and the supervised reference; evaluate; latent clusters), the
-ablations -> one table with means, spreads and paired intervals over seeds (JSON, Markdown, PNG).
+train LP-CLIP, an LP-CLIP ensemble and the supervised reference; evaluate, with TransCLIP on the
+zero-shot head and atop LP-CLIP; latent clusters), the ablations -> one table with means, spreads
+and paired intervals over seeds (JSON, Markdown, PNG).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from .demo_recipe import recipe_path, style_shifts
 from .teacher import MODEL_NAME
 
 PROBES = ("lpclip", "ensemble", "supervised")  # the recipe's probes
-METHODS = ("teacher", *PROBES)
+# TransCLIP, the training-free rival on the same embeddings: the demo's name -> (the probe whose
+# report holds it, its method there); the recipe asks for it in LP-CLIP's evaluation alone
+TRANSCLIP = {"transclip": ("lpclip", "transclip"), "transclip-lpclip": ("lpclip", "transclip-probe")}
+METHODS = ("teacher", *PROBES, *TRANSCLIP)
+# the paired differences, seed by seed: (method, minus method)
+PAIRS = (("lpclip", "teacher"), ("transclip", "teacher"), ("lpclip", "transclip"), ("transclip-lpclip", "lpclip"),
+         ("transclip-lpclip", "transclip"))
 STRENGTHS = (1, 3)  # RandAugment operations per strong view in the strength ablation (the policy's own: 2)
 STYLE_SHIFTS = style_shifts()
 
@@ -78,6 +85,7 @@ def check_config(config: DemoConfig) -> None:
     """Reject impossible sizes and unknown worlds before anything is written."""
     from ..config import check_choices
     from ..errors import InputError
+    from ..transclip import NEIGHBORS
     from .teacher import TeacherConfig
 
     check_choices(config)
@@ -88,6 +96,9 @@ def check_config(config: DemoConfig) -> None:
                          "at least 1, --seeds at least 2 (a spread needs two), --lr > 0")
     if not config.severities or any(s != int(s) or not 1 <= s <= 5 for s in config.severities):
         raise InputError(f"--severities must be whole numbers 1-5, got {','.join(f'{s:g}' for s in config.severities)}")
+    if min(config.test_n, config.corrupt_n) <= NEIGHBORS:
+        raise InputError(f"--test-n and --corrupt-n must be more than {NEIGHBORS}: TransCLIP's "
+                         f"{NEIGHBORS}-nearest-neighbour graph is built on each test set")
     if config.teacher_pool < TeacherConfig.batch_size:
         raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
 
@@ -149,6 +160,7 @@ def run_seed(config: DemoConfig, checkpoint: Path, seed: int, out: Path, timings
     stores = {name: stages[f"extract-{name}"] for name in ("train", "test", *STYLE_SHIFTS, "strokes")}
     row = {"teacher": metrics_row(reports["lpclip"], "teacher", stores, clusters["lpclip"]["spaces"]["clip"])}
     row.update({m: metrics_row(reports[m], "probe", stores, clusters[m]["spaces"]["probe"]) for m in PROBES})
+    row.update({m: metrics_row(reports[probe], method, stores, None) for m, (probe, method) in TRANSCLIP.items()})
     began = time.perf_counter()
     ablation = ablations(config, checkpoint, seed, out, stores) if config.ablations else {}
     timings["ablations"] = round(timings.get("ablations", 0.0) + time.perf_counter() - began, 2)
@@ -174,10 +186,12 @@ def view_row(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     return rows
 
 
-def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str], space: dict[str, Any]) -> dict[str, float]:
+def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str],
+                space: dict[str, Any] | None) -> dict[str, float]:
     """One method's cells of one seed: clean test accuracy, ECE and NLL; accuracy and ECE under
     each style shift; mean error and ECE over every corrupted store; OOD AUROC and FPR95; purity,
-    NMI and ARI of k-means on its space against the true labels."""
+    NMI and ARI of k-means on its space against the true labels (left out for a method without a
+    space of its own: TransCLIP keeps CLIP's embeddings)."""
     test = report["stores"][stores["test"]][method]
     row = {"test_accuracy": test["accuracy"], "test_ece": test["ece"], "test_nll": test["nll"]}
     for style in STYLE_SHIFTS:
@@ -188,7 +202,8 @@ def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str], spa
     row["corruption_ece"] = float(np.mean([c["ece"] for c in corrupted]))
     ood = report["ood"][stores["strokes"]][method]
     row.update({"ood_auroc": ood["auroc"], "ood_fpr95": ood["fpr95"]})
-    row.update({key: space["vs_true_labels"][key] for key in ("purity", "nmi", "ari")})
+    if space is not None:
+        row.update({key: space["vs_true_labels"][key] for key in ("purity", "nmi", "ari")})
     return row
 
 
@@ -250,11 +265,16 @@ def interval(values: list[float]) -> dict[str, Any]:
 
 
 def aggregate(config: DemoConfig, per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, standard deviation and 95% interval over seeds of every cell; the paired difference
-    LP-CLIP minus teacher per cell, seed by seed; the same for the ablations."""
+    """Mean, standard deviation and 95% interval over seeds of every cell; the paired differences
+    of ``PAIRS`` per cell, seed by seed ("lpclip - teacher": ...); the same for the ablations. A
+    method lacks the cells that do not apply to it (TransCLIP's clusters), and a pair those of
+    either side."""
     columns = list(per_seed[0]["table"]["teacher"])
-    table = {m: {c: interval([s["table"][m][c] for s in per_seed]) for c in columns} for m in METHODS}
-    paired = {c: interval([s["table"]["lpclip"][c] - s["table"]["teacher"][c] for s in per_seed]) for c in columns}
+    first = per_seed[0]["table"]
+    table = {m: {c: interval([s["table"][m][c] for s in per_seed]) for c in columns if c in first[m]}
+             for m in METHODS}
+    paired = {f"{a} - {b}": {c: interval([s["table"][a][c] - s["table"][b][c] for s in per_seed]) for c in columns
+                             if c in first[a] and c in first[b]} for a, b in PAIRS}
     ablation: dict[str, Any] = {}
     if per_seed[0]["ablation"]:
         keys = list(per_seed[0]["ablation"]["lpclip"])
@@ -275,17 +295,25 @@ def cell(stat: dict[str, Any], digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
+def difference(stat: dict[str, Any] | None) -> str:
+    """``mean [95% interval]`` of a paired difference (``n/a`` where a side does not apply)."""
+    if stat is None:
+        return "n/a"
+    return f"{stat['mean']:+.3f} [{stat['ci95'][0]:+.3f}, {stat['ci95'][1]:+.3f}]"
+
+
 def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     """The results table: a row per measure, a column per method (mean ± standard deviation over
-    seeds), and LP-CLIP minus teacher seed by seed (mean [95% interval])."""
+    seeds); then the paired differences seed by seed (mean [95% interval]), a column per pair."""
     from ..figures import text_table
 
-    rows = []
-    for column in results["columns"]:
-        diff = results["paired"][column]
-        rows.append([column, *(cell(results["table"][m][column]) for m in results["methods"]),
-                     f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]"])
-    return text_table(["measure", *results["methods"], "lpclip - teacher [95% CI]"], rows, markdown)
+    table = results["table"]
+    rows = [[column, *(cell(table[m][column]) if column in table[m] else "n/a" for m in results["methods"])]
+            for column in results["columns"]]
+    pairs = [[column, *(difference(diff.get(column)) for diff in results["paired"].values())]
+             for column in results["columns"]]
+    return (text_table(["measure", *results["methods"]], rows, markdown) + "\n\n"
+            + text_table(["paired difference [95% CI]", *results["paired"]], pairs, markdown))
 
 
 def format_views(results: dict[str, Any], markdown: bool = False) -> str:
@@ -345,10 +373,12 @@ def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> 
         format_views(results, markdown=True),
         "",
         f"Mean ± standard deviation over seeds {seeds} (world data, views and probes; one teacher). "
-        "corruption_* average every corruption and severity; ood_* use the maximum softmax probability "
-        "(OOD positive); purity, NMI and ARI score k-means on each method's space (the teacher's: CLIP's "
-        "embeddings) against the true labels. The last row is LP-CLIP minus teacher, seed by seed: "
-        "mean [95% t-interval].",
+        "transclip is TransCLIP on the teacher's zero-shot head and transclip-lpclip TransCLIP atop LP-CLIP's "
+        "probabilities, each transductive over the whole of every test set (OOD sets on their own: the score is the "
+        "largest assignment). corruption_* average every corruption and severity; ood_* use the maximum softmax "
+        "probability (OOD positive); purity, NMI and ARI score k-means on each method's space (the teacher's: "
+        "CLIP's embeddings; n/a for TransCLIP, which keeps CLIP's). The second table holds paired differences, "
+        "seed by seed: mean [95% t-interval].",
         "",
         format_table(results, markdown=True),
         "",
