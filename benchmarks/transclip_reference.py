@@ -2,14 +2,21 @@
 
     git clone https://github.com/MaxZanella/transduction-for-vlms /tmp/transclip-ref
     python benchmarks/transclip_reference.py /tmp/transclip-ref [--images 2000] [--classes 10] [--dim 64]
+                                             [--float64] [--store STORE.zarr]
 
 The public ``TransCLIP_solver`` (AGPL-3.0, read from the given checkout, never copied into the
 project) is run on the CPU: its ``.cuda()`` calls are made no-ops for the run. Both solvers get the
 same L2-normalised embeddings (clustered, with a zero-shot head of moved centres) and the same
 head; the reference also needs labels, from which it only counts the classes and reports its
 accuracy (its accuracy helper, which NumPy 2 cannot run, is replaced for the run; it changes no
-assignment). Prints the share of images whose hard assignment agrees, the largest difference of the
-soft assignments, and both solvers' times.
+assignment). The reference computes in float32, as published; the project's solver in float64.
+``--float64`` also runs the same reference code in float64 (its ``.float()`` casts keep float64
+and new tensors default to it), which separates the reference's float32 rounding from any
+difference in the equations. ``--store`` compares on a store's own valid clean embeddings and
+zero-shot head instead, as ``evaluate --transclip`` transduces them (the reference is then given
+labels that name every class once in turn: it reads them only to count the classes). Prints, per
+comparison, the share of images whose hard assignment agrees and the largest difference of the
+soft assignments, and each solver's time.
 """
 
 from __future__ import annotations
@@ -24,6 +31,68 @@ import numpy as np
 import torch
 
 
+def world(images: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered unit embeddings (noise 0.15 per dimension around unit centres), their labels, and
+    a zero-shot head of centres moved by noise 0.5 per dimension, all rounded to float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.arange(images) % classes
+    x = centres[labels] + 0.15 * rng.normal(size=(images, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    head = centres + 0.5 * rng.normal(size=centres.shape)
+    head /= np.linalg.norm(head, axis=1, keepdims=True)
+    # values a float32 store holds, so that the reference's float32 cast changes no input
+    return x.astype(np.float32).astype(np.float64), labels, head.astype(np.float32).astype(np.float64)
+
+
+def from_store(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A store's valid clean embeddings, their labels (-1 unknown) and its zero-shot head."""
+    from lpclip_cache.store import FeatureStore
+
+    store = FeatureStore(path)
+    valid = store.read("valid")
+    return (store.read("clean/emb")[valid].astype(np.float64), store.labels()[valid].astype(np.int64),
+            store.head().astype(np.float64))
+
+
+def reference_solver(checkout: Path):
+    """The public solver, imported from ``checkout`` and made to run on the CPU."""
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.nn.Module.cuda = lambda self, *a, **k: self
+    sys.path.insert(0, str(checkout))
+    solver = importlib.import_module("TransCLIP_solver.TransCLIP")
+    utils = importlib.import_module("TransCLIP_solver.TransCLIP_utils")
+
+    def accuracy(output: torch.Tensor, target: torch.Tensor, topk: int = 1) -> float:
+        """The reference's accuracy report, which NumPy 2 no longer runs as written (only printed)."""
+        return 100.0 * float((output.argmax(1) == target).float().mean())
+
+    solver.cls_acc = utils.cls_acc = accuracy
+    return solver.TransCLIP_solver
+
+
+def run_reference(solve, x: np.ndarray, labels: np.ndarray, head: np.ndarray, float64: bool) -> np.ndarray:
+    """The reference's assignments: as published (float32), or with every tensor kept in float64."""
+    cast = torch.Tensor.float
+    if float64:
+        torch.Tensor.float = lambda self, *a, **k: self.double()
+        torch.set_default_dtype(torch.float64)
+    dtype = torch.float64 if float64 else torch.float32
+    try:
+        z, _ = solve(None, None, None, None, torch.from_numpy(x).to(dtype), torch.from_numpy(labels),
+                     torch.from_numpy(head.T.copy()).to(dtype), verbose=False)
+    finally:
+        torch.Tensor.float = cast
+        torch.set_default_dtype(torch.float32)
+    return z.double().numpy()
+
+
+def compare(name: str, a: np.ndarray, b: np.ndarray) -> str:
+    return (f"{name}: hard_agreement={float((a.argmax(1) == b.argmax(1)).mean()):.4f} "
+            f"max_soft_difference={float(np.abs(a - b).max()):.2e}")
+
+
 def main() -> None:
     from lpclip_cache.transclip import transclip
 
@@ -33,43 +102,40 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float64", action="store_true", help="Also run the reference in float64.")
+    parser.add_argument("--store", default=None, help="Compare on this store's embeddings and head instead.")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(args.seed)
-    centres = rng.normal(size=(args.classes, args.dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = np.arange(args.images) % args.classes
-    x = centres[labels] + 0.15 * rng.normal(size=(args.images, args.dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    head = centres + 0.5 * rng.normal(size=centres.shape)
-    head /= np.linalg.norm(head, axis=1, keepdims=True)
-
+    if args.store:
+        x, labels, head = from_store(args.store)
+        args.images, args.classes, args.dim = len(x), len(head), x.shape[1]
+        counted = np.arange(len(x)) % len(head)  # the reference counts the classes from its labels
+    else:
+        x, labels, head = world(args.images, args.classes, args.dim, args.seed)
+        counted = labels
     started = time.perf_counter()
     ours = transclip(x, head).z
-    ours_s = time.perf_counter() - started
-
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the reference on the CPU
-    torch.nn.Module.cuda = lambda self, *a, **k: self
-    sys.path.insert(0, str(args.checkout))
-    solver = importlib.import_module("TransCLIP_solver.TransCLIP")
-    utils = importlib.import_module("TransCLIP_solver.TransCLIP_utils")
-
-    def accuracy(output: torch.Tensor, target: torch.Tensor, topk: int = 1) -> float:
-        """The reference's accuracy report, which NumPy 2 no longer runs as written (only printed)."""
-        return 100.0 * float((output.argmax(1) == target).float().mean())
-
-    solver.cls_acc = utils.cls_acc = accuracy
+    times = {"ours_s": time.perf_counter() - started}
+    solve = reference_solver(args.checkout)
     started = time.perf_counter()
-    z, _ = solver.TransCLIP_solver(None, None, None, None, torch.from_numpy(x).float(), torch.from_numpy(labels),
-                                   torch.from_numpy(head.T.copy()).float(), verbose=False)
-    reference_s = time.perf_counter() - started
-    reference = z.double().numpy()
-    agree = float((ours.argmax(1) == reference.argmax(1)).mean())
-    print(f"images={args.images} classes={args.classes} dim={args.dim} hard_agreement={agree:.4f} "
-          f"max_soft_difference={float(np.abs(ours - reference).max()):.2e} "
-          f"zero_shot_accuracy={float(((x @ head.T).argmax(1) == labels).mean()):.3f} "
-          f"transclip_accuracy={float((ours.argmax(1) == labels).mean()):.3f} "
-          f"ours_s={ours_s:.2f} reference_s={reference_s:.2f}")
+    reference = run_reference(solve, x, counted, head, float64=False)
+    times["reference_s"] = time.perf_counter() - started
+    lines = [compare("ours vs reference", ours, reference)]
+    if args.float64:
+        started = time.perf_counter()
+        double = run_reference(solve, x, counted, head, float64=True)
+        times["reference_float64_s"] = time.perf_counter() - started
+        lines += [compare("ours vs reference in float64", ours, double),
+                  compare("reference vs itself in float64", reference, double)]
+    known = labels >= 0  # a store's unlabelled rows count in no accuracy
+
+    def accuracy(predicted: np.ndarray) -> str:
+        return f"{float((predicted == labels)[known].mean()):.3f}" if known.any() else "n/a"
+
+    print(f"images={args.images} classes={args.classes} dim={args.dim} "
+          f"zero_shot_accuracy={accuracy((x @ head.T).argmax(1))} transclip_accuracy={accuracy(ours.argmax(1))} "
+          + " ".join(f"{k}={v:.2f}" for k, v in times.items()))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def main() -> None:
                 ref = subprocess.run([sys.executable, str(bench), str(args.reference), "--images", str(images),
                                       "--classes", str(args.classes), "--dim", str(args.dim)],
                                      capture_output=True, text=True, check=True)
-                line += " reference: " + ref.stdout.strip().splitlines()[-1]
+                line += " reference: " + " | ".join(ref.stdout.strip().splitlines())
             else:
                 line += f" reference: not run (its {images}x{images} similarity matrix needs {need_gb:.0f} GB)"
         print(line, flush=True)

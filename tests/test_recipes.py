@@ -67,7 +67,9 @@ def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shape
     first = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
     assert first["skipped"] == [] and len(first["ran"]) == 19  # 6 stores, 3 probes, 3 reports, 7 analyses
     report = json.loads((out / "reports" / "lpclip" / "report.json").read_text())
-    assert report["methods"] == ["teacher", "probe"]
+    assert report["methods"] == ["teacher", "probe", "transclip", "transclip-probe"]  # [evaluate] transclip
+    other = json.loads((out / "reports" / "ensemble" / "report.json").read_text())
+    assert "transclip" not in other["methods"]  # asked for in LP-CLIP's report alone
     assert len(report["stores"]) == 3 + 15  # test, outline, texture, then the 15 corruptions at severity 2
     assert set(report["corruptions"]["probe"]["error"]) == set(STANDARD)
     assert (out / "analysis" / "clusters-test-lpclip.json").is_file()
