@@ -43,13 +43,15 @@ def train(store: str, out: str, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(run: str, stores: Sequence[str], ood: Sequence[str] = (), out: str | None = None,
-             report: str | None = None, overwrite: bool = False, transclip: bool = False) -> dict[str, Any]:
+             report: str | None = None, overwrite: bool = False, transclip: bool = False,
+             predictions: str | None = None) -> dict[str, Any]:
     """``lpclip-cache evaluate``: score the teacher and the probe (and with ``transclip`` TransCLIP,
-    zero-shot and atop the probe); write ``out`` (JSON) and/or the ``report`` folder (JSON,
-    Markdown, PNG plots) when given; return the report."""
+    zero-shot and atop the probe); write ``out`` (JSON), the ``report`` folder (JSON, Markdown,
+    PNG plots) and ``predictions`` (every method's probabilities per image, HDF5) when given;
+    return the report."""
     from .report import evaluate_into
 
-    return evaluate_into(run, list(stores), list(ood), out, report, overwrite, transclip)
+    return evaluate_into(run, list(stores), list(ood), out, report, overwrite, transclip, predictions)
 
 
 def analyze(kind: str, store: str, **options: Any) -> dict[str, Any]:

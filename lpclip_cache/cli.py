@@ -183,21 +183,23 @@ def train(as_json: bool, quiet: bool, **options: Any) -> None:
               help="Folder for report.json, report.md and PNG plots.")
 @click.option("--transclip", is_flag=True,
               help="Also score TransCLIP, transductive over each store: on the zero-shot head and atop the probe.")
+@click.option("--predictions", default=None, type=click.Path(),
+              help="HDF5 file (.h5) for every method's probabilities on every image, by store.")
 @overwrite_option
 @json_option
 @report_errors
 def evaluate(run_path: str, stores: tuple[str, ...], ood: tuple[str, ...], out: str | None, report_dir: str | None,
-             transclip: bool, overwrite: bool, as_json: bool) -> None:
+             transclip: bool, predictions: str | None, overwrite: bool, as_json: bool) -> None:
     """Accuracy, calibration and OOD detection of the teacher and the probe on stores."""
     from .errors import InputError
     from .evaluation import format_table
     from .report import evaluate_into
 
-    if not out and not report_dir:
-        raise InputError("evaluate needs --out REPORT.json or --report DIR (or both)")
+    if not out and not report_dir and not predictions:
+        raise InputError("evaluate needs --out REPORT.json, --report DIR or --predictions FILE.h5 (one or more)")
     report = evaluate_into(run_path, list(stores), list(ood), out=out, report=report_dir, overwrite=overwrite,
-                           transclip=transclip)
-    written = ", ".join(p for p in (out, report_dir) if p)
+                           transclip=transclip, predictions=predictions)
+    written = ", ".join(p for p in (out, report_dir, predictions) if p)
     emit(report, as_json, format_table(report) + f"\nwrote {written}")
 
 

@@ -40,10 +40,11 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
 
 
 def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None = None, report: str | None = None,
-                  overwrite: bool = False, transclip: bool = False) -> dict[str, Any]:
-    """``evaluate``: score the run once, then write ``out`` (the report JSON) and/or the ``report``
-    folder (JSON, Markdown, figures) when given; return the report. Both outputs are checked
-    before anything is read, and an old one is replaced only once its inputs have proven sound."""
+                  overwrite: bool = False, transclip: bool = False, predictions: str | None = None) -> dict[str, Any]:
+    """``evaluate``: score the run once, then write ``out`` (the report JSON), the ``report``
+    folder (JSON, Markdown, figures) and ``predictions`` (every method's probabilities per image,
+    HDF5) when given; return the report. Every output is checked before anything is read, and an
+    old one is replaced only once its inputs have proven sound."""
     from .evaluation import score
     from .outputs import is_report, is_report_folder, prepare_output, refuse_output_inside, write_report
 
@@ -53,19 +54,68 @@ def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None =
     if same:  # an OOD set equal to the in-distribution one scores AUROC 0.5 by construction
         raise InputError(f"store '{same[0]}' is given twice (as --store and --ood, or twice as one of them): "
                          "in- and out-of-distribution sets must be different stores")
-    for option, target in (("--out", out), ("--report", report)):
+    for option, target in (("--out", out), ("--report", report), ("--predictions", predictions)):
         if target:
             refuse_output_inside(str(target), [run, *stores, *ood], option)
     if out:
         prepare_output(Path(out), overwrite, is_report, "report", remove=False)
     if report:
         prepare_output(Path(report), overwrite, is_report_folder, "report folder", remove=False)
+    if predictions:
+        if Path(predictions).suffix not in (".h5", ".hdf5"):
+            raise InputError(f"--predictions '{predictions}' should end in .h5 or .hdf5")
+        prepare_output(Path(predictions), overwrite, is_predictions, "predictions file", remove=False)
     evaluation = score(run, stores, ood, transclip)
     if out:
         write_report(evaluation.report, out, overwrite)
     if report:
         write_report_folder(evaluation, Path(report), replace=overwrite)  # an old folder goes once the new is whole
+    if predictions:
+        write_predictions(evaluation, Path(predictions))
     return evaluation.report
+
+
+PREDICTIONS_ATTR = "lpclip_cache_predictions"  # marks an HDF5 file of predictions written by evaluate
+
+
+def is_predictions(path: Path) -> bool:
+    """True when ``path`` is a predictions file written by ``evaluate --predictions``."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return PREDICTIONS_ATTR in handle.attrs
+    except OSError:
+        return False
+
+
+def write_predictions(evaluation: Evaluation, path: Path) -> None:
+    """Every method's probabilities on every store's valid rows, as ``evaluate`` scored them, in one
+    HDF5 file written whole or not at all: a group per store (``stores/0``, ..., ``ood/0``, ...)
+    with its ``path`` as attribute, the rows' ``keys`` (UTF-8), ``labels`` (positions in
+    ``classes``, -1 unknown), ``classes`` (the run's class indices scored) and ``probs/<method>``
+    (rows x classes, float32: the teacher, the probe, each member, TransCLIP's assignments)."""
+    import h5py
+
+    from .outputs import atomic_file
+    from .store import FeatureStore
+
+    report = evaluation.report
+    with atomic_file(path, "predictions file") as staging:
+        with h5py.File(staging, "w") as handle:
+            handle.attrs[PREDICTIONS_ATTR] = json.dumps({"run": report["run"], "methods": report["methods"]})
+            for kind, scored in (("stores", evaluation.stores), ("ood", evaluation.ood)):
+                for index, (where, outputs) in enumerate(scored.items()):
+                    store = FeatureStore(where)
+                    group = handle.create_group(f"{kind}/{index}")
+                    group.attrs["path"] = where
+                    keys = [str(k) for k in store.read("keys")[store.read("valid")]]
+                    group.create_dataset("keys", data=keys, dtype=h5py.string_dtype("utf-8"))
+                    group.create_dataset("labels", data=outputs.labels.astype(np.int64))
+                    classes = outputs.classes if outputs.classes is not None else range(outputs.probs("probe").shape[1])
+                    group.create_dataset("classes", data=np.asarray(list(classes), np.int64))
+                    for method in report["methods"]:
+                        group.create_dataset(f"probs/{method}", data=outputs.probs(method).astype(np.float32))
 
 
 def write_report_folder(evaluation: Evaluation, folder: Path, replace: bool = False) -> list[Path]:

@@ -276,4 +276,4 @@ def test_report_folder_has_markdown_and_plots(world, tmp_path):
     fpr, tpr = roc_curve(probs.max(1), ood)
     assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auroc(probs.max(1), ood), abs=2e-3)
     missing = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"])])
-    assert missing.exit_code == 3 and "--out REPORT.json or --report DIR" in missing.stderr
+    assert missing.exit_code == 3 and "--out REPORT.json, --report DIR or --predictions FILE.h5" in missing.stderr

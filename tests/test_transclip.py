@@ -123,7 +123,7 @@ def test_underflow_neither_empties_a_row_nor_a_class():
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A store, its OOD store and a probe trained on it, then `evaluate --transclip` into a report
-    folder (JSON, Markdown, figures)."""
+    folder (JSON, Markdown, figures) and a predictions file (HDF5)."""
     from click.testing import CliRunner
     from conftest import write_store
 
@@ -139,7 +139,8 @@ def scored(tmp_path_factory):
     assert CliRunner().invoke(main, ["train", "--store", str(store), "--out", str(run), "--epochs", "2",
                                      "--quiet"]).exit_code == 0
     result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--store", str(store), "--ood", str(ood),
-                                       "--transclip", "--report", str(base / "report"), "--json"])
+                                       "--transclip", "--report", str(base / "report"), "--predictions",
+                                       str(base / "predictions.h5"), "--json"])
     assert result.exit_code == 0, result.stderr
     return SimpleNamespace(store=store, ood=ood, run=run, base=base, report=json.loads(result.stdout),
                            table=result.stdout)
@@ -169,6 +170,64 @@ def test_evaluate_scores_transclip_like_any_method(scored):
     folder = json.loads((scored.base / "report" / "report.json").read_text())
     assert folder["methods"] == report["methods"]
     assert "transclip-probe" in (scored.base / "report" / "report.md").read_text()
+
+
+def test_predictions_file_holds_each_methods_probabilities_per_image(scored):
+    """`evaluate --predictions` writes, per store, the valid rows' keys and labels and every
+    method's probabilities: TransCLIP's are the solver's assignments on that store alone (the OOD
+    store too), and the report's accuracy is recomputed from the file."""
+    import h5py
+
+    from lpclip_cache import metrics
+    from lpclip_cache.runs import load_run
+    from lpclip_cache.store import FeatureStore
+
+    run = load_run(str(scored.run))
+    with h5py.File(scored.base / "predictions.h5", "r") as handle:
+        assert json.loads(handle.attrs["lpclip_cache_predictions"])["methods"] == scored.report["methods"]
+        for group_name, path in (("stores/0", scored.store), ("ood/0", scored.ood)):
+            group = handle[group_name]
+            store = FeatureStore(path)
+            valid = store.read("valid")
+            assert group.attrs["path"] == str(path)
+            assert [k.decode() for k in group["keys"][()]] == [str(k) for k in store.read("keys")[valid]]
+            assert group["classes"][()].tolist() == list(range(len(run.head)))
+            emb = store.read("clean/emb")[valid]
+            assert set(group["probs"]) == set(scored.report["methods"])
+            for method in scored.report["methods"]:
+                np.testing.assert_allclose(group["probs"][method][()].sum(axis=1), 1.0, atol=1e-5)
+            np.testing.assert_allclose(group["probs/transclip"][()], T.transclip(emb, run.head).z, atol=1e-6)
+        labels = handle["stores/0/labels"][()]
+        np.testing.assert_array_equal(labels, FeatureStore(scored.store).labels()[FeatureStore(scored.store).read(
+            "valid")])
+        entry = scored.report["stores"][str(scored.store)]
+        for method in ("teacher", "probe", "transclip", "transclip-probe"):
+            probs = handle["stores/0/probs"][method][()].astype(np.float64)
+            assert metrics.accuracy(probs, labels) == pytest.approx(entry[method]["accuracy"], abs=1e-12)
+        assert (handle["ood/0/labels"][()] == -1).all()  # OOD rows are scored without labels
+
+
+def test_predictions_file_refusals_leave_what_exists(scored, tmp_path):
+    """A predictions path that is not .h5 is one line; a file there that evaluate did not write is
+    refused and left as it was; one it wrote is replaced with --overwrite."""
+    from click.testing import CliRunner
+
+    from lpclip_cache.cli import main
+
+    base = ["evaluate", "--run", str(scored.run), "--store", str(scored.store)]
+    wrong = CliRunner().invoke(main, [*base, "--predictions", str(tmp_path / "p.json")])
+    assert wrong.exit_code == 3 and "should end in .h5 or .hdf5" in wrong.stderr
+    assert not (tmp_path / "p.json").exists()
+    foreign = tmp_path / "p.h5"
+    foreign.write_bytes(b"not ours")
+    refused = CliRunner().invoke(main, [*base, "--predictions", str(foreign), "--overwrite"])
+    assert refused.exit_code == 5 and "not a predictions file written by lpclip-cache" in refused.stderr
+    assert foreign.read_bytes() == b"not ours" and len(refused.stderr.splitlines()) == 1
+    ours = tmp_path / "q.h5"
+    assert CliRunner().invoke(main, [*base, "--predictions", str(ours)]).exit_code == 0
+    again = CliRunner().invoke(main, [*base, "--predictions", str(ours)])
+    assert again.exit_code == 5 and "already exists" in again.stderr
+    assert CliRunner().invoke(main, [*base, "--predictions", str(ours), "--overwrite"]).exit_code == 0
 
 
 def test_a_store_too_small_for_the_graph_is_one_line(scored, tmp_path):
