@@ -2,7 +2,7 @@
 
     git clone https://github.com/MaxZanella/transduction-for-vlms /tmp/transclip-ref
     python benchmarks/transclip_reference.py /tmp/transclip-ref [--images 2000] [--classes 10] [--dim 64]
-                                             [--float64] [--store STORE.zarr]
+                                             [--float64] [--sigma-float32] [--store STORE.zarr]
 
 The public ``TransCLIP_solver`` (AGPL-3.0, read from the given checkout, never copied into the
 project) is run on the CPU: its ``.cuda()`` calls are made no-ops for the run. Both solvers get the
@@ -12,11 +12,16 @@ accuracy (its accuracy helper, which NumPy 2 cannot run, is replaced for the run
 assignment). The reference computes in float32, as published; the project's solver in float64.
 ``--float64`` also runs the same reference code in float64 (its ``.float()`` casts keep float64
 and new tensors default to it), which separates the reference's float32 rounding from any
-difference in the equations. ``--store`` compares on a store's own valid clean embeddings and
-zero-shot head instead, as ``evaluate --transclip`` transduces them (the reference is then given
-labels that name every class once in turn: it reads them only to count the classes). Prints, per
-comparison, the share of images whose hard assignment agrees and the largest difference of the
-soft assignments, and each solver's time.
+difference in the equations. Where the float64 reference does not fit in memory (its
+N x K x D chunk of 2500 rows, about 20 GB at 1000 classes of 512 dimensions), ``--sigma-float32``
+measures the largest rounding the reference's precision brings: the σ-step (one sum over N x K
+terms per dimension) computed in float32 as the reference computes it, chunks of 2500 rows, on
+the project's final z and μ, against the same step in float64, and how far that moves each
+image's log-assignments (log-likelihoods / C, spread over the classes). ``--store`` compares
+on a store's own valid clean embeddings and zero-shot head instead, as ``evaluate --transclip``
+transduces them (the reference is then given labels that name every class once in turn: it reads
+them only to count the classes). Prints, per comparison, the share of images whose hard
+assignment agrees and the largest difference of the soft assignments, and each solver's time.
 """
 
 from __future__ import annotations
@@ -88,6 +93,25 @@ def run_reference(solve, x: np.ndarray, labels: np.ndarray, head: np.ndarray, fl
     return z.double().numpy()
 
 
+def sigma_rounding(x: np.ndarray, head: np.ndarray) -> str:
+    """How much the σ-step's float32 accumulation (the reference's precision, in its chunks) moves
+    σ and, through the log-likelihoods, each image's log-assignments, at the project's solution."""
+    from lpclip_cache import transclip as T
+
+    solved = T.transclip(x, head)
+    xt, zt, mt = (torch.from_numpy(a).float() for a in (x, solved.z, solved.mu))
+    total = torch.zeros(x.shape[1])
+    for start in range(0, len(x), 2500):  # sum_i sum_c z_ic (x_id - mu_cd)^2, as an einsum over a chunk
+        rows = slice(start, start + 2500)
+        total += torch.einsum("ij,ijk->k", zt[rows], (xt[rows, None, :] - mt[None]) ** 2)
+    single = (total / zt.sum()).double().numpy()
+    double = T.sigma_step(x, solved.z, solved.mu)
+    moved = (T.log_likelihood(x, solved.mu, single) - T.log_likelihood(x, solved.mu, double)) / T.TEMPERATURE
+    spread = moved.max(axis=1) - moved.min(axis=1)  # a row's shift alone changes no assignment
+    return (f"sigma in float32: relative_error_max={float(np.abs(single / double - 1).max()):.2e} "
+            f"log_assignment_shift_max={float(spread.max()):.2e} median={float(np.median(spread)):.2e}")
+
+
 def compare(name: str, a: np.ndarray, b: np.ndarray) -> str:
     return (f"{name}: hard_agreement={float((a.argmax(1) == b.argmax(1)).mean()):.4f} "
             f"max_soft_difference={float(np.abs(a - b).max()):.2e}")
@@ -103,6 +127,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--float64", action="store_true", help="Also run the reference in float64.")
+    parser.add_argument("--sigma-float32", action="store_true",
+                        help="Also measure the rounding of the sigma-step in float32.")
     parser.add_argument("--store", default=None, help="Compare on this store's embeddings and head instead.")
     args = parser.parse_args()
 
@@ -135,6 +161,8 @@ def main() -> None:
     print(f"images={args.images} classes={args.classes} dim={args.dim} "
           f"zero_shot_accuracy={accuracy((x @ head.T).argmax(1))} transclip_accuracy={accuracy(ours.argmax(1))} "
           + " ".join(f"{k}={v:.2f}" for k, v in times.items()))
+    if args.sigma_float32:
+        lines.append(sigma_rounding(x, head))
     print("\n".join(lines))
 
 

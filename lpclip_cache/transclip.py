@@ -52,6 +52,14 @@ def softmax_rows(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def zero_shot(x: np.ndarray, t: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """The initial predictions softmax(``ZERO_SHOT_SCALE`` x . t), chunk by chunk."""
+    out = np.empty((len(x), len(t)), np.float64)
+    for start in range(0, len(x), chunk):
+        out[start : start + chunk] = softmax_rows(ZERO_SHOT_SCALE * x[start : start + chunk] @ t.T)
+    return out
+
+
 def nearest_neighbors(x: np.ndarray, k: int = NEIGHBORS, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest neighbours of every row by inner product (FAISS's exact search), self
     excluded, and their similarities (float32)."""
@@ -94,15 +102,27 @@ def log_likelihood(x: np.ndarray, mu: np.ndarray, sigma: np.ndarray, chunk: int 
     return out
 
 
-def z_step(loglik: np.ndarray, prior: np.ndarray, z: np.ndarray, symmetric: Any, k: int) -> np.ndarray:
+def log_prior(prior: np.ndarray) -> np.ndarray:
+    """λ log y: the z-step's prior term (a prior's exact zeros are -inf: the class is ruled out for
+    that image)."""
+    with np.errstate(divide="ignore"):
+        return LAMBDA * np.log(prior)
+
+
+def z_step(loglik: np.ndarray, logprior: np.ndarray, z: np.ndarray, symmetric: Any, k: int,
+           chunk: int = CHUNK) -> np.ndarray:
     """``INNER_Z_STEPS`` updates of the assignments (the mean-field step of the paper's objective),
     normalised in the log domain, so a row whose terms all underflow in the product form (a small
-    variance, a prior with exact zeros) still sums to one."""
-    with np.errstate(divide="ignore"):  # a prior's exact zeros are -inf: the class is ruled out for the image
-        log_prior = LAMBDA * np.log(prior)
+    variance, a prior with exact zeros) still sums to one. Each update reads the previous z whole
+    (the neighbours' messages W z) and writes the new one over those messages chunk by chunk, so it
+    holds two N x K arrays besides the log-likelihood and the prior."""
     for _ in range(INNER_Z_STEPS):
-        energy = loglik + (TEMPERATURE / (2 * k)) * (symmetric @ z)
-        z = softmax_rows(log_prior + energy / TEMPERATURE)
+        new = symmetric @ z  # the messages; each chunk of rows becomes its new assignments in place
+        for start in range(0, len(new), chunk):
+            rows = slice(start, start + chunk)
+            new[rows] = softmax_rows(logprior[rows] + (loglik[rows] + (TEMPERATURE / (2 * k)) * new[rows])
+                                     / TEMPERATURE)
+        z = new
     return z
 
 
@@ -151,14 +171,14 @@ def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | No
     if len(x) <= neighbors:
         raise ValueError(f"TransCLIP needs more than {neighbors} images (its {neighbors}-nearest-neighbour "
                          f"graph); got {len(x)}")
-    prior = softmax_rows(ZERO_SHOT_SCALE * x @ t.T) if initial is None else np.asarray(initial, np.float64)
-    z = prior.copy()
+    z = zero_shot(x, t, chunk) if initial is None else np.array(initial, np.float64)
+    logprior = log_prior(z)
     mu = initial_means(x, z)
     sigma = np.full(x.shape[1], 1.0 / x.shape[1])
     ids, sims = nearest_neighbors(x, neighbors, chunk)
     symmetric = affinity(ids, sims, len(x))
     for round_ in range(OUTER_ITERATIONS + 1):
-        z = z_step(log_likelihood(x, mu, sigma, chunk), prior, z, symmetric, neighbors)
+        z = z_step(log_likelihood(x, mu, sigma, chunk), logprior, z, symmetric, neighbors, chunk)
         if round_ == OUTER_ITERATIONS:
             break
         mu = mu_step(x, z, mu)
