@@ -3,6 +3,7 @@
     git clone https://github.com/MaxZanella/transduction-for-vlms /tmp/transclip-ref
     python benchmarks/transclip_reference.py /tmp/transclip-ref [--images 2000] [--classes 10] [--dim 64]
                                              [--float64] [--sigma-float32] [--store STORE.zarr]
+                                             [--inputs ARRAYS.npz]
 
 The public ``TransCLIP_solver`` (AGPL-3.0, read from the given checkout, never copied into the
 project) is run on the CPU: its ``.cuda()`` calls are made no-ops for the run. Both solvers get the
@@ -20,8 +21,10 @@ the project's final z and μ, against the same step in float64, and how far that
 image's log-assignments (log-likelihoods / C, spread over the classes). ``--store`` compares
 on a store's own valid clean embeddings and zero-shot head instead, as ``evaluate --transclip``
 transduces them (the reference is then given labels that name every class once in turn: it reads
-them only to count the classes). Prints, per comparison, the share of images whose hard
-assignment agrees and the largest difference of the soft assignments, and each solver's time.
+them only to count the classes). ``--inputs`` compares on saved arrays ``x``, ``labels`` and
+``head`` (what ``transclip_scale.py --reference`` saves, so both run on its input). Prints, per
+comparison, the share of images whose hard assignment agrees and the largest difference of the
+soft assignments, and each solver's time.
 """
 
 from __future__ import annotations
@@ -130,9 +133,17 @@ def main() -> None:
     parser.add_argument("--sigma-float32", action="store_true",
                         help="Also measure the rounding of the sigma-step in float32.")
     parser.add_argument("--store", default=None, help="Compare on this store's embeddings and head instead.")
+    parser.add_argument("--inputs", default=None,
+                        help="Compare on the arrays x, labels and head of this .npz instead (transclip_scale.py's).")
     args = parser.parse_args()
 
-    if args.store:
+    if args.inputs:
+        with np.load(args.inputs) as saved:
+            x, labels, head = (saved[name].astype(np.float64) for name in ("x", "labels", "head"))
+        labels = labels.astype(np.int64)
+        args.images, args.classes, args.dim = len(x), len(head), x.shape[1]
+        counted = labels
+    elif args.store:
         x, labels, head = from_store(args.store)
         args.images, args.classes, args.dim = len(x), len(head), x.shape[1]
         counted = np.arange(len(x)) % len(head)  # the reference counts the classes from its labels

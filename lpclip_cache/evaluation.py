@@ -159,14 +159,19 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
             outputs[f"member-{m}"] = MethodOutputs(probe.logits[m : m + 1], probe.member_probs[m : m + 1],
                                                    probe.member_probs[m])
     if transclip:
-        from .transclip import NEIGHBORS
+        from .progress import Progress
+        from .store import store_name
+        from .transclip import NEIGHBORS, OUTER_ITERATIONS, PROGRESS_FROM
         from .transclip import transclip as solve
 
         if len(emb) <= NEIGHBORS:
             raise StoreError(f"store '{store.path}' has {len(emb)} valid images: --transclip needs more than "
                              f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph)")
         for name, initial in zip(TRANSCLIP_METHODS, (None, probe.probs)):
-            z = solve(emb, head, initial=initial).z
+            rounds = Progress(OUTER_ITERATIONS + 1, f"{name} {store_name(store.path)}", "rounds",
+                              enabled=len(emb) * len(head) >= PROGRESS_FROM)
+            z = solve(emb, head, initial=initial, progress=rounds).z
+            rounds.close()
             outputs[name] = MethodOutputs.of(np.log(np.clip(z, np.finfo(np.float64).tiny, None))[None])
     return outputs
 

@@ -36,6 +36,7 @@ TEMPERATURE = 50.0  # the constant C of the z-step
 LAMBDA = 1.0
 ZERO_SHOT_SCALE = 100.0  # the initial predictions' logit scale, as CLIP's
 CHUNK = 4096
+PROGRESS_FROM = 10_000_000  # images x classes from which evaluate shows the rounds' progress (about 10 s)
 
 
 @dataclass
@@ -162,10 +163,11 @@ def initial_means(x: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None,
-              chunk: int = CHUNK, neighbors: int = NEIGHBORS) -> TransclipResult:
+              chunk: int = CHUNK, neighbors: int = NEIGHBORS, progress: Any = None) -> TransclipResult:
     """TransCLIP's assignments of ``embeddings`` (N x D, unit rows) to the classes of ``head``
     (K x D, unit rows): zero-shot from softmax(100 x . t), or atop ``initial`` (N x K
-    probabilities from another method)."""
+    probabilities from another method). ``progress`` (a ``Progress`` of ``OUTER_ITERATIONS`` + 1
+    rounds) counts each round's z-step as it ends."""
     x = np.asarray(embeddings, np.float64)
     t = np.asarray(head, np.float64)
     if len(x) <= neighbors:
@@ -179,6 +181,8 @@ def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | No
     symmetric = affinity(ids, sims, len(x))
     for round_ in range(OUTER_ITERATIONS + 1):
         z = z_step(log_likelihood(x, mu, sigma, chunk), logprior, z, symmetric, neighbors, chunk)
+        if progress is not None:
+            progress.update()
         if round_ == OUTER_ITERATIONS:
             break
         mu = mu_step(x, z, mu)

@@ -243,6 +243,27 @@ def test_a_store_too_small_for_the_graph_is_one_line(scored, tmp_path):
     assert result.exit_code == 5 and "needs more than 3" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_a_large_solve_shows_its_rounds_and_a_small_one_stays_quiet(scored, tmp_path, monkeypatch):
+    """From ``PROGRESS_FROM`` images x classes on, evaluate shows each solve's rounds on stderr (rate,
+    ETA, the round count); below it, nothing."""
+    from click.testing import CliRunner
+
+    from lpclip_cache.cli import main
+
+    def evaluate() -> str:
+        result = CliRunner().invoke(main, ["evaluate", "--run", str(scored.run), "--store", str(scored.store),
+                                           "--transclip", "--out", str(tmp_path / "r.json"), "--overwrite"])
+        assert result.exit_code == 0, result.stderr
+        return result.stderr
+
+    assert evaluate() == ""
+    monkeypatch.setattr(T, "PROGRESS_FROM", 120 * 4)  # the test store's images x classes
+    lines = evaluate().splitlines()
+    rounds = T.OUTER_ITERATIONS + 1
+    assert [line.split(":")[0] for line in lines] == ["transclip test.zarr", "transclip-probe test.zarr"]
+    assert all(f"{rounds}/{rounds} rounds (100.0%)" in line and "done in" in line for line in lines)
+
+
 def test_a_recipe_asks_for_transclip_in_its_evaluate_table():
     from pathlib import Path
 
