@@ -139,17 +139,15 @@ def main() -> None:
 
     if args.inputs:
         with np.load(args.inputs) as saved:
-            x, labels, head = (saved[name].astype(np.float64) for name in ("x", "labels", "head"))
-        labels = labels.astype(np.int64)
-        args.images, args.classes, args.dim = len(x), len(head), x.shape[1]
-        counted = labels
+            x, head = saved["x"].astype(np.float64), saved["head"].astype(np.float64)
+            labels = saved["labels"].astype(np.int64)
     elif args.store:
         x, labels, head = from_store(args.store)
-        args.images, args.classes, args.dim = len(x), len(head), x.shape[1]
-        counted = np.arange(len(x)) % len(head)  # the reference counts the classes from its labels
     else:
         x, labels, head = world(args.images, args.classes, args.dim, args.seed)
-        counted = labels
+    args.images, args.classes, args.dim = len(x), len(head), x.shape[1]
+    # the reference counts the classes from its labels: a store's may lack some, so it gets each in turn
+    counted = np.arange(len(x)) % len(head) if args.store else labels
     started = time.perf_counter()
     ours = transclip(x, head).z
     times = {"ours_s": time.perf_counter() - started}

@@ -24,9 +24,14 @@ inner-product search.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .zeroshot import softmax
+
+if TYPE_CHECKING:
+    from .progress import Progress
 
 OUTER_ITERATIONS = 10
 INNER_Z_STEPS = 5
@@ -47,17 +52,11 @@ class TransclipResult:
     neighbors: np.ndarray  # N x k nearest neighbours (self excluded)
 
 
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def zero_shot(x: np.ndarray, t: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     """The initial predictions softmax(``ZERO_SHOT_SCALE`` x . t), chunk by chunk."""
     out = np.empty((len(x), len(t)), np.float64)
     for start in range(0, len(x), chunk):
-        out[start : start + chunk] = softmax_rows(ZERO_SHOT_SCALE * x[start : start + chunk] @ t.T)
+        out[start : start + chunk] = softmax(ZERO_SHOT_SCALE * x[start : start + chunk] @ t.T, np.float64)
     return out
 
 
@@ -121,8 +120,8 @@ def z_step(loglik: np.ndarray, logprior: np.ndarray, z: np.ndarray, symmetric: A
         new = symmetric @ z  # the messages; each chunk of rows becomes its new assignments in place
         for start in range(0, len(new), chunk):
             rows = slice(start, start + chunk)
-            new[rows] = softmax_rows(logprior[rows] + (loglik[rows] + (TEMPERATURE / (2 * k)) * new[rows])
-                                     / TEMPERATURE)
+            new[rows] = softmax(logprior[rows] + (loglik[rows] + (TEMPERATURE / (2 * k)) * new[rows])
+                                / TEMPERATURE, np.float64)
         z = new
     return z
 
@@ -163,7 +162,7 @@ def initial_means(x: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None,
-              chunk: int = CHUNK, neighbors: int = NEIGHBORS, progress: Any = None) -> TransclipResult:
+              chunk: int = CHUNK, neighbors: int = NEIGHBORS, progress: Progress | None = None) -> TransclipResult:
     """TransCLIP's assignments of ``embeddings`` (N x D, unit rows) to the classes of ``head``
     (K x D, unit rows): zero-shot from softmax(100 x . t), or atop ``initial`` (N x K
     probabilities from another method). ``progress`` (a ``Progress`` of ``OUTER_ITERATIONS`` + 1

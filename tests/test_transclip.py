@@ -12,6 +12,7 @@ import pytest
 from conftest import clustered_embeddings
 
 from lpclip_cache import transclip as T
+from lpclip_cache.zeroshot import softmax
 
 
 def dense_transclip(x: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None, k: int = 3) -> np.ndarray:
@@ -66,7 +67,7 @@ def test_the_solver_follows_the_update_equations(world):
 def test_atop_another_methods_predictions(world):
     x, head, _ = world
     rng = np.random.default_rng(0)
-    initial = T.softmax_rows(rng.normal(size=(len(x), head.shape[0])) * 3)
+    initial = softmax(rng.normal(size=(len(x), head.shape[0])) * 3, np.float64)
     result = T.transclip(x, head, initial=initial)
     np.testing.assert_allclose(result.z, dense_transclip(x, head, initial=initial), atol=1e-8, rtol=0)
     np.testing.assert_allclose(result.z.sum(1), 1.0, atol=1e-12)
@@ -159,7 +160,7 @@ def test_evaluate_scores_transclip_like_any_method(scored):
     emb, labels = store.read("clean/emb").astype(np.float64), store.labels()
     run = load_run(scored.run)
     zero_shot = T.transclip(emb, run.head).z
-    atop = T.transclip(emb, run.head, initial=T.softmax_rows(run.member_logits(emb, None)[0].astype(np.float64))).z
+    atop = T.transclip(emb, run.head, initial=softmax(run.member_logits(emb, None)[0], np.float64)).z
     entry = report["stores"][str(scored.store)]
     assert entry["transclip"]["accuracy"] == pytest.approx(metrics.accuracy(zero_shot, labels), abs=1e-12)
     assert entry["transclip-probe"]["accuracy"] == pytest.approx(metrics.accuracy(atop, labels), abs=1e-12)
