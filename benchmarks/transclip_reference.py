@@ -38,6 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lpclip_cache.zeroshot import TeacherScale
+
+# the public solver starts from softmax(100 x . t), pretrained CLIP's scale: ours is given the same,
+# whatever the input's own teacher (a store's small model has another scale)
+CLIP_SCALE = TeacherScale(100.0)
+
 
 def world(images: int, classes: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clustered unit embeddings (noise 0.15 per dimension around unit centres), their labels, and
@@ -101,7 +107,7 @@ def sigma_rounding(x: np.ndarray, head: np.ndarray) -> str:
     σ and, through the log-likelihoods, each image's log-assignments, at the project's solution."""
     from lpclip_cache import transclip as T
 
-    solved = T.transclip(x, head)
+    solved = T.transclip(x, head, CLIP_SCALE)
     xt, zt, mt = (torch.from_numpy(a).float() for a in (x, solved.z, solved.mu))
     total = torch.zeros(x.shape[1])
     for start in range(0, len(x), 2500):  # sum_i sum_c z_ic (x_id - mu_cd)^2, as an einsum over a chunk
@@ -149,7 +155,7 @@ def main() -> None:
     # the reference counts the classes from its labels: a store's may lack some, so it gets each in turn
     counted = np.arange(len(x)) % len(head) if args.store else labels
     started = time.perf_counter()
-    ours = transclip(x, head).z
+    ours = transclip(x, head, CLIP_SCALE).z
     times = {"ours_s": time.perf_counter() - started}
     solve = reference_solver(args.checkout)
     started = time.perf_counter()

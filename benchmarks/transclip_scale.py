@@ -28,6 +28,7 @@ def one(images: int, classes: int, dim: int, save: str | None = None, seed: int 
     import numpy as np
 
     from lpclip_cache.transclip import transclip
+    from lpclip_cache.zeroshot import TeacherScale
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(classes, dim)).astype(np.float32)
@@ -40,7 +41,7 @@ def one(images: int, classes: int, dim: int, save: str | None = None, seed: int 
     if save:  # the same input for the public solver
         np.savez(save, x=x, labels=labels, head=head)
     started = time.perf_counter()
-    z = transclip(x, head).z
+    z = transclip(x, head, TeacherScale(100.0)).z  # pretrained CLIP's scale, the paper's
     seconds = time.perf_counter() - started
     return {"images": images, "classes": classes, "dim": dim, "seconds": round(seconds, 1),
             "peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),

@@ -147,11 +147,9 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
     (``transclip``) and atop the probe's probabilities (``transclip-probe``). Its assignments are
     the method's probabilities; their logarithms stand for its logits (so max-logit is the log of
     the largest assignment, and energy is 0 for every image)."""
-    from .zeroshot import teacher_logits
-
     emb = store.read("clean/emb")[store.read("valid")]
     head = run.head if classes is None else run.head[classes]
-    teacher = teacher_logits(emb, head, run.logit_scale, run.temperature).astype(np.float64)
+    teacher = run.teacher_scale.logits(emb, head).astype(np.float64)
     probe = MethodOutputs.of(run.member_logits(emb, classes).astype(np.float64))
     outputs = {"teacher": MethodOutputs.of(teacher[None]), "probe": probe}
     if run.members > 1:
@@ -170,7 +168,8 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
         for name, initial in zip(TRANSCLIP_METHODS, (None, probe.probs)):
             rounds = Progress(OUTER_ITERATIONS + 1, f"{name} {store_name(store.path)}", "rounds",
                               enabled=len(emb) * len(head) >= PROGRESS_FROM)
-            z = solve(emb, head, initial=initial, progress=rounds).z
+            start = {"teacher": run.teacher_scale} if initial is None else {"initial": initial}
+            z = solve(emb, head, **start, progress=rounds).z
             rounds.close()
             outputs[name] = MethodOutputs.of(np.log(np.clip(z, np.finfo(np.float64).tiny, None))[None])
     return outputs

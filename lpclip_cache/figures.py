@@ -70,3 +70,43 @@ def text_table(head: list[str], rows: list[list[str]], markdown: bool = False) -
                          + ["| " + " | ".join(row) + " |" for row in rows])
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [head, *rows])
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+SHIFT_COLOURS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def effective_robustness_figure(path: Path, clean: dict[str, float], shifts: dict[str, dict[str, float]],
+                                line: tuple[str, str] = ("teacher", "supervised"), names: dict[str, str] | None = None,
+                                title: str = "effective robustness", whole: bool = False) -> Path:
+    """Accuracy in distribution (x, ``clean[method]``) against accuracy under each shift (y,
+    ``shifts[shift][method]``): a marker per method, a colour per shift, the y = x line and, per
+    shift, the dashed line through the two ``line`` methods' points (the zero-shot teacher's and the
+    supervised probe's). A method above that line keeps more of its accuracy under the shift than
+    trading the teacher for the supervised probe does: effective robustness (Taori et al. 2020)."""
+    fig, axis = pyplot().subplots(figsize=(6.4, 5.2), dpi=100)
+    axis.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="y = x")
+    methods = list(clean)
+    for index, (shift, accuracy) in enumerate(shifts.items()):
+        hue = SHIFT_COLOURS[index % len(SHIFT_COLOURS)]
+        a, b = line
+        if a in accuracy and b in accuracy and a in clean and b in clean and clean[a] != clean[b]:
+            slope = (accuracy[b] - accuracy[a]) / (clean[b] - clean[a])
+            axis.plot([0, 1], [accuracy[a] - slope * clean[a], accuracy[a] + slope * (1 - clean[a])], "--",
+                      color=hue, linewidth=1, alpha=0.7)
+        for m, method in enumerate(methods):
+            if method in accuracy:
+                axis.scatter(clean[method], accuracy[method], color=hue, marker=MARKERS[m % len(MARKERS)],
+                             s=46, edgecolor="black", linewidth=0.5, zorder=3)
+        axis.plot([], [], color=hue, linewidth=6, label=shift)
+    for m, method in enumerate(methods):
+        axis.scatter([], [], color="white", edgecolor="black", marker=MARKERS[m % len(MARKERS)],
+                     label=(names or {}).get(method, method))
+    lows = [v for accuracy in shifts.values() for v in accuracy.values()] + list(clean.values())
+    low = max(0.0, min(lows) - 0.05)
+    axis.set(xlim=(low, 1), ylim=(low, 1), xlabel="accuracy in distribution", ylabel="accuracy under shift",
+             title=f"{title}\n(dashed: the line through {line[0]} and {line[1]}, per shift)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.tight_layout()
+    return save(fig, path, whole=whole)

@@ -3,8 +3,10 @@
 Plots: reliability diagrams and confidence histograms of the teacher and the probe on the first
 in-distribution store (``calibration.png``), a reliability diagram per in-distribution store
 (``reliability/<store>.png``), risk-coverage curves, ROC curves for each OOD store (maximum
-softmax probability, OOD positive) and, when corrupted stores were evaluated, error and ECE
-against severity with a line per method (ensemble members included). Every plot shows the
+softmax probability, OOD positive), when corrupted stores were evaluated, error and ECE
+against severity with a line per method (ensemble members included), and, when other labelled
+stores of the first store's classes were evaluated (shifts), the effective-robustness plot
+(``effective_robustness.png``: accuracy on the first store against accuracy on each shift). Every plot shows the
 probabilities ``evaluate`` scores: a store on its class subset, OOD stores on the first store's.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .evaluation import METHOD_NAMES, Evaluation, StoreOutputs
-from .figures import colour, pyplot, reliability_panel, save
+from .figures import colour, effective_robustness_figure, pyplot, reliability_panel, save
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,9 +147,43 @@ def write_report_folder(evaluation: Evaluation, folder: Path, replace: bool = Fa
             plots.append(roc_figure(first, evaluation.ood, staging / "roc.png"))
         if report.get("corruptions"):
             plots.append(severity_figure(report["corruptions"], staging / "severity.png"))
+        points = robustness_points(evaluation)
+        if points is not None:
+            plots.append(effective_robustness_figure(staging / "effective_robustness.png", *points,
+                                                     line=("teacher", "probe"), title=f"effective robustness of "
+                                                     f"{report['method']} ({Path(report['run']).name})"))
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(markdown(report, plots, staging))
     return [folder / plot.relative_to(staging) for plot in plots]
+
+
+def robustness_points(evaluation: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, float]]] | None:
+    """The effective-robustness plot's inputs (ensemble members left out): each method's accuracy on
+    the first ``--store`` (in distribution), and on every other labelled ``--store`` scored over the
+    same classes (a shift, named by its store's name; corrupted stores pooled as one shift,
+    ``corruptions``, their mean accuracy). None without a labelled first store and a shift."""
+    report = evaluation.report
+    methods = [m for m in report["methods"] if not m.startswith("member-")]
+    (first_path, first), *others = evaluation.stores.items()
+    if not (first.labels >= 0).any():
+        return None
+    clean = {m: report["stores"][first_path][m]["accuracy"] for m in methods}
+    shifts: dict[str, dict[str, float]] = {}
+    corrupted: dict[str, list[float]] = {}
+    for path, store in others:
+        entry = report["stores"][path]
+        if store.classes != first.classes or not (store.labels >= 0).any():
+            continue
+        if entry.get("shift"):
+            for m in methods:
+                corrupted.setdefault(m, []).append(entry[m]["accuracy"])
+        else:
+            name = Path(path.rstrip("/")).name.removesuffix(".zarr")
+            shifts[name if name not in shifts else f"{name} ({len(shifts)})"] = {m: entry[m]["accuracy"]
+                                                                                  for m in methods}
+    if corrupted:
+        shifts["corruptions"] = {m: float(np.mean(values)) for m, values in corrupted.items()}
+    return (clean, shifts) if shifts else None
 
 
 def calibration_figure(first: StoreOutputs, ood: dict[str, StoreOutputs], path: Path) -> Path:

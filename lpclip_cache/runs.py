@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError
-from .zeroshot import softmax, teacher_logits
+from .zeroshot import TeacherScale, softmax
 
 RUN_FORMAT_VERSION = 1
 
@@ -41,6 +41,11 @@ class Run:
     def temperature(self) -> float:
         """The teacher's temperature."""
         return float(self.info["teacher"]["temperature"])
+
+    @property
+    def teacher_scale(self) -> TeacherScale:
+        """The teacher's scale and temperature, the one owner of its logits' factor."""
+        return TeacherScale(self.logit_scale, self.temperature)
 
     @property
     def classnames(self) -> list[str]:
@@ -78,7 +83,7 @@ class Run:
 
     def teacher_probs(self, emb: np.ndarray) -> np.ndarray:
         """Teacher (zero-shot) probabilities with the run's head, scale and temperature (float64)."""
-        return softmax(teacher_logits(emb, self.head, self.logit_scale, self.temperature), np.float64)
+        return self.teacher_scale.probabilities(emb, self.head, np.float64)
 
 
 def is_run(path: Path) -> bool:

@@ -24,13 +24,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from .errors import StoreError
 from .outputs import filesystem, is_url, prepare_output, write_error
+
+if TYPE_CHECKING:
+    from .zeroshot import TeacherScale
 
 FORMAT_VERSION = 1
 ATTR = "lpclip_cache"
@@ -617,6 +620,13 @@ class FeatureStore:
     def temperature(self) -> float:
         """The teacher's softmax temperature T."""
         return float(self.manifest["teacher"]["temperature"])
+
+    @property
+    def teacher_scale(self) -> TeacherScale:
+        """The teacher's scale and temperature, the one owner of its logits' factor."""
+        from .zeroshot import TeacherScale
+
+        return TeacherScale(self.logit_scale, self.temperature)
 
     def spans(self, n: int | None = None) -> list[tuple[int, int]]:
         """Row ranges ``(start, stop)`` one shard long covering ``n`` rows (default: every sample)."""

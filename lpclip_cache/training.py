@@ -24,13 +24,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .config import TrainConfig, check_choices
 from .errors import InputError, Interrupted, NothingKept, StoreError
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .zeroshot import TeacherScale
 
 # An epoch in which the confidence threshold keeps fewer than this fraction of the samples is
 # recorded in run.json's warnings and said on stderr; one that keeps none stops training.
@@ -172,12 +175,10 @@ class StudentRows:
 
 
 def member_batches(
-    buffer: Any, config: TrainConfig, rng: np.random.Generator, head: np.ndarray, scale: float, temperature: float
+    buffer: Any, config: TrainConfig, rng: np.random.Generator, head: np.ndarray, teacher: TeacherScale
 ) -> tuple[StudentRows, Any, Any]:
     """Per ensemble member: student rows, targets and weights for every row of a buffer (torch)."""
     import torch
-
-    from .zeroshot import softmax, teacher_logits
 
     n = len(buffer)
     name = f"{buffer.student}/emb"
@@ -196,7 +197,7 @@ def member_batches(
         weights.append(np.where(conf >= config.threshold, weight, 0.0).astype(np.float32))
         if config.targets == "soft":
             emb = buffer.take(f"{buffer.teacher}/emb", teacher_pick)
-            targets.append(softmax(teacher_logits(emb, head, scale, temperature)))
+            targets.append(teacher.probabilities(emb, head))
         else:
             targets.append(buffer.take(f"{buffer.teacher}/label", teacher_pick).astype(np.int64))
     rows = StudentRows(torch.from_numpy(np.ascontiguousarray(buffer.flat(name))), index)
@@ -233,7 +234,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     )
     head = store.head()
     n_classes, dim = head.shape
-    scale = store.logit_scale
+    teacher = store.teacher_scale
     n = source.valid_count()
     if config.method == "supervised":
         truth = store.labels()[store.read("valid")]
@@ -248,7 +249,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     bias = torch.zeros(members, n_classes)
     for m in range(members):
         if config.init == "zeroshot":
-            weight[m] = torch.from_numpy(head) * scale
+            weight[m] = torch.from_numpy(teacher.probe_weight(head))  # the teacher's logits, temperature included
         else:
             layer = torch.nn.Linear(dim, n_classes)
             weight[m], bias[m] = layer.weight.detach(), layer.bias.detach()
@@ -282,7 +283,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             rng = np.random.default_rng([config.seed, epoch, 1])
             total_loss, seen, kept, offered = 0.0, 0, 0, 0
             for buffer in source.epoch(config.seed, epoch):
-                student, targets, weights = member_batches(buffer, config, rng, head, scale, store.temperature)
+                student, targets, weights = member_batches(buffer, config, rng, head, teacher)
                 kept += int((weights > 0).sum())
                 offered += int(weights.numel())
                 rows_source = on_device(student.source, device, resident, keep=not source.streaming)
@@ -337,7 +338,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                   "cache_key": store.cache_key},
         "model": store.manifest["model"],
         "classnames": store.classnames,
-        "teacher": {"logit_scale": scale, "temperature": store.temperature},
+        "teacher": {"logit_scale": teacher.logit_scale, "temperature": teacher.temperature},
         "pairs": {  # the sides the pair source actually fed, which the loss text names too
             "samples": n,
             "teacher_side": source.teacher_side,

@@ -3,8 +3,9 @@ transductive, training-free refinement of a CLIP classifier's predictions on a s
 embeddings, written from the paper's update equations (the public solver is AGPL-3.0).
 
 Given the test images' L2-normalised embeddings x_i (N x D), the zero-shot head's unit rows t_c
-(K x D) and initial predictions y_i (softmax(100 x_i . t_c) zero-shot, or another method's
-probabilities "atop" it), the solver alternates, for ``OUTER_ITERATIONS`` rounds:
+(K x D) and initial predictions y_i (zero-shot: the teacher's own probabilities
+softmax((s / T) x_i . t_c) at its logit scale s and temperature T, 100 and 1 for pretrained CLIP as
+the paper uses; or another method's probabilities "atop" it), the solver alternates, for ``OUTER_ITERATIONS`` rounds:
 
 - z-step (``INNER_Z_STEPS`` times): z_i ∝ y_i^λ · exp((log N(x_i; μ_c, Σ) + (C / 2k) Σ_j (W_ij + W_ji) z_j) / C),
   with the Gaussian log-likelihood up to a constant, -½ Σ_d (x_id - μ_cd)² / σ_d, one diagonal
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .zeroshot import softmax
+from .zeroshot import TeacherScale, softmax
 
 if TYPE_CHECKING:
     from .progress import Progress
@@ -39,7 +40,6 @@ NEIGHBORS = 3
 CONFIDENT = 8  # images per class that start its mean
 TEMPERATURE = 50.0  # the constant C of the z-step
 LAMBDA = 1.0
-ZERO_SHOT_SCALE = 100.0  # the initial predictions' logit scale, as CLIP's
 CHUNK = 4096
 PROGRESS_FROM = 10_000_000  # images x classes from which evaluate shows the rounds' progress (about 10 s)
 
@@ -52,11 +52,11 @@ class TransclipResult:
     neighbors: np.ndarray  # N x k nearest neighbours (self excluded)
 
 
-def zero_shot(x: np.ndarray, t: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """The initial predictions softmax(``ZERO_SHOT_SCALE`` x . t), chunk by chunk."""
+def zero_shot(x: np.ndarray, t: np.ndarray, teacher: TeacherScale, chunk: int = CHUNK) -> np.ndarray:
+    """The initial predictions: the teacher's probabilities softmax((s / T) x . t), chunk by chunk."""
     out = np.empty((len(x), len(t)), np.float64)
     for start in range(0, len(x), chunk):
-        out[start : start + chunk] = softmax(ZERO_SHOT_SCALE * x[start : start + chunk] @ t.T, np.float64)
+        out[start : start + chunk] = softmax(teacher.factor * x[start : start + chunk] @ t.T, np.float64)
     return out
 
 
@@ -161,18 +161,21 @@ def initial_means(x: np.ndarray, z: np.ndarray) -> np.ndarray:
     return mu / np.linalg.norm(mu, axis=1, keepdims=True)
 
 
-def transclip(embeddings: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None,
-              chunk: int = CHUNK, neighbors: int = NEIGHBORS, progress: Progress | None = None) -> TransclipResult:
+def transclip(embeddings: np.ndarray, head: np.ndarray, teacher: TeacherScale | None = None,
+              initial: np.ndarray | None = None, chunk: int = CHUNK, neighbors: int = NEIGHBORS,
+              progress: Progress | None = None) -> TransclipResult:
     """TransCLIP's assignments of ``embeddings`` (N x D, unit rows) to the classes of ``head``
-    (K x D, unit rows): zero-shot from softmax(100 x . t), or atop ``initial`` (N x K
-    probabilities from another method). ``progress`` (a ``Progress`` of ``OUTER_ITERATIONS`` + 1
-    rounds) counts each round's z-step as it ends."""
+    (K x D, unit rows): zero-shot from the ``teacher``'s own probabilities (its scale and
+    temperature), or atop ``initial`` (N x K probabilities from another method). ``progress`` (a
+    ``Progress`` of ``OUTER_ITERATIONS`` + 1 rounds) counts each round's z-step as it ends."""
     x = np.asarray(embeddings, np.float64)
     t = np.asarray(head, np.float64)
     if len(x) <= neighbors:
         raise ValueError(f"TransCLIP needs more than {neighbors} images (its {neighbors}-nearest-neighbour "
                          f"graph); got {len(x)}")
-    z = zero_shot(x, t, chunk) if initial is None else np.array(initial, np.float64)
+    if (initial is None) == (teacher is None):
+        raise ValueError("TransCLIP starts from the teacher's probabilities (teacher=) or another method's (initial=)")
+    z = zero_shot(x, t, teacher, chunk) if initial is None else np.array(initial, np.float64)
     logprior = log_prior(z)
     mu = initial_means(x, z)
     sigma = np.full(x.shape[1], 1.0 / x.shape[1])

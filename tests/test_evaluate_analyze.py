@@ -247,6 +247,17 @@ def test_corrupted_stores_are_aggregated_for_the_teacher_the_ensemble_and_each_m
         assert image.size == (1440, 288) and np.asarray(image.convert("L")).std() > 5
     page = (folder / "report.md").read_text()
     assert all(f"(reliability/{p.name})" in page for p in per_store)
+    # the effective-robustness plot: the corrupted stores pooled as one shift, members left out
+    from lpclip_cache.evaluation import score
+    from lpclip_cache.report import robustness_points
+
+    clean_acc, shifts = robustness_points(score(str(tmp_path / "run"), [clean, str(tmp_path / "shifted")]))
+    assert clean_acc == {m: report["stores"][clean][m]["accuracy"] for m in ("teacher", "probe")}
+    assert list(shifts) == ["corruptions"]
+    for method in ("teacher", "probe"):
+        assert shifts["corruptions"][method] == pytest.approx(
+            np.mean([report["stores"][p][method]["accuracy"] for p in shifted.values()]))
+    assert "![effective_robustness](effective_robustness.png)" in page
 
 
 def test_report_folder_has_markdown_and_plots(world, tmp_path):
@@ -275,5 +286,38 @@ def test_report_folder_has_markdown_and_plots(world, tmp_path):
     ood = softmax(30.0 * world["ood_clean"].astype(np.float16).astype(np.float64) @ world["teacher"].T).max(1)
     fpr, tpr = roc_curve(probs.max(1), ood)
     assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.auroc(probs.max(1), ood), abs=2e-3)
+    assert not (folder / "effective_robustness.png").exists()  # one labelled store: no shift to plot
     missing = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"])])
     assert missing.exit_code == 3 and "--out REPORT.json, --report DIR or --predictions FILE.h5" in missing.stderr
+
+
+def test_effective_robustness_plot_takes_each_shift_store_of_the_same_classes(world, tmp_path):
+    """``evaluate --report`` with a clean store first and shift stores after it: x is each method's
+    accuracy on the first store, y its accuracy on each later labelled store over the same classes,
+    named by its folder; an unlabelled store is no shift."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from lpclip_cache.cli import main
+    from lpclip_cache.evaluation import score
+    from lpclip_cache.report import robustness_points
+
+    rng = np.random.default_rng(8)
+    shifted = unit(world["test_clean"] + 0.5 * rng.normal(size=world["test_clean"].shape))
+    shift = write_store(tmp_path / "blurred.zarr", shifted, world["teacher"], world["test_labels"], scale=30)
+    unlabelled = write_store(tmp_path / "unlabelled.zarr", shifted, world["teacher"], np.full(300, -1), scale=30)
+    evaluation = score(str(world["run"]), [str(world["test"]), str(shift), str(unlabelled)])
+    clean, shifts = robustness_points(evaluation)
+    report = evaluation.report
+    assert list(shifts) == ["blurred"]
+    for method in ("teacher", "probe"):
+        assert clean[method] == report["stores"][str(world["test"])][method]["accuracy"]
+        assert shifts["blurred"][method] == report["stores"][str(shift)][method]["accuracy"]
+    assert shifts["blurred"]["teacher"] < clean["teacher"]  # the shift costs accuracy
+    assert robustness_points(score(str(world["run"]), [str(world["test"])])) is None
+    folder = tmp_path / "report"
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"]),
+                                       "--store", str(shift), "--report", str(folder)])
+    assert result.exit_code == 0, result.stderr
+    with Image.open(folder / "effective_robustness.png") as image:
+        assert image.size == (640, 520) and np.asarray(image.convert("L")).std() > 5

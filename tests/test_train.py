@@ -101,6 +101,19 @@ def test_zero_shot_init_starts_from_the_teacher(separable, tmp_path):
     np.testing.assert_allclose(run.probe_probs(emb), run.teacher_probs(emb), atol=1e-4)
 
 
+def test_zero_shot_init_takes_the_teachers_temperature(separable, tmp_path):
+    """The probe's zero-shot initialisation is the teacher's own logits, temperature included:
+    A = (s / T) W_t, so before any step the probe's probabilities are the teacher's."""
+    store = write_store(tmp_path / "warm.zarr", separable["clean"], separable["centres"], separable["labels"],
+                        separable["views"][:, :3], separable["views"][:, 3:], scale=30.0, temperature=2.5)
+    train(TrainConfig(store=str(store), out=str(tmp_path / "run"), epochs=1, lr=1e-12, progress=False))
+    run = load_run(tmp_path / "run")
+    assert run.teacher_scale.factor == pytest.approx(12.0)
+    np.testing.assert_allclose(run.weight, 12.0 * separable["centres"], rtol=1e-5, atol=1e-5)
+    emb = separable["clean"]
+    np.testing.assert_allclose(run.probe_probs(emb), run.teacher_probs(emb), atol=1e-5)
+
+
 def test_same_seed_same_probe_other_seed_other_probe(separable, tmp_path):
     store = str(separable["train_bad_teacher"])
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):

@@ -12,13 +12,17 @@ import pytest
 from conftest import clustered_embeddings
 
 from lpclip_cache import transclip as T
-from lpclip_cache.zeroshot import softmax
+from lpclip_cache.zeroshot import TeacherScale, softmax
+
+CLIP = TeacherScale(100.0)  # pretrained CLIP's scale, the paper's setting
 
 
-def dense_transclip(x: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None, k: int = 3) -> np.ndarray:
-    """The zero-shot TransCLIP iterations as the paper states them, computed the plain way."""
+def dense_transclip(x: np.ndarray, head: np.ndarray, initial: np.ndarray | None = None, k: int = 3,
+                    scale: float = 100.0) -> np.ndarray:
+    """The zero-shot TransCLIP iterations as the paper states them, computed the plain way (the
+    prior softmax(scale x . t) at the teacher's ``scale``)."""
     n, d = x.shape
-    logits = 100.0 * x @ head.T
+    logits = scale * x @ head.T
     prior = initial if initial is not None else np.exp(logits - logits.max(1, keepdims=True))
     prior = prior / prior.sum(1, keepdims=True)
     z = prior.copy()
@@ -61,7 +65,21 @@ def world():
 
 def test_the_solver_follows_the_update_equations(world):
     x, head, _ = world
-    np.testing.assert_allclose(T.transclip(x, head).z, dense_transclip(x, head), atol=1e-8, rtol=0)
+    np.testing.assert_allclose(T.transclip(x, head, CLIP).z, dense_transclip(x, head), atol=1e-8, rtol=0)
+
+
+def test_the_zero_shot_prior_is_the_teachers_own_scale_and_temperature(world):
+    """TransCLIP starts from the teacher's probabilities: at a small model's scale (about 14.9 for
+    the demo's teacher) and a temperature, not at pretrained CLIP's 100."""
+    x, head, _ = world
+    teacher = TeacherScale(14.9, temperature=0.5)
+    start = T.zero_shot(x, head, teacher)
+    np.testing.assert_allclose(start, teacher.probabilities(x, head, np.float64), atol=1e-6)
+    solved = T.transclip(x, head, teacher).z
+    np.testing.assert_allclose(solved, dense_transclip(x, head, scale=14.9 / 0.5), atol=1e-8, rtol=0)
+    assert not np.allclose(solved, T.transclip(x, head, CLIP).z, atol=1e-4)
+    with pytest.raises(ValueError, match="starts from"):
+        T.transclip(x, head)
 
 
 def test_atop_another_methods_predictions(world):
@@ -71,7 +89,7 @@ def test_atop_another_methods_predictions(world):
     result = T.transclip(x, head, initial=initial)
     np.testing.assert_allclose(result.z, dense_transclip(x, head, initial=initial), atol=1e-8, rtol=0)
     np.testing.assert_allclose(result.z.sum(1), 1.0, atol=1e-12)
-    assert not np.allclose(result.z, T.transclip(x, head).z)
+    assert not np.allclose(result.z, T.transclip(x, head, CLIP).z)
 
 
 def test_faiss_neighbours_are_the_exact_ones():
@@ -88,14 +106,14 @@ def test_faiss_neighbours_are_the_exact_ones():
 
 def test_chunks_change_nothing(world):
     x, head, _ = world
-    small, whole = T.transclip(x, head, chunk=7), T.transclip(x, head, chunk=10**6)
+    small, whole = T.transclip(x, head, CLIP, chunk=7), T.transclip(x, head, CLIP, chunk=10**6)
     np.testing.assert_allclose(small.z, whole.z, atol=1e-10, rtol=0)
     np.testing.assert_allclose(small.sigma, whole.sigma, rtol=1e-10)
 
 
 def test_too_few_images_for_the_graph_is_refused():
     with pytest.raises(ValueError, match="more than 3 images"):
-        T.transclip(np.eye(3), np.eye(3))
+        T.transclip(np.eye(3), np.eye(3), CLIP)
 
 
 def test_underflow_neither_empties_a_row_nor_a_class():
@@ -159,7 +177,9 @@ def test_evaluate_scores_transclip_like_any_method(scored):
     store = FeatureStore(scored.store)
     emb, labels = store.read("clean/emb").astype(np.float64), store.labels()
     run = load_run(scored.run)
-    zero_shot = T.transclip(emb, run.head).z
+    zero_shot = T.transclip(emb, run.head, run.teacher_scale).z
+    assert run.teacher_scale.factor != 100.0  # the store's own teacher: CLIP's 100 would be another prior
+    assert not np.allclose(zero_shot, T.transclip(emb, run.head, CLIP).z, atol=1e-4)
     atop = T.transclip(emb, run.head, initial=softmax(run.member_logits(emb, None)[0], np.float64)).z
     entry = report["stores"][str(scored.store)]
     assert entry["transclip"]["accuracy"] == pytest.approx(metrics.accuracy(zero_shot, labels), abs=1e-12)
@@ -197,7 +217,8 @@ def test_predictions_file_holds_each_methods_probabilities_per_image(scored):
             assert set(group["probs"]) == set(scored.report["methods"])
             for method in scored.report["methods"]:
                 np.testing.assert_allclose(group["probs"][method][()].sum(axis=1), 1.0, atol=1e-5)
-            np.testing.assert_allclose(group["probs/transclip"][()], T.transclip(emb, run.head).z, atol=1e-6)
+            np.testing.assert_allclose(group["probs/transclip"][()], T.transclip(emb, run.head, run.teacher_scale).z,
+                                       atol=1e-6)
         labels = handle["stores/0/labels"][()]
         np.testing.assert_array_equal(labels, FeatureStore(scored.store).labels()[FeatureStore(scored.store).read(
             "valid")])

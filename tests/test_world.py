@@ -13,6 +13,9 @@ from lpclip_cache.corruptions import corrupt
 from lpclip_cache.data import open_source
 from lpclip_cache.errors import InputError
 from lpclip_cache.world.shapes import (
+    DEFAULT_WORLD,
+    NATURAL_SHIFTS,
+    RENDITIONS,
     SHAPES,
     STYLES,
     coverage,
@@ -49,6 +52,33 @@ def test_styles_keep_the_shapes_but_change_their_look():
     assert np.all(cover["outline"].sum(axis=(1, 2)) < 0.75 * filled)
     assert np.all(cover["texture"].sum(axis=(1, 2)) < 0.8 * filled)
     assert np.bincount(attrs.shape, minlength=len(SHAPES)).min() > 5
+
+
+def test_natural_shifts_show_the_same_objects_another_way():
+    """``recoloured`` draws each test object where it was, in a colour that is never its class's
+    usual one (the filled test images keep the usual one almost always); ``greyscale`` is the same
+    scene as a black-and-white photo (ITU-R 601 luma, PIL's convert("L"))."""
+    import dataclasses
+
+    from PIL import Image
+
+    from lpclip_cache.world.shapes import CLASS_COLOURS, COLOURS, unusual_colours
+
+    attrs = sample_attributes(300, split_rng(0, "test"))
+    usual = CLASS_COLOURS[attrs.shape]
+    assert np.mean(attrs.colour == usual) > 0.9
+    recoloured = unusual_colours(attrs)
+    assert not np.any(recoloured == usual) and len(np.unique(recoloured)) == len(COLOURS)
+    unlit = dataclasses.replace(attrs, light=None, camera=None)  # light and cameras look at the whole scene
+    filled, other = render(unlit), render(unlit, style="recoloured")
+    cover = coverage(attrs)
+    np.testing.assert_array_equal(filled[cover == 0], other[cover == 0])
+    assert np.abs(filled[cover > 0.99].astype(int) - other[cover > 0.99]).max(axis=-1).mean() > 40
+    filled, grey = render(attrs), render(attrs, style="greyscale")
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    for i in range(20):
+        expected = np.asarray(Image.fromarray(filled[i]).convert("L"))
+        assert np.abs(grey[i, ..., 0].astype(int) - expected).max() <= 1
 
 
 def test_shape_classes_differ_in_area_as_drawn():
@@ -189,25 +219,76 @@ def shipped_regime(teacher_cache):
 
 
 def test_world_clip_is_in_clips_regime(shipped_regime):
-    """Point 1 of the demo's world (docs/demo.md), on the default teacher the suite trains: strong
-    features, a weaker zero-shot head with no class at chance, overconfident failure under every
-    style shift, and OOD images it does not tell apart. The thresholds are the requirement's, not
-    figures of this teacher."""
+    """Point 1 of the demo's world (docs/demo.md), on the shipped teacher: strong features, a weaker
+    zero-shot head with no class at chance; natural shifts it survives (two at 3 times chance, one
+    keeping half its clean accuracy) where the supervised probe's advantage does not carry over
+    (effective robustness); an overconfident failure on a rendition it never saw; OOD images it does
+    not tell apart. The thresholds are the requirement's, not figures of this teacher."""
     figures = shipped_regime
+    chance = 1 / figures["classes"]
     assert figures["classes"] >= 10
     assert figures["supervised_probe"] >= 0.85, figures
     assert 0.55 <= figures["zeroshot"] <= 0.85, figures
     assert figures["supervised_probe"] - figures["zeroshot"] >= 0.08, figures
-    assert min(figures["zeroshot_per_class"].values()) > 1.5 / figures["classes"], figures["zeroshot_per_class"]
-    for style, shift in figures["shifts"].items():
-        assert shift["drop"] >= 0.20 and shift["ece"] >= 0.15, (style, shift)
+    assert min(figures["zeroshot_per_class"].values()) > 1.5 * chance, figures["zeroshot_per_class"]
+    natural = {k: v for k, v in figures["shifts"].items() if k in NATURAL_SHIFTS}
+    survived = {k: v for k, v in natural.items() if v["accuracy"] >= 3 * chance}
+    assert len(survived) >= 2 and any(v["accuracy"] / figures["zeroshot"] >= 0.5 for v in survived.values()), natural
+    assert any(v["supervised_probe"] - v["accuracy"] <= 0.02 for v in survived.values()), natural
+    assert any(v["drop"] >= 0.20 and v["ece"] >= 0.15 for k, v in figures["shifts"].items() if k in RENDITIONS)
     assert figures["ood_msp_auroc"] < 0.75, figures
     # the method's views keep the class, as FixMatch's views do on photos (issue: views that keep the class)
     views = figures["views"]
     assert views["views"]["weak"]["label_preservation"]["ratio"] >= 0.97, views
     assert views["views"]["strong"]["label_preservation"]["ratio"] >= 0.70, views
     assert views["clean"]["teacher_accuracy"] - views["views"]["weak"]["teacher_accuracy"] <= 0.02, views
-    assert figures["world"] == "objects" and figures["in_regime"], figures["checks"]
+    assert figures["world"] == DEFAULT_WORLD and figures["in_regime"], figures["checks"]
+
+
+def regime_case(**changes):
+    """Regime figures that pass every check, with ``changes`` to one shift's or the head's figures."""
+    shift = {"outline": dict(accuracy=0.1, ece=0.4, drop=0.6, natural=False),
+             "recoloured": dict(accuracy=0.6, ece=0.05, drop=0.1, natural=True),
+             "greyscale": dict(accuracy=0.3, ece=0.1, drop=0.4, natural=True)}
+    for name, figures in changes.pop("shifts", {}).items():
+        shift[name] = {**shift[name], **figures}
+    for figures in shift.values():
+        figures.setdefault("kept", figures["accuracy"] / 0.7)
+        figures.setdefault("supervised_probe", figures["accuracy"] - 0.05)
+        figures["probe_over_teacher"] = figures["supervised_probe"] - figures["accuracy"]
+    views = {"clean": {"teacher_accuracy": 0.7},
+             "views": {"weak": {"label_preservation": {"ratio": 0.99}, "teacher_accuracy": 0.69},
+                       "strong": {"label_preservation": {"ratio": 0.8}, "teacher_accuracy": 0.6}}}
+    base = dict(probe=0.9, zeroshot=0.7, per_class={f"c{i}": 0.5 for i in range(12)}, shifts=shift, auroc=0.6,
+                views=views)
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize(("changes", "failing"), [
+    ({}, set()),
+    # one natural shift above 3 x chance is not two
+    ({"shifts": {"greyscale": {"accuracy": 0.2, "kept": 0.28}}}, {"natural_shifts_survived", }),
+    # two survived, but none keeps half its clean accuracy
+    ({"shifts": {"recoloured": {"kept": 0.45}, "greyscale": {"kept": 0.4}}}, {"natural_shifts_survived"}),
+    # the supervised probe keeps its advantage on every natural shift
+    ({"shifts": {"recoloured": {"supervised_probe": 0.65}, "greyscale": {"supervised_probe": 0.33}}},
+     {"effective_robustness"}),
+    # the only shift where the probe loses its advantage is one the teacher did not survive
+    ({"shifts": {"greyscale": {"accuracy": 0.2, "kept": 0.28, "supervised_probe": 0.1},
+                 "recoloured": {"supervised_probe": 0.7}}}, {"natural_shifts_survived", "effective_robustness"}),
+    # no overconfident failure: the rendition's ECE is low
+    ({"shifts": {"outline": {"ece": 0.1}}}, {"overconfident_failure"}),
+    ({"probe": 0.76}, {"probe", "zeroshot"}),
+    ({"auroc": 0.8}, {"ood"}),
+])
+def test_regime_checks_name_each_requirement(changes, failing):
+    """``judge`` fails exactly the requirements a set of figures misses (issue: shifts where CLIP
+    stays robust), so a world is judged by every one of them."""
+    from lpclip_cache.world.regime import judge
+
+    result = judge(**regime_case(**changes))
+    assert {name for name, ok in result["checks"].items() if not ok} == failing
+    assert result["in_regime"] == (not failing)
 
 
 def test_shipped_teacher_records_the_configuration_that_made_it(teacher_cache):
@@ -263,7 +344,8 @@ def demo_pair(teacher_cache, tmp_path_factory):
 
 
 COLUMNS = ["test_accuracy", "test_ece", "test_nll", "outline_accuracy", "outline_ece", "texture_accuracy",
-           "texture_ece", "corruption_error", "corruption_ece", "ood_auroc", "ood_fpr95", "purity", "nmi", "ari"]
+           "texture_ece", "recoloured_accuracy", "recoloured_ece", "greyscale_accuracy", "greyscale_ece",
+           "corruption_error", "corruption_ece", "ood_auroc", "ood_fpr95", "purity", "nmi", "ari"]
 
 
 def test_demo_results_have_every_row_and_column(demo_pair):
@@ -350,7 +432,8 @@ def test_demo_plots_are_real_images(demo_pair):
     from PIL import Image
 
     base, _, _ = demo_pair
-    for name, size in (("reliability.png", (1200, 400)), ("severity.png", (600, 400))):
+    for name, size in (("reliability.png", (1200, 400)), ("severity.png", (600, 400)),
+                       ("effective_robustness.png", (640, 520))):
         with Image.open(base / "a" / name) as image:
             assert image.size == size
             pixels = np.asarray(image.convert("L"))

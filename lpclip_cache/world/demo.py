@@ -335,16 +335,30 @@ def format_ablation(results: dict[str, Any], markdown: bool = False) -> str:
     return text_table(["variant", *keys], rows, markdown)
 
 
+def robustness_points(results: dict[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The effective-robustness plot's inputs, means over seeds: each method's clean test accuracy,
+    and its accuracy under each style shift and over every corrupted store (1 - corruption error)."""
+    table = results["table"]
+    clean = {m: table[m]["test_accuracy"]["mean"] for m in results["methods"]}
+    shifts = {style: {m: table[m][f"{style}_accuracy"]["mean"] for m in results["methods"]} for style in STYLE_SHIFTS}
+    shifts["corruptions"] = {m: 1.0 - table[m]["corruption_error"]["mean"] for m in results["methods"]}
+    return clean, shifts
+
+
 def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> None:
     """results.json, results.md and the plots (from the first seed), each written whole or not at
     all (results.json last)."""
+    from ..figures import effective_robustness_figure
     from ..outputs import write_json_atomic, write_text_atomic
-    from .plots import accuracy_by_severity, reliability_diagrams
+    from .plots import LABELS, accuracy_by_severity, reliability_diagrams
 
     plots = {
         "reliability": reliability_diagrams(out / "reliability.png", first["runs"]["lpclip"],
                                             first["runs"]["supervised"], first["stores"]["test"]),
         "severity": accuracy_by_severity(out / "severity.png", first["reports"], first["stores"]["test"]),
+        "effective_robustness": effective_robustness_figure(
+            out / "effective_robustness.png", *robustness_points(results), line=("teacher", "supervised"),
+            names=LABELS, title=f"effective robustness, {results['world']} world (mean over seeds)", whole=True),
     }
     results["plots"] = {k: str(v) for k, v in plots.items()}
     regime = results["regime"]
@@ -391,6 +405,8 @@ def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> 
         "![reliability](reliability.png)",
         "",
         "![accuracy by severity](severity.png)",
+        "",
+        "![effective robustness](effective_robustness.png)",
         "",
     ]
     write_text_atomic(out / "results.md", "\n".join(markdown), "demo results")

@@ -8,7 +8,8 @@ from typing import Any
 from ..figures import colour, pyplot, reliability_panel, save
 
 LABELS = {"teacher": "zero-shot teacher", "lpclip": "LP-CLIP (no labels)", "ensemble": "LP-CLIP ensemble",
-          "supervised": "supervised probe"}
+          "supervised": "supervised probe", "transclip": "TransCLIP (zero-shot)",
+          "transclip-lpclip": "TransCLIP atop LP-CLIP"}
 
 
 def reliability_diagrams(path: Path, lpclip_run: str, supervised_run: str, store_path: str, n_bins: int = 15) -> Path:

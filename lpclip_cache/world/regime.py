@@ -24,7 +24,10 @@ import numpy as np
 # point 1 of the world's requirements (docs/demo.md): the regime the comparison needs
 REGIME = {"classes_min": 10, "probe_min": 0.85, "zeroshot_range": (0.55, 0.85), "gap_min": 0.08,
           "shift_drop_min": 0.20, "shift_ece_min": 0.15, "ood_auroc_max": 0.75,
-          "weak_keeps_min": 0.97, "strong_keeps_min": 0.70, "weak_teacher_drop_max": 0.02}
+          "weak_keeps_min": 0.97, "strong_keeps_min": 0.70, "weak_teacher_drop_max": 0.02,
+          # shifts where CLIP stays robust (natural ones: the same objects seen another way)
+          "shift_survives_chance": 3.0, "shifts_survived_min": 2, "shift_kept_min": 0.5,
+          "probe_over_teacher_max": 0.02}
 REGIME_VIEWS = 2  # weak and strong views per train image in the view figures
 
 
@@ -69,8 +72,18 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     from ..models import load_model, zero_shot_head
     from ..prompts import load_templates
     from ..viewcheck import linear_probe, view_figures
-    from ..zeroshot import softmax, teacher_logits
-    from .shapes import DEFAULT_WORLD, SHAPES, STYLES, WORLDS, render, render_scribbles, sample_attributes, split_rng
+    from ..zeroshot import TeacherScale
+    from .shapes import (
+        DEFAULT_WORLD,
+        NATURAL_SHIFTS,
+        SHAPES,
+        STYLES,
+        WORLDS,
+        render,
+        render_scribbles,
+        sample_attributes,
+        split_rng,
+    )
     from .teacher import MODEL_NAME
 
     scenes = WORLDS[world or DEFAULT_WORLD]
@@ -81,28 +94,52 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     labels = test_attrs.shape
     train_pixels = render(train_attrs)
     train_emb = embed(loaded, train_pixels)
-    probs = {style: softmax(teacher_logits(embed(loaded, render(test_attrs, style=style)), head,
-                                           loaded.logit_scale), np.float64) for style in STYLES}
-    ood = softmax(teacher_logits(embed(loaded, render_scribbles(test_n, split_rng(seed, "ood"), world=scenes)), head,
-                                 loaded.logit_scale), np.float64)
-    clean_emb = embed(loaded, render(test_attrs))
-    probe = float(np.mean(linear_probe(train_emb, train_attrs.shape, clean_emb, len(SHAPES)) == labels))
+    test_emb = {style: embed(loaded, render(test_attrs, style=style)) for style in STYLES}
+    teacher = TeacherScale(loaded.logit_scale)
+    probs = {style: teacher.probabilities(emb, head, np.float64) for style, emb in test_emb.items()}
+    ood = teacher.probabilities(embed(loaded, render_scribbles(test_n, split_rng(seed, "ood"), world=scenes)), head,
+                                np.float64)
+    predicted = linear_probe(train_emb, train_attrs.shape, np.concatenate(list(test_emb.values())), len(SHAPES))
+    probe_on = {style: float(np.mean(p == labels)) for style, p in zip(STYLES, np.split(predicted, len(STYLES)))}
+    probe = probe_on["filled"]
     views = view_figures(train_emb, view_embeddings(loaded, train_pixels, REGIME_VIEWS, seed, policies), head,
                          loaded.logit_scale, labels=train_attrs.shape.astype(np.int64), seed=seed)
     zeroshot = metrics.accuracy(probs["filled"], labels)
     per_class = {name: float(np.mean(probs["filled"][labels == c].argmax(1) == c))
                  for c, name in enumerate(SHAPES) if (labels == c).any()}
-    shifts = {style: {"accuracy": metrics.accuracy(probs[style], labels), "ece": metrics.ece(probs[style], labels),
-                      "drop": zeroshot - metrics.accuracy(probs[style], labels)} for style in STYLES[1:]}
+    shifts = {}
+    for style in STYLES[1:]:
+        accuracy = metrics.accuracy(probs[style], labels)
+        shifts[style] = {"accuracy": accuracy, "ece": metrics.ece(probs[style], labels), "drop": zeroshot - accuracy,
+                         "kept": accuracy / zeroshot if zeroshot else 0.0, "supervised_probe": probe_on[style],
+                         "probe_over_teacher": probe_on[style] - accuracy,
+                         "natural": style in NATURAL_SHIFTS}
     auroc = metrics.auroc(probs["filled"].max(1), ood.max(1))
+    return {"world": scenes.name, "classes": len(SHAPES), "chance": 1 / len(SHAPES), "supervised_probe": probe,
+            "zeroshot": zeroshot, "gap": probe - zeroshot, "zeroshot_per_class": per_class,
+            "zeroshot_ece": metrics.ece(probs["filled"], labels),
+            "shifts": shifts, "ood_msp_auroc": auroc, "views": views, "seed": seed, "train_n": train_n,
+            "test_n": test_n} | judge(probe, zeroshot, per_class, shifts, auroc, views)
+
+
+def judge(probe: float, zeroshot: float, per_class: dict[str, float], shifts: dict[str, dict[str, Any]],
+          auroc: float, views: dict[str, Any]) -> dict[str, Any]:
+    """Every requirement of the regime (docs/demo.md, point 1), as named checks and their conjunction."""
+    chance = 1 / len(per_class)
     low, high = REGIME["zeroshot_range"]
+    natural = {name: s for name, s in shifts.items() if s["natural"]}
+    survived = {name: s for name, s in natural.items() if s["accuracy"] >= REGIME["shift_survives_chance"] * chance}
     checks = {
-        "classes": len(SHAPES) >= REGIME["classes_min"],
+        "classes": len(per_class) >= REGIME["classes_min"],
         "probe": probe >= REGIME["probe_min"],
         "zeroshot": low <= zeroshot <= high and probe - zeroshot >= REGIME["gap_min"],
-        "no_class_at_chance": min(per_class.values()) > 1.5 / len(SHAPES),
-        "shifts": all(s["drop"] >= REGIME["shift_drop_min"] and s["ece"] >= REGIME["shift_ece_min"]
-                      for s in shifts.values()),
+        "no_class_at_chance": min(per_class.values()) > 1.5 * chance,
+        "natural_shifts_survived": len(survived) >= REGIME["shifts_survived_min"]
+        and any(s["kept"] >= REGIME["shift_kept_min"] for s in survived.values()),
+        "effective_robustness": any(s["probe_over_teacher"] <= REGIME["probe_over_teacher_max"]
+                                    for s in survived.values()),
+        "overconfident_failure": any(s["drop"] >= REGIME["shift_drop_min"] and s["ece"] >= REGIME["shift_ece_min"]
+                                     for s in shifts.values()),
         "ood": auroc < REGIME["ood_auroc_max"],
         "weak_views_keep_the_class": views["views"]["weak"]["label_preservation"]["ratio"] >= REGIME["weak_keeps_min"],
         "strong_views_keep_the_class":
@@ -111,8 +148,4 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
             views["clean"]["teacher_accuracy"] - views["views"]["weak"]["teacher_accuracy"]
             <= REGIME["weak_teacher_drop_max"],
     }
-    return {"world": scenes.name, "classes": len(SHAPES), "chance": 1 / len(SHAPES), "supervised_probe": probe,
-            "zeroshot": zeroshot, "gap": probe - zeroshot, "zeroshot_per_class": per_class,
-            "zeroshot_ece": metrics.ece(probs["filled"], labels),
-            "shifts": shifts, "ood_msp_auroc": auroc, "views": views, "checks": checks,
-            "in_regime": all(checks.values()), "seed": seed, "train_n": train_n, "test_n": test_n}
+    return {"checks": checks, "in_regime": all(checks.values())}

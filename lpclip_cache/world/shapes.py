@@ -57,7 +57,9 @@ COLOURS = {
 }
 SIZES = {"small": 0.36, "medium": 0.5, "large": 0.64}
 BACKGROUNDS = ("dark", "gray", "noisy")
-STYLES = ("filled", "outline", "texture")
+STYLES = ("filled", "outline", "texture", "recoloured", "greyscale")
+RENDITIONS = ("outline", "texture")  # drawings the teacher never saw
+NATURAL_SHIFTS = ("recoloured", "greyscale")  # the same objects seen another way: CLIP's pretraining saw such scenes
 SUPERSAMPLE = 4
 SPLIT_OFFSETS = {"pretrain": 0, "train": 1, "test": 2, "ood": 3}
 INNER_SCALE = 0.7  # the outline style keeps the band between the shape and its 70% copy
@@ -81,6 +83,8 @@ class World:
     occluder_area: tuple[float, float] = (0.02, 0.1)  # its area, as a fraction of the image
     typical_colour: float = 0.0  # probability that an object has its class's usual colour (a second cue); the
     # outline and texture renditions of an object draw any colour (a sketch of a banana need not be yellow)
+    pretrain_typical_colour: float | None = None  # the same probability in the teacher's pretraining corpus
+    # (None: as downstream); web data breaks a curated set's colour cue, as CLIP's corpus does
     auto_levels: float = 0.0  # probability that the camera stretches each channel to the full range
     equalised: float = 0.0  # probability that the camera equalises each channel's histogram
     caption_names: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()  # CAPTION_NAMES entries it changes
@@ -89,9 +93,20 @@ class World:
         """How this world's captions name each shape."""
         return {**CAPTION_NAMES, **dict(self.caption_names)}
 
+    def pretraining(self) -> World:
+        """The world as the teacher's pretraining corpus sees it."""
+        from dataclasses import replace
+
+        if self.pretrain_typical_colour is None:
+            return self
+        return replace(self, typical_colour=self.pretrain_typical_colour, pretrain_typical_colour=None)
+
     def describe(self) -> dict[str, object]:
         """The world's parameters (part of a teacher's key and of a data source's identity)."""
-        return asdict(self)
+        described = asdict(self)
+        if self.pretrain_typical_colour is None:  # a world without it keeps its landed description (teacher key)
+            del described["pretrain_typical_colour"]
+        return described
 
 
 # How the objects world's captions differ: its rotations and mirrors make the three look-alike pairs
@@ -189,6 +204,8 @@ class Attributes:
     occluder_level: np.ndarray | None = None  # ... its grey level
     camera: np.ndarray | None = None  # 0 plain, 1 auto levels, 2 equalised
     drawn_rgb: np.ndarray | None = None  # the colour drawn at random, where the usual colour replaced it
+    drawn_colour: np.ndarray | None = None  # its index into COLOURS
+    tint: np.ndarray | None = None  # N x 3: each object's small departure from its palette colour
 
     def __len__(self) -> int:
         return len(self.shape)
@@ -231,7 +248,7 @@ def sample_attributes(n: int, rng: np.random.Generator, world: World | None = No
     background_level = levels[background] + rng.uniform(-0.04, 0.04, n)
     noise_seed = rng.integers(0, 2**31, n)
     attrs = Attributes(shape, colour, size, background, cx, cy, radius, rotation, colour_rgb, background_level,
-                       noise_seed)
+                       noise_seed, tint=tint)
     if world.mirror:
         attrs.mirror = rng.random(n) < 0.5
     if world.shear:
@@ -252,7 +269,7 @@ def sample_attributes(n: int, rng: np.random.Generator, world: World | None = No
     if world.typical_colour:
         typical = rng.random(n) < world.typical_colour
         attrs.colour = np.where(typical, CLASS_COLOURS[shape], colour)
-        attrs.drawn_rgb = colour_rgb
+        attrs.drawn_rgb, attrs.drawn_colour = colour_rgb, colour
         attrs.colour_rgb = np.clip(palette[attrs.colour] + tint, 0, 1)
     return attrs
 
@@ -353,13 +370,31 @@ def _camera(pixels: np.ndarray, camera: np.ndarray) -> np.ndarray:
     return out
 
 
+def unusual_colours(attrs: Attributes) -> np.ndarray:
+    """A colour (index into COLOURS) for each object that is not its class's usual one: the colour
+    drawn at random, moved on by one to seven places of the palette where it was the usual one."""
+    usual = CLASS_COLOURS[attrs.shape]
+    drawn = attrs.colour if attrs.drawn_colour is None else attrs.drawn_colour
+    step = 1 + attrs.noise_seed % (len(COLOURS) - 1)
+    return np.where(drawn == usual, (usual + step) % len(COLOURS), drawn)
+
+
 def render(attrs: Attributes, size: int = 32, style: str = "filled") -> np.ndarray:
     """Draw the shapes of ``attrs`` in a style over their backgrounds; uint8 N x size x size x 3.
-    Renditions (outline, texture) take the colour drawn at random, not the class's usual one."""
-    cover = coverage(attrs, size, style)[..., None]
+    Renditions (outline, texture) take the colour drawn at random, not the class's usual one;
+    ``recoloured`` shows each object in a colour other than its class's usual one, ``greyscale``
+    the scene as a black-and-white photo (ITU-R 601 luma, PIL's ``convert("L")``)."""
+    cover = coverage(attrs, size, "filled" if style in NATURAL_SHIFTS else style)[..., None]
     background = _backgrounds(attrs, slice(0, len(attrs)), size)
-    colour = attrs.drawn_rgb if style != "filled" and attrs.drawn_rgb is not None else attrs.colour_rgb
-    return scene(attrs, background * (1 - cover) + colour[:, None, None, :] * cover)
+    colour = attrs.drawn_rgb if style in RENDITIONS and attrs.drawn_rgb is not None else attrs.colour_rgb
+    if style == "recoloured":
+        tint = attrs.tint if attrs.tint is not None else 0.0
+        colour = np.clip(np.array(list(COLOURS.values()))[unusual_colours(attrs)] + tint, 0, 1)
+    pixels = scene(attrs, background * (1 - cover) + colour[:, None, None, :] * cover)
+    if style == "greyscale":
+        luma = (pixels.astype(np.int32) * np.array([299, 587, 114])).sum(-1, keepdims=True)
+        pixels = np.repeat(((luma + 500) // 1000).astype(np.uint8), 3, axis=-1)
+    return pixels
 
 
 def position_phrase(cx: float, cy: float) -> str:

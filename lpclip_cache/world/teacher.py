@@ -107,7 +107,7 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
         loaded = load_model(MODEL_NAME, "none", device="cpu")
         model = loaded.model.train()
         rng = split_rng(config.seed, "pretrain")
-        attrs = sample_attributes(config.pool, rng, WORLDS[config.world])
+        attrs = sample_attributes(config.pool, rng, WORLDS[config.world].pretraining())
         images = torch.from_numpy(render(attrs)).permute(0, 3, 1, 2).contiguous()
         tokenizer = loaded.tokenizer
         texts = torch.stack([tokenizer(captions(attrs, rng, WORLDS[config.world]))
