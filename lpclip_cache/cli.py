@@ -318,7 +318,8 @@ def demo(quiet: bool, as_json: bool, **options: Any) -> None:
     results = run_demo(DemoConfig(progress=not quiet, **options))
     emit(results, as_json, f"{format_views(results)}\n\n{format_table(results)}\n\n{format_ablation(results)}\n"
          f"wrote {options['out']}/"
-         f"results.json, results.md, reliability.png, severity.png in {results['timings_s']['total']:.0f} s")
+         f"results.json, results.md, reliability.png, severity.png, effective_robustness.png in "
+         f"{results['timings_s']['total']:.0f} s")
 
 
 @main.command()

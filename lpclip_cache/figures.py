@@ -84,16 +84,17 @@ def effective_robustness_figure(path: Path, clean: dict[str, float], shifts: dic
     shift, the dashed line through the two ``line`` methods' points (the zero-shot teacher's and the
     supervised probe's). A method above that line keeps more of its accuracy under the shift than
     trading the teacher for the supervised probe does: effective robustness (Taori et al. 2020)."""
+    from .metrics import baseline_line
+
     fig, axis = pyplot().subplots(figsize=(6.4, 5.2), dpi=100)
     axis.plot([0, 1], [0, 1], ":", color="black", linewidth=1, label="y = x")
     methods = list(clean)
     for index, (shift, accuracy) in enumerate(shifts.items()):
         hue = SHIFT_COLOURS[index % len(SHIFT_COLOURS)]
         a, b = line
-        if a in accuracy and b in accuracy and a in clean and b in clean and clean[a] != clean[b]:
-            slope = (accuracy[b] - accuracy[a]) / (clean[b] - clean[a])
-            axis.plot([0, 1], [accuracy[a] - slope * clean[a], accuracy[a] + slope * (1 - clean[a])], "--",
-                      color=hue, linewidth=1, alpha=0.7)
+        if a in accuracy and b in accuracy and a in clean and b in clean and clean[a] != clean[b]:  # else no line
+            intercept, slope = baseline_line((clean[a], accuracy[a]), (clean[b], accuracy[b]))
+            axis.plot([0, 1], [intercept, intercept + slope], "--", color=hue, linewidth=1, alpha=0.7)
         for m, method in enumerate(methods):
             if method in accuracy:
                 axis.scatter(clean[method], accuracy[method], color=hue, marker=MARKERS[m % len(MARKERS)],

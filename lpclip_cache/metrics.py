@@ -478,3 +478,24 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
         # Identical partitions: includes all-one-cluster, all-singletons and N == 1.
         return 1.0
     return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
+def baseline_line(first: tuple[float, float], second: tuple[float, float]) -> tuple[float, float]:
+    """Intercept and slope of the line through two models' (in-distribution, shifted) accuracies:
+    the trade between them that a model without effective robustness lies on (NaN for both when
+    the two have the same in-distribution accuracy: no such line)."""
+    (x0, y0), (x1, y1) = first, second
+    if x0 == x1:
+        return float("nan"), float("nan")
+    slope = (y1 - y0) / (x1 - x0)
+    return y0 - slope * x0, slope
+
+
+def effective_robustness(clean: float, shifted: float, first: tuple[float, float],
+                         second: tuple[float, float]) -> float:
+    """Accuracy under a shift above the baseline line through two reference models at this model's
+    in-distribution accuracy (Taori et al. 2020, with a line through two models, the zero-shot
+    teacher and the supervised probe, in place of one fitted to many): 0 on the line, positive above;
+    NaN where the two references have the same in-distribution accuracy."""
+    intercept, slope = baseline_line(first, second)
+    return shifted - (intercept + slope * clean)

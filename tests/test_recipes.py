@@ -55,7 +55,8 @@ def test_a_dry_run_lists_the_variables_a_recipe_still_needs(tmp_path):
 
 
 SMALL = ["datasets.train.data=shapes:train:n=240", "datasets.test.data=shapes:test:n=160",
-         "datasets.outline.data=shapes:test:outline:n=160", "datasets.texture.data=shapes:test:texture:n=160",
+         "datasets.outline.data=shapes:test:outline:n=160", "datasets.recoloured.data=shapes:test:recoloured:n=160",
+         "datasets.greyscale.data=shapes:test:greyscale:n=160",
          "datasets.corruptions.data=shapes:test:n=40", "datasets.corruptions.corrupt=all:2",
          "datasets.strokes.data=shapes:ood:n=160", "views.weak=2", "views.strong=2", "train.lpclip.epochs=2",
          "train.ensemble.epochs=2", "train.ensemble.ensemble=2", "train.supervised.epochs=2"]
@@ -65,12 +66,12 @@ def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shape
     out = tmp_path / "demo"
     sets = [*SMALL, f"out={out}"]
     first = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert first["skipped"] == [] and len(first["ran"]) == 19  # 6 stores, 3 probes, 3 reports, 7 analyses
+    assert first["skipped"] == [] and len(first["ran"]) == 20  # 7 stores, 3 probes, 3 reports, 7 analyses
     report = json.loads((out / "reports" / "lpclip" / "report.json").read_text())
     assert report["methods"] == ["teacher", "probe", "transclip", "transclip-probe"]  # [evaluate] transclip
     other = json.loads((out / "reports" / "ensemble" / "report.json").read_text())
     assert "transclip" not in other["methods"]  # asked for in LP-CLIP's report alone
-    assert len(report["stores"]) == 3 + 15  # test, outline, texture, then the 15 corruptions at severity 2
+    assert len(report["stores"]) == 4 + 15  # test, outline, recoloured, greyscale, then 15 corruptions at severity 2
     assert set(report["corruptions"]["probe"]["error"]) == set(STANDARD)
     assert (out / "analysis" / "clusters-test-lpclip.json").is_file()
     views = json.loads((out / "analysis" / "views-train.json").read_text())  # do the train store's views keep the class
@@ -78,7 +79,7 @@ def test_the_demo_recipe_runs_skips_and_reruns_only_what_changed(tmp_path, shape
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()}
 
     again = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=sets, progress=False)
-    assert again["ran"] == [] and len(again["skipped"]) == 19
+    assert again["ran"] == [] and len(again["skipped"]) == 20
     assert {p.name: p.stat().st_mtime_ns for p in (out / ".recipe").iterdir()} == stamps
 
     changed = run_recipe(ROOT / "pipelines" / "demo.toml", overrides=[*sets, "train.lpclip.epochs=3"],

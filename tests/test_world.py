@@ -112,7 +112,7 @@ def test_the_geometry_world_is_the_landed_world_bit_for_bit():
     rng = split_rng(3, "pretrain")
     attrs = sample_attributes(40, rng, geometry)
     text = "\n".join(captions(attrs, rng, geometry))
-    images = [render(attrs, style=style) for style in STYLES]
+    images = [render(attrs, style=style) for style in ("filled", "outline", "texture")]  # the styles it landed with
     assert digest(*images, render_scribbles(10, split_rng(3, "ood"), world=geometry), text=text) == "1309be2b0f05fa7a"
 
 
@@ -147,7 +147,7 @@ def test_shapes_source_from_a_data_spec():
     assert corrupted.identity["domain"] == "contrast-4"
     assert parse_spec("shapes:x", "", "train").split == "train"
     geometry = open_source("shapes:test:n=30:seed=2:world=geometry")
-    assert geometry.identity["world"] == "geometry" and clean.identity["world"] == "objects"
+    assert geometry.identity["world"] == "geometry" and clean.identity["world"] == DEFAULT_WORLD == "web"
     assert not np.array_equal(geometry.labels, clean.labels) or not np.array_equal(geometry.pixels, clean.pixels)
 
 
@@ -343,9 +343,12 @@ def demo_pair(teacher_cache, tmp_path_factory):
     return base, first, second
 
 
-COLUMNS = ["test_accuracy", "test_ece", "test_nll", "outline_accuracy", "outline_ece", "texture_accuracy",
-           "texture_ece", "recoloured_accuracy", "recoloured_ece", "greyscale_accuracy", "greyscale_ece",
-           "corruption_error", "corruption_ece", "ood_auroc", "ood_fpr95", "purity", "nmi", "ari"]
+DEMO_SHIFTS = ("outline", "recoloured", "greyscale")  # the demo recipe's style shifts
+STYLE_COLUMNS = [f"{style}_{m}" for style in DEMO_SHIFTS for m in ("accuracy", "ece", "nll")]
+CLUSTER_COLUMNS = ["purity", "nmi", "ari"]
+ROBUSTNESS_COLUMNS = [f"{style}_effective_robustness" for style in DEMO_SHIFTS]
+COLUMNS = ["test_accuracy", "test_ece", "test_nll", *STYLE_COLUMNS, "corruption_error", "corruption_ece", "ood_auroc",
+           "ood_fpr95", *CLUSTER_COLUMNS, *ROBUSTNESS_COLUMNS]
 
 
 def test_demo_results_have_every_row_and_column(demo_pair):
@@ -354,12 +357,17 @@ def test_demo_results_have_every_row_and_column(demo_pair):
     assert results["columns"] == COLUMNS and results["seeds"] == [0, 1]
     for method in results["methods"]:
         # TransCLIP keeps CLIP's embeddings: no space of its own for k-means (n/a); every other cell is a number
-        applies = COLUMNS[:-3] if method.startswith("transclip") else COLUMNS
+        applies = [c for c in COLUMNS if c not in CLUSTER_COLUMNS] if method.startswith("transclip") else COLUMNS
         assert list(results["table"][method]) == applies
         for column in applies:
             stat = results["table"][method][column]
             assert set(stat) == {"mean", "sd", "ci95", "values"} and len(stat["values"]) == 2
-            assert all(np.isfinite(stat["values"]))
+            if column.endswith("_effective_robustness"):  # undefined (NaN) only where the line is
+                rows = [seed["table"] for seed in results["per_seed"]]
+                undefined = [r["teacher"]["test_accuracy"] == r["supervised"]["test_accuracy"] for r in rows]
+                assert list(~np.isfinite(stat["values"])) == undefined
+            else:
+                assert all(np.isfinite(stat["values"]))
         assert 0.0 <= results["table"][method]["test_accuracy"]["mean"] <= 1.0
     assert {"lpclip", "no-weighting", "soft-targets", "threshold-0.5", "no-consistency", "random-init", "views-1",
             "strong-1-ops", "strong-3-ops", "supervised", "teacher"} == set(results["ablation"])
@@ -369,7 +377,7 @@ def test_demo_results_have_every_row_and_column(demo_pair):
     assert "| test_accuracy |" in markdown and "| strong-1-ops |" in markdown and "lpclip - teacher" in markdown
     assert "| transclip-lpclip |" in markdown and "lpclip - transclip" in markdown and "| n/a |" in markdown
     # the views table: each seed's train store through analyze views, mean and spread over seeds
-    assert results["world"] == "objects" and set(results["views"]) == {"clean", "weak", "strong"}
+    assert results["world"] == "web" and set(results["views"]) == {"clean", "weak", "strong"}
     assert "| keeps |" in markdown and "| weak |" in markdown and "| strong |" in markdown
     for seed, figures in zip(results["per_seed"], (json.loads((base / "a" / "seeds" / str(s) / "analysis" /
                                                              "views-train.json").read_text()) for s in (0, 1))):
@@ -394,11 +402,12 @@ def test_demo_table_statistics_are_computed_from_the_per_seed_results(demo_pair)
             assert stat["mean"] == pytest.approx(values.mean()) and stat["sd"] == pytest.approx(values.std(ddof=1))
             half = t * values.std(ddof=1) / np.sqrt(len(values))
             assert stat["ci95"] == pytest.approx([values.mean() - half, values.mean() + half])
-    pairs = [("lpclip", "teacher"), ("transclip", "teacher"), ("lpclip", "transclip"), ("transclip-lpclip", "lpclip"),
-             ("transclip-lpclip", "transclip")]
+    pairs = [("lpclip", "teacher"), ("lpclip", "supervised"), ("transclip", "teacher"), ("lpclip", "transclip"),
+             ("transclip-lpclip", "lpclip"), ("transclip-lpclip", "transclip")]
     assert list(results["paired"]) == [f"{a} - {b}" for a, b in pairs]
     for a, b in pairs:
-        applies = COLUMNS[:-3] if "transclip" in (a + b) else COLUMNS  # the cluster columns are n/a for TransCLIP
+        # the cluster columns are n/a for TransCLIP
+        applies = [c for c in COLUMNS if c not in CLUSTER_COLUMNS] if "transclip" in (a + b) else COLUMNS
         assert list(results["paired"][f"{a} - {b}"]) == applies
         for column in applies:
             diff = np.array([s["table"][a][column] - s["table"][b][column] for s in seeds])
@@ -408,6 +417,18 @@ def test_demo_table_statistics_are_computed_from_the_per_seed_results(demo_pair)
         assert cells["test_accuracy"]["values"] == [s["ablation"][variant]["test_accuracy"] for s in seeds]
     # the seeds differ (data, views, probes), so the spread is real, not zero
     assert results["table"]["lpclip"]["test_accuracy"]["sd"] > 0
+    # effective robustness: each seed's shifted accuracy above the line through its teacher and supervised probe
+    for seed in seeds:
+        row = seed["table"]
+        for style in ("recoloured", "outline"):
+            (x0, y0), (x1, y1) = ((row[m]["test_accuracy"], row[m][f"{style}_accuracy"]) for m in ("teacher",
+                                                                                                 "supervised"))
+            for method in results["methods"]:
+                expected = row[method][f"{style}_accuracy"] - (y0 + (y1 - y0) / (x1 - x0) * (
+                    row[method]["test_accuracy"] - x0))
+                assert row[method][f"{style}_effective_robustness"] == pytest.approx(expected, abs=1e-12)
+            assert row["teacher"][f"{style}_effective_robustness"] == pytest.approx(0, abs=1e-12)
+            assert row["supervised"][f"{style}_effective_robustness"] == pytest.approx(0, abs=1e-12)
 
 
 def test_demo_transclip_rows_are_lpclip_reports_transclip_methods(demo_pair):
@@ -452,9 +473,12 @@ def test_the_geometry_demo_runs_the_landed_world_with_its_own_teacher(tmp_path):
     assert data and all(item.endswith(":world=geometry") for item in data)
     teacher = world_teacher("geometry")
     assert teacher == TeacherConfig(world="geometry", seed=1, steps=1000) and not shipped_path(teacher).exists()
-    assert world_teacher("objects") == TeacherConfig() and shipped_path(TeacherConfig()).exists()
-    assert world_teacher("objects", steps=None, seed=5).seed == 5
-    with pytest.raises(InputError, match="--world must be one of objects, geometry"):
+    assert world_teacher("web") == TeacherConfig() and shipped_path(TeacherConfig()).exists()
+    assert world_teacher("web", steps=None, seed=5).seed == 5
+    # the objects world keeps the teacher it landed with (shipped too: its file name hashes its configuration)
+    objects = world_teacher("objects")
+    assert (objects.steps, objects.seed) == (2000, 2) and shipped_path(objects).exists()
+    with pytest.raises(InputError, match="--world must be one of web, objects, geometry"):
         check_config(DemoConfig_(world="flat"))
     with pytest.raises(InputError, match="--test-n and --corrupt-n must be more than 3: TransCLIP"):
         check_config(DemoConfig_(corrupt_n=3))
@@ -484,3 +508,24 @@ def test_demo_command_line_and_refusal(teacher_cache, tmp_path):
                                                        "transclip-lpclip"}
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 5 and "already exists" in again.stderr
+
+
+def test_an_independent_probe_reads_the_demos_own_stores(demo_pair):
+    """``pipelines/independent_probe.py`` (zarr and scikit-learn, no project code) scores the teacher
+    on each seed's stores exactly as the demo's reports do, and fits its own probe on the train store."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "independent_probe.py"
+    spec = importlib.util.spec_from_file_location("independent_probe", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base, results, _ = demo_pair
+    figures = module.seed_figures(base / "a" / "seeds" / "0" / "stores")
+    assert set(figures) == {"test", "outline", "recoloured", "greyscale"}  # the recipe's shifts
+    table = results["per_seed"][0]["table"]
+    for name, cell in figures.items():
+        column = "test_accuracy" if name == "test" else f"{name}_accuracy"
+        assert cell["teacher"] == pytest.approx(table["teacher"][column], abs=1e-9), name
+        assert 0.0 <= cell["probe"] <= 1.0
+    assert figures["test"]["probe"] > 0.5  # a probe fitted on true labels, scored on held-out images

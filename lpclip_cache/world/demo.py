@@ -29,9 +29,12 @@ PROBES = ("lpclip", "ensemble", "supervised")  # the recipe's probes
 TRANSCLIP = {"transclip": ("lpclip", "transclip"), "transclip-lpclip": ("lpclip", "transclip-probe")}
 METHODS = ("teacher", *PROBES, *TRANSCLIP)
 # the paired differences, seed by seed: (method, minus method)
-PAIRS = (("lpclip", "teacher"), ("transclip", "teacher"), ("lpclip", "transclip"), ("transclip-lpclip", "lpclip"),
-         ("transclip-lpclip", "transclip"))
+PAIRS = (("lpclip", "teacher"), ("lpclip", "supervised"), ("transclip", "teacher"), ("lpclip", "transclip"),
+         ("transclip-lpclip", "lpclip"), ("transclip-lpclip", "transclip"))
 STRENGTHS = (1, 3)  # RandAugment operations per strong view in the strength ablation (the policy's own: 2)
+# cached views of each kind in the strength ablation's stores: its rows compare with ``views-2`` (the
+# policy's own 2 operations from the first 2 views of the recipe's store, which are these views)
+STRENGTH_VIEWS = 2
 STYLE_SHIFTS = style_shifts()
 
 
@@ -161,6 +164,7 @@ def run_seed(config: DemoConfig, checkpoint: Path, seed: int, out: Path, timings
     row = {"teacher": metrics_row(reports["lpclip"], "teacher", stores, clusters["lpclip"]["spaces"]["clip"])}
     row.update({m: metrics_row(reports[m], "probe", stores, clusters[m]["spaces"]["probe"]) for m in PROBES})
     row.update({m: metrics_row(reports[probe], method, stores, None) for m, (probe, method) in TRANSCLIP.items()})
+    add_effective_robustness(row)
     began = time.perf_counter()
     ablation = ablations(config, checkpoint, seed, out, stores) if config.ablations else {}
     timings["ablations"] = round(timings.get("ablations", 0.0) + time.perf_counter() - began, 2)
@@ -188,7 +192,7 @@ def view_row(report: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str],
                 space: dict[str, Any] | None) -> dict[str, float]:
-    """One method's cells of one seed: clean test accuracy, ECE and NLL; accuracy and ECE under
+    """One method's cells of one seed: clean test accuracy, ECE and NLL; accuracy, ECE and NLL under
     each style shift; mean error and ECE over every corrupted store; OOD AUROC and FPR95; purity,
     NMI and ARI of k-means on its space against the true labels (left out for a method without a
     space of its own: TransCLIP keeps CLIP's embeddings)."""
@@ -196,7 +200,7 @@ def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str],
     row = {"test_accuracy": test["accuracy"], "test_ece": test["ece"], "test_nll": test["nll"]}
     for style in STYLE_SHIFTS:
         cell = report["stores"][stores[style]][method]
-        row.update({f"{style}_accuracy": cell["accuracy"], f"{style}_ece": cell["ece"]})
+        row.update({f"{style}_accuracy": cell["accuracy"], f"{style}_ece": cell["ece"], f"{style}_nll": cell["nll"]})
     corrupted = [entry[method] for entry in report["stores"].values() if entry.get("shift")]
     row["corruption_error"] = float(np.mean([1 - c["accuracy"] for c in corrupted]))
     row["corruption_ece"] = float(np.mean([c["ece"] for c in corrupted]))
@@ -207,10 +211,25 @@ def metrics_row(report: dict[str, Any], method: str, stores: dict[str, str],
     return row
 
 
+def add_effective_robustness(row: dict[str, dict[str, float]]) -> None:
+    """Each method's effective robustness under each style shift, in its cells of one seed
+    (``{style}_effective_robustness``): its shifted accuracy above the line through that seed's
+    zero-shot teacher and supervised probe (``metrics.effective_robustness``; 0 for both of them)."""
+    from ..metrics import effective_robustness
+
+    for style in STYLE_SHIFTS:
+        column = f"{style}_accuracy"
+        anchors = [(row[m]["test_accuracy"], row[m][column]) for m in ("teacher", "supervised")]
+        for cells in row.values():
+            cells[f"{style}_effective_robustness"] = effective_robustness(cells["test_accuracy"], cells[column],
+                                                                          *anchors)
+
+
 def ablations(config: DemoConfig, checkpoint: Path, seed: int, out: Path, stores: dict[str, str]) -> dict[str, Any]:
     """The method's ablations on this seed's train store (``ablate``), and the strength of the
     strong augmentation: LP-CLIP trained on stores whose strong views apply 1 or 3 RandAugment
-    operations instead of 2; every variant scored on the test set, the style shifts and OOD."""
+    operations instead of 2, with ``STRENGTH_VIEWS`` views of each kind (compare with ``views-2``);
+    every variant scored on the test set, the style shifts and OOD."""
     from ..ablate import run_ablation
     from ..augment import load_policy
     from ..config import AblationConfig, ExtractConfig, TrainConfig
@@ -231,8 +250,9 @@ def ablations(config: DemoConfig, checkpoint: Path, seed: int, out: Path, stores
         policy = out / "ablation" / f"strong-{ops}-ops.json"
         policy.write_text(json.dumps({**base, "name": f"{base['name']}-{ops}-ops", "num_ops": ops}))
         store = out / "ablation" / f"train-strong-{ops}-ops.zarr"
-        extract(ExtractConfig(**{**options, "strong_policy": str(policy), "pretrained": str(checkpoint)},
-                              out=str(store), progress=False))
+        views = min(STRENGTH_VIEWS, config.views)
+        extract(ExtractConfig(**{**options, "strong_policy": str(policy), "pretrained": str(checkpoint),
+                                 "weak_views": views, "strong_views": views}, out=str(store), progress=False))
         run = out / "ablation" / "runs" / f"strong-{ops}-ops"
         train(TrainConfig(store=str(store), out=str(run), epochs=config.epochs, lr=config.lr, seed=seed,
                           progress=False))
@@ -288,10 +308,11 @@ def aggregate(config: DemoConfig, per_seed: list[dict[str, Any]]) -> dict[str, A
             "per_seed": [{k: s[k] for k in ("seed", "table", "ablation", "views")} for s in per_seed]}
 
 
-def cell(stat: dict[str, Any], digits: int = 3) -> str:
-    """``mean ± sd`` of a cell (``not trained`` where a seed's variant kept no sample)."""
+def cell(stat: dict[str, Any], digits: int = 3, missing: str = "not trained") -> str:
+    """``mean ± sd`` of a cell (``missing`` where a seed has no value: an ablation variant that kept
+    no sample, an effective robustness without a line because teacher and supervised probe tie)."""
     if stat["mean"] != stat["mean"]:
-        return "not trained"
+        return missing
     return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
 
 
@@ -308,8 +329,8 @@ def format_table(results: dict[str, Any], markdown: bool = False) -> str:
     from ..figures import text_table
 
     table = results["table"]
-    rows = [[column, *(cell(table[m][column]) if column in table[m] else "n/a" for m in results["methods"])]
-            for column in results["columns"]]
+    rows = [[column, *(cell(table[m][column], missing="undefined") if column in table[m] else "n/a"
+                       for m in results["methods"])] for column in results["columns"]]
     pairs = [[column, *(difference(diff.get(column)) for diff in results["paired"].values())]
              for column in results["columns"]]
     return (text_table(["measure", *results["methods"]], rows, markdown) + "\n\n"

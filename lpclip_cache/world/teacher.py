@@ -31,16 +31,17 @@ MODEL_NAME = "lpclip-shapes"
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """Everything that decides the trained weights (the defaults: the objects world's teacher, shipped).
-    Its world's parameters and its seed were fixed from the regime figures alone, in the order
-    docs/demo.md gives: of the seeds trained in the last step (1 and 2), seed 2 is in CLIP's regime
-    and keeps the class under the method's views."""
+    """Everything that decides the trained weights (the defaults: the web world's teacher, shipped).
+    Its world's parameters, its steps and its seed were fixed from the regime figures alone, in the
+    order docs/demo.md gives: of the teachers trained with a colour-free corpus, seed 1 at 5000
+    steps is the one that meets every requirement (seed 2 missed the weak-view one at 5000 and at
+    6000 steps)."""
 
-    seed: int = 2
-    world: str = "objects"  # shapes.DEFAULT_WORLD (a test checks they agree)
+    seed: int = 1
+    world: str = "web"  # shapes.DEFAULT_WORLD (a test checks they agree)
     pool: int = 20000
     captions_per_image: int = 3
-    steps: int = 2000
+    steps: int = 5000
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.1
@@ -71,9 +72,10 @@ RETRAIN_TOLERANCE = {"supervised_probe": 0.03, "zeroshot": 0.05, "ood_msp_auroc"
                      "strong_keeps": 0.05, "weak_teacher": 0.05}
 
 
-# Each world's own teacher, where it differs from TeacherConfig's defaults (the objects world's):
-# the geometry world keeps the teacher it landed with.
-WORLD_TEACHERS: dict[str, dict[str, Any]] = {"objects": {}, "geometry": {"seed": 1, "steps": 1000}}
+# Each world's own teacher, where it differs from TeacherConfig's defaults (the web world's): the
+# objects and geometry worlds keep the teachers they landed with.
+WORLD_TEACHERS: dict[str, dict[str, Any]] = {"web": {}, "objects": {"seed": 2, "steps": 2000},
+                                             "geometry": {"seed": 1, "steps": 1000}}
 
 
 def world_teacher(world: str, **changes: Any) -> TeacherConfig:
