@@ -1,6 +1,6 @@
 """Train the project's small CLIP (``lpclip-shapes``) on a shapes world and measure its regime.
 
-    python pipelines/train_shapes_clip.py [--world objects] [--steps 1500] [--seed 1] [--threads 2]
+    python pipelines/train_shapes_clip.py [--world web|objects|geometry] [--steps N] [--seed S] [--threads 2]
                                           [--out FILE.safetensors] [--ship] [--compare-shipped]
 
 Without ``--out`` the checkpoint goes to the cache the demo reads (``$LPCLIP_CACHE_DIR`` or
@@ -18,25 +18,37 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lpclip_cache.world.teacher import TeacherConfig
 
 
-def main() -> None:
-    from lpclip_cache.world.regime import measure
-    from lpclip_cache.world.shapes import WORLDS
-    from lpclip_cache.world.teacher import TeacherConfig, checkpoint_path, ship_teacher, train_teacher
+def arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, TeacherConfig]:
+    """The command line, and the teacher configuration it names: the world's own teacher
+    (``world_teacher``) with the options given."""
+    from lpclip_cache.world.shapes import DEFAULT_WORLD, WORLDS
+    from lpclip_cache.world.teacher import world_teacher
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", choices=list(WORLDS), default=TeacherConfig.world)
-    parser.add_argument("--steps", type=int, default=TeacherConfig.steps)
-    parser.add_argument("--pool", type=int, default=TeacherConfig.pool)
-    parser.add_argument("--seed", type=int, default=TeacherConfig.seed)
-    parser.add_argument("--threads", type=int, default=TeacherConfig.threads)
+    parser.add_argument("--world", choices=list(WORLDS), default=DEFAULT_WORLD)
+    parser.add_argument("--steps", type=int, default=None, help="Default: the world's teacher's own.")
+    parser.add_argument("--pool", type=int, default=None, help="Default: the world's teacher's own.")
+    parser.add_argument("--seed", type=int, default=None, help="Default: the world's teacher's own.")
+    parser.add_argument("--threads", type=int, default=None, help="Default: the world's teacher's own.")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--ship", action="store_true", help="Also write the fp16 copy the package ships.")
     parser.add_argument("--compare-shipped", action="store_true",
                         help="Also measure the shipped teacher of this configuration and report the differences.")
-    args = parser.parse_args()
-    config = TeacherConfig(seed=args.seed, world=args.world, steps=args.steps, pool=args.pool, threads=args.threads)
+    args = parser.parse_args(argv)
+    return args, world_teacher(args.world, seed=args.seed, steps=args.steps, pool=args.pool, threads=args.threads)
+
+
+def main() -> None:
+    from lpclip_cache.world.regime import measure
+    from lpclip_cache.world.teacher import checkpoint_path, ship_teacher, train_teacher
+
+    args, config = arguments()
     record = train_teacher(config, out=args.out)
     checkpoint = Path(args.out or checkpoint_path(config))
     record["regime"] = measure(checkpoint, world=args.world)  # docs/demo.md, point 1

@@ -529,3 +529,25 @@ def test_an_independent_probe_reads_the_demos_own_stores(demo_pair):
         assert cell["teacher"] == pytest.approx(table["teacher"][column], abs=1e-9), name
         assert 0.0 <= cell["probe"] <= 1.0
     assert figures["test"]["probe"] > 0.5  # a probe fitted on true labels, scored on held-out images
+
+
+def test_the_retraining_script_trains_each_worlds_own_teacher():
+    """``pipelines/train_shapes_clip.py --world W`` retrains W's own teacher (so ``--compare-shipped``
+    finds the shipped weights of ``web`` and ``objects``), and its options change only what they name."""
+    import importlib.util
+    from pathlib import Path
+
+    from lpclip_cache.world.teacher import shipped_path, world_teacher
+
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "train_shapes_clip.py"
+    spec = importlib.util.spec_from_file_location("train_shapes_clip", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for world in ("web", "objects", "geometry"):
+        _, config = module.arguments(["--world", world])
+        assert config == world_teacher(world)
+        assert shipped_path(config).exists() == (world != "geometry")
+    _, default = module.arguments([])
+    assert default == TeacherConfig()
+    _, changed = module.arguments(["--world", "objects", "--seed", "5", "--threads", "1"])
+    assert (changed.seed, changed.threads, changed.steps) == (5, 1, world_teacher("objects").steps)
