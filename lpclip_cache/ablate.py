@@ -8,7 +8,6 @@ the table isolates each ingredient. Only the supervised row reads true labels.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
 
 def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any]:
     from .evaluation import evaluate
+    from .outputs import json_text
     from .training import TrainConfig, train
 
     (out / "runs").mkdir(parents=True)
@@ -96,7 +96,7 @@ def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any
     results = {"tool": "lpclip-cache", "store": config.store, "epochs": config.epochs, "lr": config.lr,
                "rows": {"teacher": teacher_row, **rows}}
     (out / "ablation.md").write_text(format_table(results, markdown=True) + "\n")
-    (out / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "ablation.json").write_text(json_text(results) + "\n")
     return results
 
 

@@ -6,7 +6,6 @@ Heavy libraries (torch, open_clip, kornia, zarr, faiss) are imported inside the 
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -20,6 +19,7 @@ import click
 from . import __version__
 from .config import NEIGHBORS_K, AblationConfig, DemoConfig, ExtractConfig, SelectConfig, TrainConfig
 from .errors import Interrupted, LpclipError, StoreError
+from .outputs import json_text
 
 
 def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,7 +84,7 @@ def interrupt_on_sigterm() -> Any:
 def emit(summary: dict[str, Any], as_json: bool, text: str | None = None) -> None:
     """Print the human summary, or the machine-readable JSON summary with ``--json``."""
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json_text(summary))
     elif text is not None:
         click.echo(text)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -170,9 +171,27 @@ def write_text_atomic(path: str | Path, text: str, what: str = "output") -> None
         stream.write(text)
 
 
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, infinities) as None: JSON has no such numbers,
+    and strict parsers refuse the ``NaN`` Python would write (an undefined figure reads as null)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: json_safe(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(value) for value in data]
+    return data
+
+
+def json_text(data: Any) -> str:
+    """Indented JSON of ``data`` as every output of the project writes it: non-finite floats as
+    null (``json_safe``), other non-JSON values as their text."""
+    return json.dumps(json_safe(data), indent=2, default=str, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, data: Any, what: str = "report") -> None:
-    """Write ``data`` as indented JSON to ``path`` whole or not at all."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n", what)
+    """Write ``data`` as indented JSON (``json_text``) to ``path`` whole or not at all."""
+    write_text_atomic(path, json_text(data) + "\n", what)
 
 
 @contextmanager

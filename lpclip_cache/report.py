@@ -128,7 +128,7 @@ def write_report_folder(evaluation: Evaluation, folder: Path, replace: bool = Fa
     already at ``folder`` is replaced only with ``replace``, and only then.
     """
     from . import __version__
-    from .outputs import atomic_dir
+    from .outputs import atomic_dir, json_text
 
     folder = Path(folder)
     report = {"tool": "lpclip-cache", "version": __version__, **evaluation.report}
@@ -152,7 +152,7 @@ def write_report_folder(evaluation: Evaluation, folder: Path, replace: bool = Fa
             plots.append(effective_robustness_figure(staging / "effective_robustness.png", *points,
                                                      line=("teacher", "probe"), title=f"effective robustness of "
                                                      f"{report['method']} ({Path(report['run']).name})"))
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.json").write_text(json_text(report) + "\n")
         (staging / "report.md").write_text(markdown(report, plots, staging))
     return [folder / plot.relative_to(staging) for plot in plots]
 

@@ -103,7 +103,7 @@ def save_run(
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    from .outputs import atomic_dir, rust_io_error
+    from .outputs import atomic_dir, json_text, rust_io_error
 
     with atomic_dir(path, "run", replace) as staging:
         tensors = {
@@ -116,7 +116,7 @@ def save_run(
         except SafetensorError as exc:  # how the Rust writer reports an I/O error, a full disk included
             raise rust_io_error(exc) from exc
         record = {"format_version": RUN_FORMAT_VERSION, **info}
-        (staging / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (staging / "run.json").write_text(json_text(record) + "\n")
 
 
 def load_run(path: str | Path) -> Run:

@@ -267,7 +267,7 @@ def regime_case(**changes):
 @pytest.mark.parametrize(("changes", "failing"), [
     ({}, set()),
     # one natural shift above 3 x chance is not two
-    ({"shifts": {"greyscale": {"accuracy": 0.2, "kept": 0.28}}}, {"natural_shifts_survived", }),
+    ({"shifts": {"greyscale": {"accuracy": 0.2, "kept": 0.28}}}, {"natural_shifts_survived"}),
     # two survived, but none keeps half its clean accuracy
     ({"shifts": {"recoloured": {"kept": 0.45}, "greyscale": {"kept": 0.4}}}, {"natural_shifts_survived"}),
     # the supervised probe keeps its advantage on every natural shift
@@ -551,3 +551,23 @@ def test_the_retraining_script_trains_each_worlds_own_teacher():
     assert default == TeacherConfig()
     _, changed = module.arguments(["--world", "objects", "--seed", "5", "--threads", "1"])
     assert (changed.seed, changed.threads, changed.steps) == (5, 1, world_teacher("objects").steps)
+
+
+def test_no_output_writes_nan_or_infinity_into_json(demo_pair):
+    """JSON has no NaN or Infinity: every output writes an undefined figure (an effective robustness
+    whose two reference models tie, an ablation variant that kept no sample) as null, so a strict
+    parser reads the demo's and each seed's files."""
+    from lpclip_cache.outputs import json_text
+
+    def strict(text):
+        def refuse(constant):
+            raise ValueError(f"non-standard JSON constant {constant}")
+        return json.loads(text, parse_constant=refuse)
+
+    assert strict(json_text({"a": float("nan"), "b": [float("inf"), 1.5, (-float("inf"),)], "c": "x"})) == {
+        "a": None, "b": [None, 1.5, [None]], "c": "x"}
+    base, _, _ = demo_pair
+    files = [base / "a" / "results.json", *(base / "a" / "seeds").rglob("*.json")]
+    assert len(files) > 10
+    for path in files:
+        strict(path.read_text())
