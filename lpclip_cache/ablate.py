@@ -45,9 +45,10 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
     The folder is filled under a hidden name and renamed into place at the end, so an
     interrupted ablation leaves nothing at ``config.out`` (and an old one there stays whole).
     """
-    from .outputs import atomic_dir, prepare_output, refuse_output_inside
+    from .outputs import atomic_dir, local_folder, prepare_output, refuse_output_inside
     from .store import FeatureStore
 
+    local_folder(config.out, "--out", "ablation folder")
     refuse_output_inside(config.out, [config.store, *config.eval_stores, *config.ood])
     if not config.eval_stores:
         raise InputError("ablate needs at least one --eval store to score the variants on")

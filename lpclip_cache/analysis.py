@@ -226,12 +226,15 @@ def projection_plot(store_path: str, out: str, run_path: str | None = None) -> d
 PLOT_SOFTWARE = "lpclip-cache analyze latent projection"  # the PNG's Software text, which marks it as ours
 
 
-def is_projection(path: Path) -> bool:
-    """True when ``path`` is a projection PNG this tool wrote (its Software text says so)."""
+def is_projection(path: str | Path) -> bool:
+    """True when ``path`` (a local path or a URL) is a projection PNG this tool wrote (its Software
+    text says so)."""
     from PIL import Image
 
+    from .outputs import open_read
+
     try:
-        with Image.open(path) as image:
+        with open_read(path) as stream, Image.open(stream) as image:
             return image.format == "PNG" and image.info.get("Software") == PLOT_SOFTWARE
     except (OSError, ValueError):
         return False
@@ -256,7 +259,7 @@ def analyze(kind: str, store: str, out: str | None = None, run: str | None = Non
     neighbours, default ``config.NEIGHBORS_K``) or ``projection`` (a PNG at ``out``); and
     ``lpclip-cache analyze views`` (``views``: whether the store's weak and strong views keep the
     class, on at most ``max_images`` images; no run, k or sweep). Writes ``out`` when given."""
-    from .outputs import is_report, prepare_output, refuse_output_inside, write_report
+    from .outputs import check_output, is_report, write_report
 
     if kind not in KINDS:
         raise InputError(f"analyze kind must be clusters, neighbors, projection or views, got '{kind}'")
@@ -270,15 +273,14 @@ def analyze(kind: str, store: str, out: str | None = None, run: str | None = Non
     if max_images is not None:
         raise InputError("max_images belongs to analyze views")
     store, run = str(store), (str(run) if run else None)
-    if out:
-        refuse_output_inside(str(out), [store, *([run] if run else [])])
+    inputs = [store, *([run] if run else [])]
     if kind == "projection":
         if not out:
             raise InputError("analyze projection needs out (the PNG file to write)")
-        prepare_output(Path(out), overwrite, is_projection, "plot", remove=False)
-        return projection_plot(store, str(out), run)  # written whole, then renamed over any old plot
+        check_output(str(out), inputs, overwrite, is_projection, "plot")
+        return projection_plot(store, str(out), run)  # written whole, then renamed (or put) over any old plot
     if out:
-        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
+        check_output(str(out), inputs, overwrite, is_report, "report")
     if kind == "clusters":
         from .store import FeatureStore
 

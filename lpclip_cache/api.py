@@ -43,15 +43,24 @@ def train(store: str, out: str, **options: Any) -> dict[str, Any]:
 
 
 def evaluate(run: str, stores: Sequence[str], ood: Sequence[str] = (), out: str | None = None,
-             report: str | None = None, overwrite: bool = False, transclip: bool = False,
+             report: str | None = None, overwrite: bool = False, transclip: bool | list[str] = False,
              predictions: str | None = None) -> dict[str, Any]:
     """``lpclip-cache evaluate``: score the teacher and the probe (and with ``transclip`` TransCLIP,
     zero-shot and atop the probe); write ``out`` (JSON), the ``report`` folder (JSON, Markdown,
     PNG plots) and ``predictions`` (every method's probabilities per image, HDF5) when given;
-    return the report."""
+    return the report.
+
+    ``transclip`` is checked as a recipe's ``[evaluate] transclip`` is: true, false, or a list of
+    probe names, which asks for TransCLIP when it names the run (its folder's name, as a recipe
+    names its runs). ``out`` and ``predictions`` may be URLs (``s3://...``).
+    """
+    from pathlib import Path
+
+    from .recipe import transclip_chosen
     from .report import evaluate_into
 
-    return evaluate_into(run, list(stores), list(ood), out, report, overwrite, transclip, predictions)
+    chosen = transclip_chosen(transclip, Path(str(run).rstrip("/")).name, "evaluate")
+    return evaluate_into(run, list(stores), list(ood), out, report, overwrite, chosen, predictions)
 
 
 def analyze(kind: str, store: str, **options: Any) -> dict[str, Any]:

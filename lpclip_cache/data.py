@@ -404,6 +404,17 @@ def local_root(spec: str) -> Path | None:
     return Path(spec).expanduser()
 
 
+def known_size(spec: str, split: str | None = None) -> int | None:
+    """The number of images a data spec names without reading anything (the generated world's
+    ``shapes:...:n=N``, or its split's default size), or None when only opening it tells."""
+    prefix, sep, rest = spec.partition(":")
+    if not (sep and prefix == "shapes"):
+        return None
+    from .world.shapes import parse_spec
+
+    return parse_spec(spec, rest, split).n
+
+
 def high_bit_depth(image: Image.Image) -> bool:
     """Whether PIL would clip the image's values when converting it to 8 bits (integer and float modes)."""
     return image.mode.startswith("I") or image.mode == "F"

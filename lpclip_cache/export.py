@@ -10,27 +10,19 @@ from .errors import InputError
 
 
 def export_hdf5(path: str, out: str, overwrite: bool = False) -> dict[str, Any]:
-    """Copy a complete store into one HDF5 file (same array paths; manifest as JSON attribute)."""
+    """Copy a complete store into one HDF5 file, a local path or a URL (same array paths; manifest as
+    JSON attribute)."""
     import h5py
 
-    from .outputs import atomic_file, prepare_output, refuse_output_inside
+    from .outputs import atomic_file, check_output, filesystem, has_hdf5_attribute
     from .store import FeatureStore
 
     store = FeatureStore(path)
-    target = Path(out)
-    if target.suffix not in (".h5", ".hdf5"):
+    if Path(str(out)).suffix not in (".h5", ".hdf5"):
         raise InputError(f"--out '{out}' should end in .h5 or .hdf5")
-    refuse_output_inside(out, [path])
-
-    def is_export(candidate: Path) -> bool:
-        try:
-            with h5py.File(candidate, "r") as handle:
-                return "lpclip_cache" in handle.attrs
-        except OSError:
-            return False
-
-    prepare_output(target, overwrite, is_export, "HDF5 export", remove=False)  # the rename replaces it whole
-    with atomic_file(target, "HDF5 export") as staging:
+    check_output(out, [path], overwrite, lambda there: has_hdf5_attribute(there, "lpclip_cache"),
+                 "HDF5 export")  # the rename (or the upload) replaces it whole
+    with atomic_file(out, "HDF5 export") as staging:
         with h5py.File(staging, "w") as handle:
             handle.attrs["lpclip_cache"] = json.dumps(store.meta, default=str)
             handle.attrs["cache_key"] = store.cache_key
@@ -42,4 +34,5 @@ def export_hdf5(path: str, out: str, overwrite: bool = False) -> dict[str, Any]:
                 for start, stop in store.spans(shape[0]):
                     block = store.read_rows(name, start, stop, check_finite=False)
                     data[start:stop] = block.astype(object) if name in ("keys", "reason") else block
-    return {"store": path, "out": str(target), "bytes": target.stat().st_size}
+    fs, inner = filesystem(out)
+    return {"store": path, "out": str(out), "bytes": int(fs.size(inner))}

@@ -1,12 +1,15 @@
 """Every command's outputs: where they may go, and written whole or not at all.
 
-``refuse_output_inside`` and ``prepare_output`` are the checks every command makes before it
-writes: an output never lies inside an input, and an existing output is replaced only with
-``--overwrite`` and only when this tool wrote it. Writing goes to a hidden sibling, renamed
-into place. A rename within one directory is atomic, so a reader, a crash or a full disk never leaves a
-half-written file at an output path that looks complete, and an output being replaced
-(``--overwrite``) stays whole until the new one is. A failed write removes its sibling and
-becomes one ``StoreError`` naming the output (see ``write_error``).
+``refuse_output_inside``, ``refuse_shared_outputs`` and ``prepare_output`` are the checks every
+command makes before it writes: an output never lies inside an input, two outputs of one command
+never name one place (compared by ``place``, so ``./p/../p/x`` and ``file:///.../p/x`` are ``p/x``),
+and an existing output is replaced only with ``--overwrite`` and only when this tool wrote it.
+Writing goes to a hidden sibling, renamed into place. A rename within one directory is atomic, so
+a reader, a crash or a full disk never leaves a half-written file at an output path that looks
+complete, and an output being replaced (``--overwrite``) stays whole until the new one is. A
+file output may be a URL (``s3://...``): it is written locally, then put whole (``atomic_file``);
+a folder output must be local (``local_folder``). A failed write removes its sibling and becomes
+one ``StoreError`` naming the output (see ``write_error``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
+from .errors import InputError, StoreError
 
 DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
@@ -48,33 +51,91 @@ def is_url(target: str | Path) -> bool:
 
 
 def filesystem(target: str | Path) -> tuple[Any, str]:
-    """The fsspec filesystem of a path or URL, and the path within it."""
+    """The fsspec filesystem of a path or URL, and the path within it; an InputError for a URL
+    whose protocol fsspec does not know or whose package is not installed."""
     import fsspec
 
-    return fsspec.core.url_to_fs(str(target))
+    try:
+        return fsspec.core.url_to_fs(str(target))
+    except (ValueError, ImportError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"'{target}' cannot be opened ({why}): give a local path or a URL of an installed "
+                         "fsspec filesystem (s3://, gs://, file://, ...)") from None
+
+
+def local_path(target: str | Path) -> Path | None:
+    """The local path an output or input names: a plain path, or the path of a ``file://`` URL;
+    None for a URL of any other filesystem (object storage)."""
+    if not is_url(target):
+        return Path(target).expanduser()
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, inner = filesystem(target)
+    return Path(inner) if isinstance(fs, LocalFileSystem) else None
+
+
+def place(target: str | Path) -> str:
+    """One spelling of where a path or URL points, so two names of one place compare equal: a
+    local path (a ``file://`` URL included) absolute and resolved (``./p/../p/x`` is ``p/x``),
+    else ``PROTOCOL://path`` with ``.``, ``..`` and repeated or trailing slashes removed."""
+    import posixpath
+
+    local = local_path(target)
+    if local is not None:
+        return str(local.resolve())
+    fs, inner = filesystem(target)
+    return fs.unstrip_protocol(posixpath.normpath(inner).lstrip("/"))
+
+
+def _within(inner: str, outer: str) -> bool:
+    """True when the place ``inner`` is ``outer`` or lies inside it."""
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 def refuse_output_inside(out: str | Path, inputs: list[str | Path], option: str = "--out") -> None:
-    """An InputError when ``out`` is one of the inputs or lies inside one (local paths only).
+    """An InputError when ``out`` is one of the inputs or lies inside one (a local path or a URL,
+    in any spelling of the place).
 
     Writing there would mix outputs into a store or run, or (with --overwrite) replace an input.
     """
-    from .errors import InputError
-
-    if is_url(out):
-        return
-    target = Path(out).expanduser().resolve()
+    target = place(out)
     for given in inputs:
-        if is_url(given):
-            continue
-        source = Path(given).expanduser().resolve()
-        if target == source or source in target.parents:
+        if _within(target, place(given)):
             raise InputError(f"{option} '{out}' lies inside the input '{given}': write it elsewhere, beside the input")
 
 
-def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str, remove: bool = True) -> None:
+def refuse_shared_outputs(outputs: dict[str, str | Path | None]) -> None:
+    """An InputError when two of a command's outputs (option -> path or URL; None: not given) name
+    the same place in any spelling, or one lies inside another (a report folder holding the
+    predictions): the later write would replace or delete the earlier one."""
+    given = [(option, target, place(target)) for option, target in outputs.items() if target]
+    for index, first in enumerate(given):
+        for second in given[index + 1 :]:
+            if first[2] == second[2]:
+                raise InputError(f"{first[0]} '{first[1]}' and {second[0]} '{second[1]}' name the same place: "
+                                 "give each output its own path")
+            for inner, outer in ((first, second), (second, first)):
+                if _within(inner[2], outer[2]):
+                    raise InputError(f"{inner[0]} '{inner[1]}' lies inside {outer[0]} '{outer[1]}': the outputs "
+                                     "would overwrite each other; give each its own place")
+
+
+def local_folder(target: str | Path, option: str, what: str) -> Path:
+    """The local folder an output folder is written to; an InputError for object storage, where a
+    folder cannot be put in place whole (a ``file://`` URL is its local path)."""
+    local = local_path(target)
+    if local is None:
+        raise InputError(f"{option} '{target}' is on object storage, but a {what} is a folder, written only to a "
+                         "local path: write it here, then copy it up (e.g. aws s3 cp --recursive)")
+    return local
+
+
+def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str, remove: bool = True,
+                   option: str = "--out") -> None:
     """Refuse an existing output unless ``overwrite``; then remove it only if it is one of ours.
 
+    ``path`` is a local path or a URL, given as the user gave it (``is_ours`` receives it so);
+    ``option`` is how the user named it (``--predictions``; a recipe key), for the refusals.
     ``remove=False`` only checks, so a command can refuse early and delete the old output once
     its inputs have proven sound (a bad input then leaves the old output as it was).
     """
@@ -82,38 +143,67 @@ def prepare_output(path: str | Path, overwrite: bool, is_ours: Any, what: str, r
     if not fs.exists(inner):
         return
     if not overwrite:
-        raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another --out")
+        raise StoreError(f"{what} '{path}' already exists: pass --overwrite to replace it, or choose another {option}")
     if fs.isdir(inner) and not fs.ls(inner):
         if remove:
             fs.rm(inner, recursive=True)
         return
     if not is_ours(path):
         raise StoreError(f"'{path}' exists and is not a {what} written by lpclip-cache: refusing to delete it; "
-                         "choose another --out")
+                         f"choose another {option}")
     if remove:
         fs.rm(inner, recursive=True)
 
 
-def is_report(path: Path) -> bool:
-    """True when ``path`` is a JSON report written by this tool."""
+def check_output(out: str | Path, inputs: list[str | Path], overwrite: bool, is_ours: Any, what: str,
+                 option: str = "--out") -> None:
+    """The checks of an output file before any input is read: not inside an input, and an existing
+    one only with ``overwrite`` and only if ours (it is replaced whole when the new one is written)."""
+    refuse_output_inside(out, inputs, option)
+    prepare_output(out, overwrite, is_ours, what, remove=False, option=option)
+
+
+@contextmanager
+def open_read(path: str | Path) -> Iterator[Any]:
+    """A binary stream of a local file or a URL's object (fsspec), for the checks of what is there."""
+    fs, inner = filesystem(path)
+    with fs.open(inner, "rb") as stream:
+        yield stream
+
+
+def has_hdf5_attribute(path: str | Path, name: str) -> bool:
+    """True when ``path`` is an HDF5 file (local or a URL's object) whose root holds attribute ``name``."""
+    import h5py
+
     try:
-        data = json.loads(Path(path).read_text())
+        with open_read(path) as stream, h5py.File(stream, "r") as handle:
+            return name in handle.attrs
+    except (OSError, ValueError):
+        return False
+
+
+def is_report(path: str | Path) -> bool:
+    """True when ``path`` (a local path or a URL) is a JSON report written by this tool."""
+    try:
+        with open_read(path) as stream:
+            data = json.loads(stream.read())
     except (ValueError, OSError):
         return False
     return isinstance(data, dict) and data.get("tool") == "lpclip-cache"
 
 
-def is_report_folder(path: Path) -> bool:
+def is_report_folder(path: str | Path) -> bool:
     """True when ``path`` is a folder written by ``evaluate --report``."""
-    return (Path(path) / "report.json").is_file()
+    local = local_path(path)
+    return local is not None and (local / "report.json").is_file()
 
 
-def write_report(report: dict[str, Any], out: str | Path, overwrite: bool) -> None:
-    """Write a report JSON atomically, refusing to replace what is not ours (a report there is
-    replaced by the rename, so it stays whole until the new one is)."""
+def write_report(report: dict[str, Any], out: str | Path, overwrite: bool, option: str = "--out") -> None:
+    """Write a report JSON (a local path or a URL) whole, refusing to replace what is not ours (a
+    report there is replaced by the rename or the upload, so it stays whole until the new one is)."""
     from . import __version__
 
-    prepare_output(out, overwrite, is_report, "report", remove=False)
+    prepare_output(out, overwrite, is_report, "report", remove=False, option=option)
     write_json_atomic(out, {"tool": "lpclip-cache", "version": __version__, **report}, "report")
 
 
@@ -142,27 +232,50 @@ def _flush_to_disk(path: Path) -> None:
 
 @contextmanager
 def atomic_file(path: str | Path, what: str = "output") -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to, renamed onto ``path`` when the block succeeds.
+    """A temporary local path to write to, which becomes ``path`` when the block succeeds.
 
-    On any error (an interrupt included) the temporary file is removed and ``path`` is left as
-    it was; an ``OSError`` becomes a ``StoreError`` naming ``what`` and ``path``.
+    A local ``path`` (or ``file://`` URL): the temporary file lies beside it and is renamed onto
+    it. A URL of object storage: the file is written in a private local folder, then uploaded in
+    one put, which the store makes visible whole (fsspec). On any error (an interrupt included)
+    the temporary file is removed and ``path`` is left as it was; an ``OSError`` becomes a
+    ``StoreError`` naming ``what`` and ``path``.
     """
-    path = Path(path)
+    local = local_path(path)
+    if local is None:
+        with _uploaded(str(path), what) as temp:
+            yield temp
+        return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        local.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(what, path, exc) from exc
-    temp = sibling(path, "partial")
+    temp = sibling(local, "partial")
     try:
         yield temp
         _flush_to_disk(temp)
-        os.replace(temp, path)
+        os.replace(temp, local)
     except BaseException as exc:
         with contextlib.suppress(OSError):  # a folder that refused the write may refuse this too
             temp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise write_error(what, path, exc) from exc
         raise
+
+
+@contextmanager
+def _uploaded(url: str, what: str) -> Iterator[Path]:
+    """A local file (in a private temporary folder, with the URL's file name) that is put at
+    ``url`` when the block succeeds; the folder goes either way."""
+    import tempfile
+
+    fs, inner = filesystem(url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lpclip-upload-") as folder:
+            temp = Path(folder) / Path(inner).name
+            yield temp
+            fs.put_file(str(temp), inner)
+    except OSError as exc:
+        raise write_error(what, url, exc) from exc
 
 
 def write_text_atomic(path: str | Path, text: str, what: str = "output") -> None:
@@ -204,7 +317,7 @@ def atomic_dir(path: str | Path, what: str, replace: bool = False) -> Iterator[P
     present without ``replace`` (another process wrote it meanwhile): a ``StoreError``, and
     ``path`` is left as it is. On any error the hidden folder is removed.
     """
-    path = Path(path)
+    path = local_folder(path, "the output", what)
     staging = sibling(path, "partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

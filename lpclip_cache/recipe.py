@@ -26,6 +26,7 @@ from typing import Any
 
 from .config import ExtractConfig, TrainConfig, recipe_keys
 from .errors import InputError
+from .outputs import local_path
 
 ROLES = ("adapt", "test", "shift", "ood")
 TOP_KEYS = {"name", "description", "out", "gpu_wall_time", "model", "views", "extract", "datasets", "train",
@@ -55,6 +56,8 @@ class Stage:
     options: dict[str, Any]
     needs: list[str] = field(default_factory=list)
     key: str = ""
+    origin: str = ""  # the recipe table that makes it, for refusals
+
 
     @property
     def id(self) -> str:
@@ -205,6 +208,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     out = doc["out"]
     if not isinstance(out, str) or not out.strip() or Path(out).expanduser().resolve() == Path("/"):
         raise _fail(path, "out", f"is {out!r}: give the folder the recipe writes into (not empty, not the root)")
+    if local_path(out) is None:
+        raise _fail(path, "out", f"is {out!r}, on object storage: a recipe writes runs, reports and its stamps into "
+                    "a local folder; give a local path")
     model = _check_keys(path, "[model]", doc["model"], MODEL_KEYS)
     _check_types(path, "[model]", model, MODEL_KEYS, ExtractConfig)
     if "name" not in model:
@@ -257,8 +263,17 @@ def transclip_for(recipe: Recipe, probe: str) -> bool:
     """Whether the probe's evaluation adds TransCLIP's rows: ``[evaluate] transclip`` is true (every
     probe) or a list that names it (zero-shot TransCLIP is the same in every report of a store, so
     one probe's report may be enough)."""
-    chosen = recipe.evaluate.get("transclip", False)
-    return probe in chosen if isinstance(chosen, list) else bool(chosen)
+    return transclip_chosen(recipe.evaluate.get("transclip", False), probe, f"recipe '{recipe.path}': [evaluate]")
+
+
+def transclip_chosen(value: Any, probe: str, where: str) -> bool:
+    """Whether a ``transclip`` value (a recipe's, or the Python API's) asks for TransCLIP on
+    ``probe``: true, false, or a list of probe names; anything else is one InputError."""
+    accepts, wanted = CHECKS[OTHER_TYPES["transclip"]]
+    if not accepts(value):
+        shown = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+        raise InputError(f"{where}: transclip should be {wanted}, got {shown}")
+    return probe in value if isinstance(value, list) else value
 
 
 def _key(payload: Any) -> str:
@@ -275,7 +290,7 @@ def plan(recipe: Recipe) -> list[Stage]:
         given.update({field: recipe.model[key] for key, field in MODEL_KEYS.items() if key in recipe.model})
         options = {k: v for k, v in asdict(ExtractConfig(out="", **given)).items() if k not in NOT_OPTIONS}
         stage = Stage("extract", name, f"{out}/stores/{name}" + ("" if _many(options["corrupt"]) else ".zarr"),
-                      options)
+                      options, origin=f"[datasets.{name}]")
         stage.key = _key(options)
         stages.append(stage)
         stores[name] = stage
@@ -284,7 +299,8 @@ def plan(recipe: Recipe) -> list[Stage]:
     runs: dict[str, Stage] = {}
     for name, table in recipe.train.items():
         options = {TRAIN_KEYS[key]: value for key, value in table.items()}
-        stage = Stage("train", name, f"{out}/runs/{name}", {"store": adapt.out, **options}, [adapt.id])
+        stage = Stage("train", name, f"{out}/runs/{name}", {"store": adapt.out, **options}, [adapt.id],
+                      origin=f"[train.{name}]")
         resolved = asdict(TrainConfig(out="", **stage.options))
         stage.key = _key([{k: v for k, v in resolved.items() if k not in NOT_OPTIONS}, adapt.key])
         stages.append(stage)
@@ -296,7 +312,7 @@ def plan(recipe: Recipe) -> list[Stage]:
                    "report": report, **({"transclip": True} if transclip_for(recipe, name) else {})}
         # the path the stage writes, which its completion check reads: a report folder, or one JSON file
         stage = Stage("evaluate", name, f"{out}/reports/{name}" + ("" if report else ".json"), options,
-                      [run.id, *(s.id for s in evaluated + by_role["ood"])])
+                      [run.id, *(s.id for s in evaluated + by_role["ood"])], origin=f"[train.{name}] (its report)")
         stage.key = _key([options, run.key, *(s.key for s in evaluated + by_role["ood"])])
         stages.append(stage)
     analyses = [kind for kind in ("clusters", "neighbors", "projection") if recipe.analyze.get(kind, False)]
@@ -308,15 +324,51 @@ def plan(recipe: Recipe) -> list[Stage]:
                            "sweep": recipe.analyze.get("sweep", []), "seed": recipe.analyze.get("seed", 0)}
                 suffix = "png" if kind == "projection" else "json"
                 stage = Stage("analyze", f"{kind}-{store.name}-{run_name}",
-                              f"{out}/analysis/{kind}-{store.name}-{run_name}.{suffix}", options, [store.id, run.id])
+                              f"{out}/analysis/{kind}-{store.name}-{run_name}.{suffix}", options, [store.id, run.id],
+                              origin=f"[analyze] {kind} of [datasets.{store.name}] with [train.{run_name}]")
                 stage.key = _key([options, store.key, run.key])
                 stages.append(stage)
     if recipe.analyze.get("views", False):  # do the adaptation store's views keep the class
         options = {"kind": "views", "store": adapt.out, "seed": recipe.analyze.get("seed", 0)}
-        stage = Stage("analyze", f"views-{adapt.name}", f"{out}/analysis/views-{adapt.name}.json", options, [adapt.id])
+        stage = Stage("analyze", f"views-{adapt.name}", f"{out}/analysis/views-{adapt.name}.json", options, [adapt.id],
+                      origin=f"[analyze] views of [datasets.{adapt.name}]")
         stage.key = _key([options, adapt.key])
         stages.append(stage)
     return stages
+
+
+def check_plan(recipe: Recipe, stages: list[Stage]) -> None:
+    """What the plan shows before any stage runs (``--dry-run`` included), each one InputError
+    naming the recipe keys: two stages writing one place (``[datasets.a.zarr]`` with a corrupt
+    folder and ``[datasets.a]``), ``[analyze] views`` on an adaptation store without views, and
+    TransCLIP on a dataset whose spec says it is too small for its neighbour graph."""
+    from .data import known_size
+    from .outputs import place
+    from .transclip import NEIGHBORS
+
+    where = [(stage, place(stage.out)) for stage in stages]
+    for index, (first, at) in enumerate(where):
+        for second, other in where[index + 1 :]:
+            if at == other or other.startswith(at + "/") or at.startswith(other + "/"):
+                raise _fail(recipe.path, first.origin, f"writes '{first.out}', and {second.origin} writes "
+                            f"'{second.out}': one would overwrite the other; rename one")
+    views = next((s for s in stages if s.kind == "analyze" and s.options["kind"] == "views"), None)
+    if views is not None:
+        adapt = next(s for s in stages if s.kind == "extract" and s.out == views.options["store"])
+        if adapt.options["weak_views"] == 0 and adapt.options["strong_views"] == 0:
+            raise _fail(recipe.path, "[analyze]", f"views = true analyses the views of the adaptation dataset "
+                        f"'{adapt.name}', which caches none (weak = 0, strong = 0): give it views ([views] weak, "
+                        "strong), or set views = false")
+    transduced = {store for stage in stages if stage.kind == "evaluate" and stage.options.get("transclip")
+                  for store in stage.options["stores"] + stage.options["ood"]}
+    for stage in stages:
+        if stage.kind == "extract" and stage.out in transduced:
+            size = known_size(stage.options["data"], stage.options["split"])
+            if size is not None and size <= NEIGHBORS:
+                raise _fail(recipe.path, f"{stage.origin} data", f"'{stage.options['data']}' holds {size} "
+                            f"image(s), and [evaluate] transclip transduces it: TransCLIP needs more than "
+                            f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph); give it more images (n=), or "
+                            "leave its probes out of transclip")
 
 
 def _many(corrupt: str | None) -> bool:
@@ -454,9 +506,10 @@ def execute_stage(recipe: Recipe, stage: Stage, progress: bool) -> dict[str, Any
     if stage.kind == "evaluate":  # stage.out is the report folder, or the JSON file without one
         from .report import evaluate_into
 
+        named = f"out (recipe '{recipe.path}')"  # the stage writes under the recipe's out
         return evaluate_into(o["run"], o["stores"], o["ood"], out=None if o["report"] else stage.out,
                              report=stage.out if o["report"] else None, overwrite=True,
-                             transclip=o.get("transclip", False))
+                             transclip=o.get("transclip", False), names={"out": named, "report": named})
     from .analysis import analyze
 
     if o["kind"] == "views":
@@ -470,6 +523,7 @@ def run_recipe(path: str | Path, dry_run: bool = False, overrides: list[str] | N
     """Plan a recipe and, unless ``dry_run``, run every stage that is not complete yet."""
     recipe = load_recipe(path, overrides)
     stages = plan(recipe)
+    check_plan(recipe, stages)
     text = format_plan(recipe, stages)
     summary: dict[str, Any] = {"recipe": recipe.name, "out": recipe.out, "plan": text,
                                "stages": [{"id": s.id, "out": s.out, "state": stage_state(recipe, s)} for s in stages]}

@@ -41,59 +41,64 @@ def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np
     return fpr, tpr
 
 
+OPTION_NAMES = {"out": "--out", "report": "--report", "predictions": "--predictions"}  # as refusals name them
+
+
 def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None = None, report: str | None = None,
-                  overwrite: bool = False, transclip: bool = False, predictions: str | None = None) -> dict[str, Any]:
+                  overwrite: bool = False, transclip: bool = False, predictions: str | None = None,
+                  names: dict[str, str] | None = None) -> dict[str, Any]:
     """``evaluate``: score the run once, then write ``out`` (the report JSON), the ``report``
     folder (JSON, Markdown, figures) and ``predictions`` (every method's probabilities per image,
-    HDF5) when given; return the report. Every output is checked before anything is read, and an
-    old one is replaced only once its inputs have proven sound."""
+    HDF5) when given; return the report. Every output is checked before anything is read (no two
+    in one place, none inside an input), and an old one is replaced only once its inputs have
+    proven sound. ``out`` and ``predictions`` may be URLs; ``names`` says how the caller named
+    each output (default ``OPTION_NAMES``; a recipe names its key), for the refusals."""
+    from . import outputs
     from .evaluation import score
-    from .outputs import is_report, is_report_folder, prepare_output, refuse_output_inside, write_report
 
+    names = {**OPTION_NAMES, **(names or {})}
     run, stores, ood = str(run), [str(s) for s in stores], [str(s) for s in ood]
-    where = [s if "://" in s else str(Path(s).expanduser().resolve()) for s in stores + ood]
-    same = [given for given, place in zip(stores + ood, where) if where.count(place) > 1]
+    where = [outputs.place(s) for s in stores + ood]
+    same = [given for given, at in zip(stores + ood, where) if where.count(at) > 1]
     if same:  # an OOD set equal to the in-distribution one scores AUROC 0.5 by construction
         raise InputError(f"store '{same[0]}' is given twice (as --store and --ood, or twice as one of them): "
                          "in- and out-of-distribution sets must be different stores")
-    for option, target in (("--out", out), ("--report", report), ("--predictions", predictions)):
-        if target:
-            refuse_output_inside(str(target), [run, *stores, *ood], option)
+    outputs.refuse_shared_outputs({names["out"]: out, names["report"]: report, names["predictions"]: predictions})
+    inputs = [run, *stores, *ood]
     if out:
-        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
-    if report:
-        prepare_output(Path(report), overwrite, is_report_folder, "report folder", remove=False)
+        outputs.check_output(str(out), inputs, overwrite, outputs.is_report, "report", names["out"])
+    folder = outputs.local_folder(report, names["report"], "report folder") if report else None
+    if folder:
+        outputs.check_output(str(report), inputs, overwrite, outputs.is_report_folder, "report folder",
+                             names["report"])
     if predictions:
-        if Path(predictions).suffix not in (".h5", ".hdf5"):
-            raise InputError(f"--predictions '{predictions}' should end in .h5 or .hdf5")
-        prepare_output(Path(predictions), overwrite, is_predictions, "predictions file", remove=False)
+        if Path(str(predictions)).suffix not in (".h5", ".hdf5"):
+            raise InputError(f"{names['predictions']} '{predictions}' should end in .h5 or .hdf5")
+        outputs.check_output(str(predictions), inputs, overwrite, is_predictions, "predictions file",
+                             names["predictions"])
     evaluation = score(run, stores, ood, transclip)
     if out:
-        write_report(evaluation.report, out, overwrite)
-    if report:
-        write_report_folder(evaluation, Path(report), replace=overwrite)  # an old folder goes once the new is whole
+        outputs.write_report(evaluation.report, str(out), overwrite, names["out"])
+    if folder:
+        write_report_folder(evaluation, folder, replace=overwrite)  # an old folder goes once the new is whole
     if predictions:
-        write_predictions(evaluation, Path(predictions))
+        write_predictions(evaluation, str(predictions))
     return evaluation.report
 
 
 PREDICTIONS_ATTR = "lpclip_cache_predictions"  # marks an HDF5 file of predictions written by evaluate
 
 
-def is_predictions(path: Path) -> bool:
-    """True when ``path`` is a predictions file written by ``evaluate --predictions``."""
-    import h5py
+def is_predictions(path: str | Path) -> bool:
+    """True when ``path`` (a local path or a URL) is a predictions file written by ``evaluate --predictions``."""
+    from .outputs import has_hdf5_attribute
 
-    try:
-        with h5py.File(path, "r") as handle:
-            return PREDICTIONS_ATTR in handle.attrs
-    except OSError:
-        return False
+    return has_hdf5_attribute(path, PREDICTIONS_ATTR)
 
 
-def write_predictions(evaluation: Evaluation, path: Path) -> None:
+def write_predictions(evaluation: Evaluation, path: str | Path) -> None:
     """Every method's probabilities on every store's valid rows, as ``evaluate`` scored them, in one
-    HDF5 file written whole or not at all: a group per store (``stores/0``, ..., ``ood/0``, ...)
+    HDF5 file (a local path or a URL) written whole or not at all: a group per store (``stores/0``, ..., ``ood/0``, ...)
     with its ``path`` as attribute, the rows' ``keys`` (UTF-8), ``labels`` (positions in
     ``classes``, -1 unknown), ``classes`` (the run's class indices scored) and ``probs/<method>``
     (rows x classes, float32: the teacher, the probe, each member, TransCLIP's assignments)."""

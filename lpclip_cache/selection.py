@@ -22,11 +22,12 @@ from .errors import InputError
 
 def select(config: SelectConfig) -> dict[str, Any]:
     """Run the search, train the chosen setting on all data into ``config.out``; return the grid."""
-    from .outputs import refuse_output_inside, write_json_atomic
+    from .outputs import local_folder, refuse_output_inside, write_json_atomic
     from .runs import load_run
     from .store import FeatureStore
     from .training import TrainConfig, train
 
+    local_folder(config.out, "--out", "run")
     refuse_output_inside(config.out, [config.store])
     if not config.lrs or not config.weight_decays or config.epochs < 1:
         raise InputError("select needs at least one --lr, one --weight-decay and --epochs >= 1")

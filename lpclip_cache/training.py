@@ -209,7 +209,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     from .distributed import pick_device
-    from .outputs import is_url, prepare_output, refuse_output_inside
+    from .outputs import is_url, local_folder, prepare_output, refuse_output_inside
     from .runs import is_run, save_run
     from .sampling import MEMORY_BUDGET_BYTES, PairSource, holdout_shards
     from .store import FeatureStore
@@ -217,7 +217,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     check_config(config)
     device = pick_device(config.device)
     refuse_output_inside(config.out, [config.store])
-    out = Path(config.out)
+    out = local_folder(config.out, "--out", "run")
     store = FeatureStore(config.store)
     prepare_output(out, config.overwrite, is_run, "run", remove=False)  # replaced once the new run is whole
     cached = max(1 if side == "clean" else store.layout.views(side) for side in sides(store, config))

@@ -17,7 +17,6 @@ The world's regime (``world/regime.py``) reuses ``view_figures`` on views it mak
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,15 +119,14 @@ def analyze_views(store: str, out: str | None = None, seed: int = 0, max_images:
                   overwrite: bool = False) -> dict[str, Any]:
     """``lpclip-cache analyze views``: the figures of each view kind a store holds (its valid rows,
     at most ``max_images`` of them, a sample drawn with ``seed``). Writes ``out`` when given."""
-    from .outputs import is_report, prepare_output, refuse_output_inside, write_report
+    from .outputs import check_output, is_report, write_report
     from .store import FeatureStore
 
     store = str(store)
     if max_images < 4:
         raise InputError(f"--max-images must be at least 4, got {max_images}")
     if out:
-        refuse_output_inside(str(out), [store])
-        prepare_output(Path(out), overwrite, is_report, "report", remove=False)
+        check_output(str(out), [store], overwrite, is_report, "report")
     feature_store = FeatureStore(store)
     kinds = [kind for kind in ("weak", "strong") if feature_store.layout.views(kind) > 0]
     if not kinds:

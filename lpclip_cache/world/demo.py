@@ -110,13 +110,13 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the whole demo into ``config.out``: the teacher and its regime figures once, then the
     recipe, the ablations and the strength ablation for each seed; return the results with their
     spread over seeds (also written as JSON)."""
-    from ..outputs import prepare_output
+    from ..outputs import local_folder, prepare_output
     from .regime import measure
     from .teacher import ensure_teacher, world_teacher
 
     check_config(config)
     started = time.perf_counter()
-    out = Path(config.out)
+    out = local_folder(config.out, "--out", "demo output")
     prepare_output(out, config.overwrite, is_demo, "demo output")
     (out / "stores").mkdir(parents=True)
     (out / STARTED).write_text("a demo is writing this folder; results.json appears when it has finished\n")
