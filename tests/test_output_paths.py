@@ -225,3 +225,19 @@ def test_a_recipe_out_on_object_storage_is_refused(tmp_path):
     done = run_cli("run", recipe(tmp_path, out="s3://bucket/r"), "--dry-run", cwd=tmp_path)
     assert done.returncode == 3 and "out" in done.stderr and "object storage" in done.stderr
     assert not (tmp_path / "s3:").exists()
+
+
+def test_a_recipe_stage_refusal_names_the_recipe_key(small, tmp_path):
+    """Before: a foreign folder where a recipe writes a report was refused with "choose another --out"."""
+    from lpclip_cache.errors import StoreError
+    from lpclip_cache.recipe import execute_stage, load_recipe, plan
+
+    loaded = load_recipe(recipe(tmp_path))
+    stage = next(s for s in plan(loaded) if s.kind == "evaluate")
+    stage.options.update(run=small["run"], stores=[small["test"]], ood=[])
+    Path(stage.out).mkdir(parents=True)
+    (Path(stage.out) / "notes.txt").write_text("theirs")
+    with pytest.raises(StoreError) as refused:
+        execute_stage(loaded, stage, progress=False)
+    assert f"choose another out (recipe '{loaded.path}')" in str(refused.value)
+    assert "--out" not in str(refused.value) and (Path(stage.out) / "notes.txt").read_text() == "theirs"
