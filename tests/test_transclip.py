@@ -228,6 +228,17 @@ def test_evaluate_scores_transclip_like_any_method(scored):
     assert "transclip-probe" in (scored.base / "report" / "report.md").read_text()
 
 
+def test_transclip_rows_have_no_energy_score(scored):
+    """Issue 30.6: TransCLIP's logits are log-assignments, whose log-sum-exp is 0 for every image, so
+    its energy AUROC was 0.5 by construction. Its rows leave energy out (n/a, as its clusters are);
+    the other rows keep it, and the report's conventions say why."""
+    ood = scored.report["ood"][str(scored.ood)]
+    for method in ("transclip", "transclip-probe"):
+        assert set(ood[method]["scores"]) == {"msp", "entropy", "max_logit"}
+    assert set(ood["probe"]["scores"]) == set(ood["teacher"]["scores"]) == {"msp", "entropy", "max_logit", "energy"}
+    assert "no energy score (n/a" in scored.report["metrics"]["transclip"]
+
+
 def test_predictions_file_holds_each_methods_probabilities_per_image(scored):
     """`evaluate --predictions` writes, per store, the valid rows' keys and labels and every
     method's probabilities: TransCLIP's are the solver's assignments on that store alone (the OOD
