@@ -98,7 +98,7 @@ def probe_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray,
     count, kinds = int(known.sum()), int(np.unique(labels[known]).size)
     if count < PROBE_MIN_IMAGES or kinds < 2:
         return empty, empty, (f"the probe figures need at least {PROBE_MIN_IMAGES} labelled images of 2 or more "
-                              f"classes (half to fit, half to score); these rows hold {count} of {kinds} class(es)")
+                              f"classes (half to fit, half to score); there are {count} of {kinds} class(es)")
     fit, score = halves(labels, seed)
     if np.unique(labels[fit]).size < 2:
         return fit, score, (f"the probe's fitting half (seed {seed}: {fit.size} of the {count} labelled images) holds "
@@ -113,8 +113,12 @@ def fitted_probe(unconverged: list[str], name: str, train: np.ndarray, labels: n
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProbeConvergenceWarning)
         predicted = linear_probe(train, labels, test, classes)
-    if any(issubclass(w.category, ProbeConvergenceWarning) for w in caught):
-        unconverged.append(name)
+    for caught_warning in caught:  # any other warning goes on as it came
+        if issubclass(caught_warning.category, ProbeConvergenceWarning):
+            unconverged.append(name)
+        else:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                   caught_warning.lineno)
     return predicted
 
 
