@@ -2,8 +2,8 @@
 
     git clone https://github.com/MaxZanella/transduction-for-vlms /tmp/transclip-ref
     python benchmarks/transclip_reference.py /tmp/transclip-ref [--images 2000] [--classes 10] [--dim 64]
-                                             [--float64] [--sigma-float32] [--store STORE.zarr]
-                                             [--inputs ARRAYS.npz]
+                                             [--float64] [--sigma-float32] [--departures]
+                                             [--store STORE.zarr] [--inputs ARRAYS.npz]
 
 The public ``TransCLIP_solver`` (AGPL-3.0, read from the given checkout, never copied into the
 project) is run on the CPU: its ``.cuda()`` calls are made no-ops for the run. Both solvers get the
@@ -22,7 +22,10 @@ image's log-assignments (log-likelihoods / C, spread over the classes). ``--stor
 on a store's own valid clean embeddings and zero-shot head instead, as ``evaluate --transclip``
 transduces them (the reference is then given labels that name every class once in turn: it reads
 them only to count the classes). ``--inputs`` compares on saved arrays ``x``, ``labels`` and
-``head`` (what ``transclip_scale.py --reference`` saves, so both run on its input). Prints, per
+``head`` (what ``transclip_scale.py --reference`` saves, so both run on its input). ``--departures``
+also measures the two places where the public solver departs from its own equations
+(``departures``): atop another method's probabilities, as published and with its prior copied,
+and on 5 copies of each image. Prints, per
 comparison, the share of images whose hard assignment agrees and the largest difference of the
 soft assignments, and each solver's time.
 """
@@ -86,16 +89,19 @@ def reference_solver(checkout: Path):
     return solver.TransCLIP_solver
 
 
-def run_reference(solve, x: np.ndarray, labels: np.ndarray, head: np.ndarray, float64: bool) -> np.ndarray:
-    """The reference's assignments: as published (float32), or with every tensor kept in float64."""
+def run_reference(solve, x: np.ndarray, labels: np.ndarray, head: np.ndarray, float64: bool,
+                  initial: np.ndarray | None = None) -> np.ndarray:
+    """The reference's assignments: as published (float32), or with every tensor kept in float64;
+    zero-shot, or atop ``initial`` (another method's probabilities, its ``initial_predictions``)."""
     cast = torch.Tensor.float
     if float64:
         torch.Tensor.float = lambda self, *a, **k: self.double()
         torch.set_default_dtype(torch.float64)
     dtype = torch.float64 if float64 else torch.float32
+    atop = None if initial is None else torch.from_numpy(initial).to(dtype)
     try:
         z, _ = solve(None, None, None, None, torch.from_numpy(x).to(dtype), torch.from_numpy(labels),
-                     torch.from_numpy(head.T.copy()).to(dtype), verbose=False)
+                     torch.from_numpy(head.T.copy()).to(dtype), initial_predictions=atop, verbose=False)
     finally:
         torch.Tensor.float = cast
         torch.set_default_dtype(torch.float32)
@@ -121,6 +127,45 @@ def sigma_rounding(x: np.ndarray, head: np.ndarray) -> str:
             f"log_assignment_shift_max={float(spread.max()):.2e} median={float(np.median(spread)):.2e}")
 
 
+def departures(solve, x: np.ndarray, labels: np.ndarray, head: np.ndarray, seed: int) -> list[str]:
+    """The two places where the public solver departs from its own equations, each measured:
+
+    - atop another method: its ``init_z`` returns one tensor as both the prior y and z, and
+      ``update_z`` writes z in place, so the prior drifts with z. Ours against it as published
+      and against it with ``init_z`` returning a copy of z (its equations as written);
+    - duplicates: its graph drops the first of the k + 1 nearest columns, taking it for the image
+      itself, so with copies of an image the image may stay its own neighbour. Ours against it on
+      5 copies of each of the first fifth of the images.
+    """
+    from lpclip_cache.transclip import transclip
+
+    module = importlib.import_module("TransCLIP_solver.TransCLIP")
+    rng = np.random.default_rng(seed)
+    # another method's probabilities: a noisier classifier, in values the reference's float32 holds
+    logits = 20.0 * x @ head.T + rng.normal(size=(len(x), len(head)))
+    initial = torch.softmax(torch.from_numpy(logits).float(), dim=1).double().numpy()
+    ours = transclip(x, head, initial=initial).z
+    published = run_reference(solve, x, labels, head, float64=False, initial=initial)
+    init_z = module.init_z
+
+    def copied_init_z(y_hat: torch.Tensor, softmax: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        prior, z = init_z(y_hat, softmax=softmax)
+        return prior, z.clone()
+
+    module.init_z = copied_init_z
+    try:
+        copied = run_reference(solve, x, labels, head, float64=False, initial=initial)
+    finally:
+        module.init_z = init_z
+    originals = max(len(x) // 5, len(head))
+    copies, copy_labels = np.repeat(x[:originals], 5, axis=0), np.repeat(labels[:originals], 5)
+    duplicated = run_reference(solve, copies, copy_labels, head, float64=False)
+    return [compare("atop: ours vs reference", ours, published),
+            compare("atop: ours vs reference with its prior copied", ours, copied),
+            compare(f"5 copies of each of {originals} images: ours vs reference",
+                    transclip(copies, head, CLIP_SCALE).z, duplicated)]
+
+
 def compare(name: str, a: np.ndarray, b: np.ndarray) -> str:
     return (f"{name}: hard_agreement={float((a.argmax(1) == b.argmax(1)).mean()):.4f} "
             f"max_soft_difference={float(np.abs(a - b).max()):.2e}")
@@ -138,6 +183,8 @@ def main() -> None:
     parser.add_argument("--float64", action="store_true", help="Also run the reference in float64.")
     parser.add_argument("--sigma-float32", action="store_true",
                         help="Also measure the rounding of the sigma-step in float32.")
+    parser.add_argument("--departures", action="store_true",
+                        help="Also measure the public solver's two departures: atop mode and duplicates.")
     parser.add_argument("--store", default=None, help="Compare on this store's embeddings and head instead.")
     parser.add_argument("--inputs", default=None,
                         help="Compare on the arrays x, labels and head of this .npz instead (transclip_scale.py's).")
@@ -178,6 +225,8 @@ def main() -> None:
           + " ".join(f"{k}={v:.2f}" for k, v in times.items()))
     if args.sigma_float32:
         lines.append(sigma_rounding(x, head))
+    if args.departures:
+        lines += departures(solve, x, counted, head, args.seed)
     print("\n".join(lines))
 
 

@@ -118,36 +118,39 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def knn_agreement(points: np.ndarray, labels: np.ndarray, k: int = NEIGHBORS_K) -> float:
-    """Mean fraction of each point's k nearest neighbours (cosine, itself excluded) sharing its label."""
+    """Mean fraction of each point's k nearest neighbours (cosine, itself excluded wherever it ranks,
+    so a duplicate of it counts as a neighbour and the point itself never does) sharing its label."""
     import faiss
+
+    from .knn import nearest_neighbors
 
     data = np.ascontiguousarray(points, dtype=np.float32)
     faiss.normalize_L2(data)
     n = data.shape[0]
     if not 1 <= k < n:
         raise InputError(f"--k must be between 1 and the number of samples - 1 ({n - 1}), got {k}")
-    index = faiss.IndexFlatIP(data.shape[1])
-    index.add(data)
-    _, neighbours = index.search(data, k + 1)
-    rows = np.arange(n)[:, None]
-    # drop each point itself (normally first; with duplicates it may sit elsewhere in the list)
-    others = np.where(neighbours[:, :1] == rows, neighbours[:, 1:], neighbours[:, :k])
-    return float((labels[others] == labels[:, None]).mean())
+    neighbours, _ = nearest_neighbors(data, k)
+    return float((labels[neighbours] == labels[:, None]).mean())
 
 
-def class_geometry(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def class_geometry(points: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Silhouette (cosine distance) and mean intra- over inter-class distance, exactly via class means.
 
     For unit vectors the mean cosine distance from x to a set is 1 - x . (mean of the set), so
     both are O(N C D) without a pairwise matrix. A point alone in its class scores 0, as in the
-    usual definition.
+    usual definition. A figure that is undefined (one class; no class of two or more points; no
+    distance between classes) is None, and ``undefined`` says why.
     """
     x = points.astype(np.float64)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     keep = counts[inverse] > 1
-    if classes.size < 2 or keep.sum() < 2:
-        return {"silhouette": float("nan"), "intra_inter_ratio": float("nan")}
+    if classes.size < 2:
+        return {"silhouette": None, "intra_inter_ratio": None,
+                "undefined": f"all {len(x)} points share one label: no other class to compare with"}
+    if keep.sum() < 2:
+        return {"silhouette": None, "intra_inter_ratio": None,
+                "undefined": "every class holds one point: no distance within a class"}
     sums = np.zeros((classes.size, x.shape[1]))
     np.add.at(sums, inverse, x)
     means = sums / counts[:, None]
@@ -166,6 +169,9 @@ def class_geometry(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     pair_counts = np.outer(counts, counts).astype(np.float64)
     mask = ~np.eye(classes.size, dtype=bool)
     inter = float((pair_counts[mask] - cross[mask]).sum() / pair_counts[mask].sum())
+    if inter <= 0:
+        return {"silhouette": float(silhouette.mean()), "intra_inter_ratio": None,
+                "undefined": "intra_inter_ratio: the classes' points coincide (mean distance between classes 0)"}
     return {"silhouette": float(silhouette.mean()), "intra_inter_ratio": intra / inter}
 
 
@@ -243,12 +249,16 @@ def is_projection(path: str | Path) -> bool:
 def format_neighbors(report: dict[str, Any]) -> str:
     """One row per (space, reference): kNN agreement, silhouette, intra/inter ratio."""
     lines = [f"{'space':<8} {'against':<14} {'knn':>7} {'silh':>7} {'ratio':>7}", "-" * 47]
+    notes = []
     for space, entry in report["spaces"].items():
         for reference in report["references"]:
             v = entry[f"vs_{reference}"]
-            lines.append(f"{space:<8} {reference:<14} {v['knn_agreement']:7.4f} {v['silhouette']:7.4f} "
-                         f"{v['intra_inter_ratio']:7.4f}")
-    return "\n".join(lines)
+            cells = " ".join(f"{'n/a':>7}" if v[key] is None else f"{v[key]:7.4f}"
+                             for key in ("knn_agreement", "silhouette", "intra_inter_ratio"))
+            lines.append(f"{space:<8} {reference:<14} {cells}")
+            if "undefined" in v:
+                notes.append(f"n/a ({space} against {reference}): {v['undefined']}")
+    return "\n".join(lines + notes)
 
 
 def analyze(kind: str, store: str, out: str | None = None, run: str | None = None, k: int | None = None,

@@ -82,12 +82,15 @@ class MethodOutputs:
 
     ``logits`` (M x N x K) are its components' own: the teacher's or one probe's (M = 1), or each
     member's of an ensemble; ``member_probs`` are their softmaxes and ``probs`` the method's
-    prediction (an ensemble's: the mean of its members' probabilities).
+    prediction (an ensemble's: the mean of its members' probabilities). ``log_probabilities``
+    marks logits that are the logarithms of probabilities (TransCLIP's assignments): their
+    log-sum-exp is 0 for every image, so they have no energy score.
     """
 
     logits: np.ndarray
     member_probs: np.ndarray
     probs: np.ndarray
+    log_probabilities: bool = False
 
     @classmethod
     def of(cls, logits: np.ndarray) -> MethodOutputs:
@@ -106,14 +109,17 @@ def ood_scores(outputs: MethodOutputs) -> dict[str, np.ndarray]:
 
     ``msp`` and ``entropy`` come from its probabilities; ``max_logit`` and ``energy`` from each
     component's own logits, averaged (an ensemble's averaged probabilities have no logits of their
-    own: their log-sum-exp is 0); an ensemble adds ``mutual_information`` (negated).
+    own: their log-sum-exp is 0); an ensemble adds ``mutual_information`` (negated). Outputs whose
+    logits are log-probabilities have no ``energy`` (it would be 0 for every image, an AUROC of
+    0.5 by construction): it is left out, as TransCLIP's clusters are, and shown as n/a.
     """
     scores = {
         "msp": metrics.max_softmax_probability(outputs.probs),
         "entropy": metrics.entropy_score(outputs.probs),
         "max_logit": np.mean([metrics.max_logit_score(logits) for logits in outputs.logits], axis=0),
-        "energy": np.mean([metrics.energy_score(logits) for logits in outputs.logits], axis=0),
     }
+    if not outputs.log_probabilities:
+        scores["energy"] = np.mean([metrics.energy_score(logits) for logits in outputs.logits], axis=0)
     if outputs.members > 1:
         scores["mutual_information"] = metrics.mutual_information_score(outputs.member_probs)
     return scores
@@ -146,7 +152,7 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
     ``transclip`` adds TransCLIP, transductive over the store's own rows: on the zero-shot head
     (``transclip``) and atop the probe's probabilities (``transclip-probe``). Its assignments are
     the method's probabilities; their logarithms stand for its logits (so max-logit is the log of
-    the largest assignment, and energy is 0 for every image)."""
+    the largest assignment, and it has no energy score: ``ood_scores``)."""
     emb = store.read("clean/emb")[store.read("valid")]
     head = run.head if classes is None else run.head[classes]
     teacher = run.teacher_scale.logits(emb, head).astype(np.float64)
@@ -171,7 +177,8 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
             start = {"teacher": run.teacher_scale} if initial is None else {"initial": initial}
             z = solve(emb, head, **start, progress=rounds).z
             rounds.close()
-            outputs[name] = MethodOutputs.of(np.log(np.clip(z, np.finfo(np.float64).tiny, None))[None])
+            log_z = np.log(np.clip(z, np.finfo(np.float64).tiny, None))[None]
+            outputs[name] = MethodOutputs(log_z, z[None], z, log_probabilities=True)
     return outputs
 
 
@@ -272,7 +279,9 @@ def score(run_path: str, stores: list[str], ood: list[str] | None = None, transc
         "metrics": {"ece_bins": 15, "ood_score": "max softmax probability (others under 'scores')",
                     "ood_positive": True, "ood_classes": "the reference store's (its class subset, else all)",
                     **({"transclip": "transductive over each store's own valid rows, OOD stores included (each "
-                                     "on its own): zero-shot and atop the probe"} if transclip else {})},
+                                     "on its own): zero-shot and atop the probe; no energy score (n/a: its "
+                                     "logits are log-assignments, whose log-sum-exp is 0 for every image)"}
+                       if transclip else {})},
         "stores": {},
         "ood": {},
     }

@@ -16,7 +16,9 @@ the paper uses; or another method's probabilities "atop" it), the solver alterna
 
 then a last z-step (normalised in the log domain; a class whose assignments all underflow to 0
 keeps its previous mean, where the reference would divide 0 by 0). μ starts from the 8 most
-confident images of each class (the mean of z_ic x_i over them, normalised) and σ from 1/D.
+confident images of each class (the mean of z_ic x_i over them, normalised) and σ from 1/D; σ is
+floored at a millionth of 1/D (``SIGMA_FLOOR``), so a dimension constant over the rows (σ_d = 0,
+where the reference's 1/σ_d is infinite and its assignments NaN) stays finite.
 Every step is computed in chunks of ``chunk`` rows from expanded squares (‖x‖²/σ - 2 x.(μ/σ) +
 ‖μ‖²/σ), so memory is O(N K + N D), never N x K x D; the neighbours come from FAISS's exact
 inner-product search.
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .knn import nearest_neighbors
 from .zeroshot import TeacherScale, softmax
 
 if TYPE_CHECKING:
@@ -41,6 +44,7 @@ CONFIDENT = 8  # images per class that start its mean
 TEMPERATURE = 50.0  # the constant C of the z-step
 LAMBDA = 1.0
 CHUNK = 4096
+SIGMA_FLOOR = 1e-6  # σ_d is at least this times its start 1/D (see sigma_step)
 PROGRESS_FROM = 10_000_000  # images x classes from which evaluate shows the rounds' progress (about 10 s)
 
 
@@ -58,26 +62,6 @@ def zero_shot(x: np.ndarray, t: np.ndarray, teacher: TeacherScale, chunk: int = 
     for start in range(0, len(x), chunk):
         out[start : start + chunk] = softmax(teacher.factor * x[start : start + chunk] @ t.T, np.float64)
     return out
-
-
-def nearest_neighbors(x: np.ndarray, k: int = NEIGHBORS, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest neighbours of every row by inner product (FAISS's exact search), self
-    excluded, and their similarities (float32)."""
-    import faiss
-
-    data = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatIP(data.shape[1])
-    index.add(data)
-    found_s, found_i = [], []
-    for start in range(0, len(data), chunk):
-        sims, ids = index.search(data[start : start + chunk], min(k + 1, len(data)))
-        rows = np.arange(start, start + len(ids))[:, None]
-        keep = ids != rows  # drop the row itself wherever it ranks (ties may put it second)
-        trimmed_i = np.stack([r[m][:k] for r, m in zip(ids, keep)])
-        trimmed_s = np.stack([r[m][:k] for r, m in zip(sims, keep)])
-        found_i.append(trimmed_i)
-        found_s.append(trimmed_s)
-    return np.concatenate(found_i), np.concatenate(found_s)
 
 
 def affinity(neighbors: np.ndarray, similarities: np.ndarray, n: int) -> Any:
@@ -139,7 +123,12 @@ def mu_step(x: np.ndarray, z: np.ndarray, previous: np.ndarray) -> np.ndarray:
 
 def sigma_step(x: np.ndarray, z: np.ndarray, mu: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     """σ_d = Σ_i Σ_c z_ic (x_id - μ_cd)² / Σ z, expanded: Σ_i (Σ_c z_ic) x_id² - 2 Σ_c (Σ_i z_ic x_id) μ_cd
-    + Σ_c (Σ_i z_ic) μ_cd²."""
+    + Σ_c (Σ_i z_ic) μ_cd², floored at ``SIGMA_FLOOR`` / D.
+
+    A dimension constant over the rows (0 in every row, or every row the same unit vector) has
+    σ_d = 0, or a rounding error either side of it, and 1/σ_d would make every log-likelihood
+    inf - inf = NaN. The floor, a millionth of the start 1/D, keeps such a dimension finite: it then
+    adds (x_id - μ_cd)² · D · 10⁶ with x_id = μ_cd up to rounding, nothing that tells classes apart."""
     mass = z.sum(axis=1)  # N
     column = z.sum(axis=0)  # K
     squares = np.zeros(x.shape[1], np.float64)
@@ -149,7 +138,7 @@ def sigma_step(x: np.ndarray, z: np.ndarray, mu: np.ndarray, chunk: int = CHUNK)
         squares += (mass[start : start + chunk, None] * block * block).sum(axis=0)
         weighted += z[start : start + chunk].T @ block
     total = squares - 2.0 * (weighted * mu).sum(axis=0) + (column[:, None] * mu * mu).sum(axis=0)
-    return total / z.sum()
+    return np.maximum(total / z.sum(), SIGMA_FLOOR / x.shape[1])
 
 
 def initial_means(x: np.ndarray, z: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ The world's regime (``world/regime.py``) reuses ``view_figures`` on views it mak
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,21 +25,37 @@ import numpy as np
 from .errors import InputError
 
 PROBE_L2 = 1e-4  # the probe's L2 penalty on the weights (the regime's supervised probe uses the same)
+PROBE_MAX_ITER = 500  # L-BFGS iterations at most; a probe stopped there is reported unconverged
 MAX_IMAGES = 10000  # images analysed at most (a seeded sample): enough for every figure's precision
+PROBE_MIN_IMAGES = 4  # labelled images the probe figures need at least: two to fit, two to score
+
+
+class ProbeConvergenceWarning(UserWarning):
+    """``linear_probe``'s L-BFGS stopped at its iteration or evaluation limit before converging."""
 
 
 def linear_probe(train: np.ndarray, labels: np.ndarray, test: np.ndarray, classes: int,
-                 l2: float = PROBE_L2) -> np.ndarray:
+                 l2: float = PROBE_L2, max_iter: int | None = None) -> np.ndarray:
     """Predictions on ``test`` of a multinomial logistic regression fitted on ``train`` (L-BFGS,
-    mean cross-entropy plus ``l2`` times the squared weights; the bias is not penalised): the
-    supervised probe protocol of the CLIP paper, on frozen embeddings."""
+    mean cross-entropy plus ``l2`` times the squared weights; the bias is not penalised).
+
+    This is the supervised probe of the CLIP paper on frozen embeddings (L-BFGS logistic
+    regression), with one difference: the paper sweeps the L2 strength over 96 values validated
+    on a held-out split, while here it is fixed (``l2``, default ``PROBE_L2``; scikit-learn's
+    C = 1 / (2 n l2)). ``analyze views`` fits 1 + 2 K probes per store (K view kinds), and its
+    figures compare probes of the same strength with each other, so a sweep would multiply its
+    time by the sweep's length for little change in those ratios. L-BFGS stops at ``max_iter``
+    iterations (default ``PROBE_MAX_ITER``) or 1.25 times as many evaluations; stopping there
+    rather than at its tolerances is a ``ProbeConvergenceWarning``.
+    """
     import torch
 
+    max_iter = PROBE_MAX_ITER if max_iter is None else max_iter
     x = torch.from_numpy(np.asarray(train, np.float64))
     y = torch.from_numpy(np.asarray(labels, np.int64))
     weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=500, tolerance_grad=1e-9,
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
                                   tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -48,6 +65,12 @@ def linear_probe(train: np.ndarray, labels: np.ndarray, test: np.ndarray, classe
         return loss
 
     optimizer.step(closure)
+    state = optimizer.state[weight]
+    limit = optimizer.param_groups[0]["max_eval"]
+    if state["n_iter"] >= max_iter or state["func_evals"] >= limit:
+        warnings.warn(f"the linear probe's L-BFGS stopped unconverged after {state['n_iter']} iterations "
+                      f"({state['func_evals']} evaluations; limits {max_iter} and {limit})",
+                      ProbeConvergenceWarning, stacklevel=2)
     with torch.no_grad():
         return (torch.from_numpy(np.asarray(test, np.float64)) @ weight + bias).argmax(1).numpy()
 
@@ -64,10 +87,55 @@ def halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(rows[: len(rows) // 2]), np.sort(rows[len(rows) // 2 :])
 
 
+def probe_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """The probe's fitting and scoring halves of the labelled rows (``halves``), and why the probe
+    figures are undefined on them (None where they are defined): fewer than ``PROBE_MIN_IMAGES``
+    labelled rows, one class only, or a fitting half that holds one class (a random split of few
+    images can)."""
+    empty = np.zeros(0, np.int64)
+    known = labels >= 0
+    count, kinds = int(known.sum()), int(np.unique(labels[known]).size)
+    if count < PROBE_MIN_IMAGES or kinds < 2:
+        return empty, empty, (f"the probe figures need at least {PROBE_MIN_IMAGES} labelled images of 2 or more "
+                              f"classes (half to fit, half to score); there are {count} of {kinds} class(es)")
+    fit, score = halves(labels, seed)
+    if np.unique(labels[fit]).size < 2:
+        return fit, score, (f"the probe's fitting half (seed {seed}: {fit.size} of the {count} labelled images) holds "
+                            "one class, so no probe tells classes apart: run again with another --seed, or label "
+                            "more images")
+    return fit, score, None
+
+
+def fitted_probe(unconverged: list[str], name: str, train: np.ndarray, labels: np.ndarray, test: np.ndarray,
+                 classes: int) -> np.ndarray:
+    """``linear_probe``, with ``name`` added to ``unconverged`` when its L-BFGS stopped unconverged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProbeConvergenceWarning)
+        predicted = linear_probe(train, labels, test, classes)
+    for caught_warning in caught:  # any other warning goes on as it came
+        if issubclass(caught_warning.category, ProbeConvergenceWarning):
+            unconverged.append(name)
+        else:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                   caught_warning.lineno)
+    return predicted
+
+
+def ratio(view: float, clean: float) -> dict[str, Any]:
+    """``view / clean`` as ``ratio``, or None with the reason beside where the clean probe is never right."""
+    if clean > 0:
+        return {"ratio": view / clean}
+    return {"ratio": None, "undefined": "the clean probe is right on no scored image: a ratio to its accuracy "
+                                        "is undefined"}
+
+
 def view_figures(clean: np.ndarray, views: dict[str, np.ndarray], head: np.ndarray, scale: float,
                  temperature: float = 1.0, labels: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
     """The figures of each view kind (``views[kind]`` is N x K x D beside the N x D ``clean``
-    embeddings); with ``labels`` (-1 where unknown), the labelled figures on the labelled rows."""
+    embeddings); with ``labels`` (-1 where unknown), the labelled figures on the labelled rows: the
+    teacher's accuracy wherever a row is labelled, and the probe figures where ``probe_halves``
+    allows them (else ``probe.undefined`` says why). The probes whose L-BFGS stopped unconverged
+    are listed in ``probe.unconverged``."""
     from .zeroshot import softmax, teacher_logits
 
     clean = _unit(clean)
@@ -76,20 +144,29 @@ def view_figures(clean: np.ndarray, views: dict[str, np.ndarray], head: np.ndarr
     clean_label = clean_probs.argmax(1)
     report: dict[str, Any] = {"images": n, "classes": classes,
                               "clean": {"confidence": float(clean_probs.max(1).mean())}, "views": {}}
-    labelled = labels is not None and int((labels >= 0).sum()) >= 4 and np.unique(labels[labels >= 0]).size >= 2
-    if labelled:
-        fit, score = halves(labels, seed)
-        clean_pred = linear_probe(clean[fit], labels[fit], clean[score], classes)
-        clean_probe = float(np.mean(clean_pred == labels[score]))
-        known = labels >= 0
-        report["clean"]["teacher_accuracy"] = float(np.mean(clean_label[known] == labels[known]))
-        report["clean"]["probe_accuracy"] = clean_probe
-        report["probe"] = {"l2": PROBE_L2, "fit_images": int(fit.size), "score_images": int(score.size),
-                           "seed": seed}
+    known = np.zeros(n, bool) if labels is None else labels >= 0
+    views = {kind: _unit(emb) for kind, emb in views.items()}
     for kind, emb in views.items():
-        emb = _unit(emb)
         if emb.ndim != 3 or emb.shape[0] != n or emb.shape[1] < 1:
             raise InputError(f"views '{kind}' must be N x K x D with N = {n} and K >= 1, got {emb.shape}")
+    probed = False
+    if known.any():
+        report["labelled_images"] = int(known.sum())
+        report["clean"]["teacher_accuracy"] = float(np.mean(clean_label[known] == labels[known]))
+        fit, score, undefined = probe_halves(labels, seed)
+        report["probe"] = {"l2": PROBE_L2, "fit_images": int(fit.size), "score_images": int(score.size), "seed": seed}
+        if undefined:
+            report["probe"]["undefined"] = undefined
+        else:
+            probed, unconverged = True, []
+            # one probe on the fitting half's clean embeddings, scored on the other half's clean and view embeddings
+            tests = [clean[score], *(emb[score].reshape(-1, emb.shape[-1]) for emb in views.values())]
+            predicted = np.split(fitted_probe(unconverged, "clean", clean[fit], labels[fit], np.concatenate(tests),
+                                              classes), np.cumsum([len(t) for t in tests])[:-1])
+            clean_probe = float(np.mean(predicted[0] == labels[score]))
+            report["clean"]["probe_accuracy"] = clean_probe
+            report["probe"]["unconverged"] = unconverged
+    for index, (kind, emb) in enumerate(views.items()):
         k = emb.shape[1]
         probs = softmax(teacher_logits(emb, head, scale, temperature))
         label = probs.argmax(-1)
@@ -99,18 +176,16 @@ def view_figures(clean: np.ndarray, views: dict[str, np.ndarray], head: np.ndarr
             "cosine_to_clean": float(np.mean(np.einsum("nkd,nd->nk", emb, clean))),
             "confidence": float(probs.max(-1).mean()),
         }
-        if labelled:
-            known = labels >= 0
+        if known.any():
             entry["teacher_accuracy"] = float(np.mean(label[known] == labels[known, None]))
-            view_pred = linear_probe(clean[fit], labels[fit], emb[score].reshape(-1, emb.shape[-1]), classes)
-            view_probe = float(np.mean(view_pred == np.repeat(labels[score], k)))
-            ceiling = linear_probe(emb[fit].reshape(-1, emb.shape[-1]), np.repeat(labels[fit], k), clean[score],
-                                   classes)
+        if probed:
+            view_probe = float(np.mean(predicted[index + 1] == np.repeat(labels[score], k)))
+            ceiling = fitted_probe(unconverged, f"ceiling on {kind} views", emb[fit].reshape(-1, emb.shape[-1]),
+                                   np.repeat(labels[fit], k), clean[score], classes)
             ceiling_accuracy = float(np.mean(ceiling == labels[score]))
             entry["label_preservation"] = {"clean_accuracy": clean_probe, "view_accuracy": view_probe,
-                                           "ratio": view_probe / clean_probe if clean_probe > 0 else float("nan")}
-            entry["ceiling"] = {"clean_accuracy": ceiling_accuracy,
-                                "ratio": ceiling_accuracy / clean_probe if clean_probe > 0 else float("nan")}
+                                           **ratio(view_probe, clean_probe)}
+            entry["ceiling"] = {"clean_accuracy": ceiling_accuracy, **ratio(ceiling_accuracy, clean_probe)}
         report["views"][kind] = entry
     return report
 
@@ -149,25 +224,40 @@ def analyze_views(store: str, out: str | None = None, seed: int = 0, max_images:
 
 
 def format_views(report: dict[str, Any]) -> str:
-    """A short text summary: one row per view kind, the clean view first."""
-    labelled = "probe" in report
+    """A short text summary: one row per view kind, the clean view first (n/a for an undefined figure),
+    then notes saying why and any probe that stopped unconverged."""
+    clean = report["clean"]
+    labelled, probed = "teacher_accuracy" in clean, "probe_accuracy" in clean
+
+    def number(value: float | None, width: int) -> str:
+        return f"{'n/a':>{width}}" if value is None else f"{value:{width}.3f}"
+
     header = f"{'view':<7} {'K':>2} {'agree':>6} {'cosine':>7} {'conf':>6}"
     header += f" {'teacher':>8} {'keeps':>6} {'ceiling':>8}" if labelled else ""
-    clean = report["clean"]
     lines = [header, "-" * len(header),
              f"{'clean':<7} {'':>2} {1.0:6.3f} {1.0:7.3f} {clean['confidence']:6.3f}"
-             + (f" {clean['teacher_accuracy']:8.3f} {1.0:6.3f} {clean['probe_accuracy']:8.3f}" if labelled else "")]
+             + (f" {clean['teacher_accuracy']:8.3f} {number(1.0 if probed else None, 6)} "
+                f"{number(clean.get('probe_accuracy'), 8)}" if labelled else "")]
+    undefined = []
     for kind, v in report["views"].items():
         line = f"{kind:<7} {v['views']:>2} {v['pseudo_label_agreement']:6.3f} {v['cosine_to_clean']:7.3f} " \
                f"{v['confidence']:6.3f}"
         if labelled:
-            line += f" {v['teacher_accuracy']:8.3f} {v['label_preservation']['ratio']:6.3f} " \
-                    f"{v['ceiling']['clean_accuracy']:8.3f}"
+            keeps = v.get("label_preservation", {})
+            line += f" {v['teacher_accuracy']:8.3f} {number(keeps.get('ratio'), 6)} " \
+                    f"{number(v.get('ceiling', {}).get('clean_accuracy'), 8)}"
+            undefined += [f"{kind} keeps n/a: {keeps['undefined']}"] if "undefined" in keeps else []
         lines.append(line)
     notes = ["agree: teacher's pseudo-label on the view = on the clean image; conf: teacher's mean confidence"]
-    if labelled:
+    if probed:
         notes.append("keeps: probe accuracy on the views / on clean images (probe fitted on clean embeddings of "
                      "half the images); ceiling: clean accuracy of a true-label probe fitted on these views")
+        notes += undefined
+        if report["probe"]["unconverged"]:
+            notes.append(f"warning: L-BFGS stopped unconverged for the probe(s): "
+                         f"{', '.join(report['probe']['unconverged'])}")
+    elif labelled:
+        notes.append(f"keeps, ceiling n/a: {report['probe']['undefined']}")
     else:
-        notes.append("(no labels in this store: label preservation needs them)")
+        notes.append("(no labels in this store: the teacher's accuracy and label preservation need them)")
     return "\n".join(lines + notes)

@@ -164,6 +164,50 @@ def test_latent_neighbors_command(world, tmp_path):
     assert "probe" in report["spaces"]
 
 
+def test_duplicates_are_neighbours_but_a_point_never_its_own(tmp_path):
+    """Issue 30.6: 8 images, each copied into two classes, so every class holds one image. A point's
+    copy is its nearest neighbour and of another class; the point itself never counts (the old code
+    dropped only the first result, which with ties may be the copy): true-label agreement is 0, and
+    silhouette and intra/inter ratio are undefined, so null with the reason beside, never NaN."""
+    import json
+
+    from click.testing import CliRunner
+
+    from lpclip_cache.cli import main
+
+    rng = np.random.default_rng(0)
+    images = unit(rng.normal(size=(8, 16)))
+    store = write_store(tmp_path / "copies.zarr", np.repeat(images, 2, axis=0), unit(rng.normal(size=(16, 16))),
+                        np.arange(16))
+    for k in ("3", "5"):
+        out = tmp_path / f"n{k}.json"
+        result = CliRunner().invoke(main, ["analyze", "latent", "neighbors", "--store", str(store), "--k", k,
+                                           "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        true = json.loads(out.read_text(), parse_constant=pytest.fail)["spaces"]["clip"]["vs_true_labels"]
+        assert true["knn_agreement"] == 0.0
+        assert true["silhouette"] is None and true["intra_inter_ratio"] is None
+        assert "every class holds one point" in true["undefined"]
+        assert "n/a" in result.output and "nan" not in result.output.lower()
+
+
+def test_knn_excludes_the_point_itself_wherever_it_ranks():
+    """With more copies of a point than k + 1, the point may not be found at all: its k neighbours
+    are then k of its copies; with fewer, it is dropped wherever it ranks and the others kept in order."""
+    from lpclip_cache.knn import nearest_neighbors
+
+    rng = np.random.default_rng(1)
+    points = np.repeat(unit(rng.normal(size=(6, 8))), 5, axis=0)  # 6 images, 5 copies each
+    for k in (2, 4, 6):
+        ids, sims = nearest_neighbors(points, k, chunk=7)
+        assert ids.shape == (30, k) and not (ids == np.arange(30)[:, None]).any()
+        copies = min(k, 4)  # the nearest are the other 4 copies (similarity 1), then other images
+        assert (ids[:, :copies] // 5 == np.arange(30)[:, None] // 5).all()
+        np.testing.assert_allclose(sims[:, :copies], 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="1 <= k < the number of rows"):
+        nearest_neighbors(points, 30)
+
+
 def test_cluster_sweep_and_projection_plot(world, tmp_path):
     import json
 

@@ -93,15 +93,50 @@ def test_atop_another_methods_predictions(world):
 
 
 def test_faiss_neighbours_are_the_exact_ones():
+    from lpclip_cache.knn import nearest_neighbors
+
     rng = np.random.default_rng(1)
     x = rng.normal(size=(700, 32))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    ids, sims = T.nearest_neighbors(x, k=3, chunk=100)
+    ids, sims = nearest_neighbors(x, k=3, chunk=100)
     similarity = x @ x.T
     np.fill_diagonal(similarity, -np.inf)
     exact = np.argsort(-similarity, axis=1)[:, :3]
     np.testing.assert_array_equal(ids, exact)
     np.testing.assert_allclose(sims, np.take_along_axis(similarity, exact, 1), atol=1e-5)
+
+
+def test_the_graph_holds_copies_of_an_image_but_never_the_image_itself(world):
+    """With 5 copies of each image the graph's 3 neighbours of an image are 3 of its 4 copies, and
+    never itself (the public solver drops the first column found, which may be a copy)."""
+    x, head, _ = world
+    copies = np.repeat(x[:40], 5, axis=0)
+    neighbours = T.transclip(copies, head, CLIP).neighbors
+    assert not (neighbours == np.arange(len(copies))[:, None]).any()
+    assert (neighbours // 5 == np.arange(len(copies))[:, None] // 5).all()
+
+
+@pytest.mark.parametrize("case", ["a dimension 0 in every row", "every row e0"])
+def test_sigma_is_floored_where_a_dimension_is_constant(world, case):
+    """Issue 30.6: a dimension constant over the rows has variance 0; 1/σ was infinite and every
+    assignment NaN. σ is floored at SIGMA_FLOOR / D, and the solve is finite and normalised."""
+    x, head, _ = world
+    if case == "every row e0":
+        x = np.zeros((20, x.shape[1]))
+        x[:, 0] = 1.0
+    else:
+        x = x.copy()
+        x[:, 3] = 0.0
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    result = T.transclip(x, head, CLIP)
+    assert np.isfinite(result.z).all() and np.isfinite(result.sigma).all()
+    np.testing.assert_allclose(result.z.sum(axis=1), 1.0, atol=1e-12)
+    floor = T.SIGMA_FLOOR / x.shape[1]
+    assert result.sigma.min() == floor and result.sigma[3] == floor
+    if case != "every row e0":  # the other dimensions' variances are far above the floor: it changes nothing there
+        assert np.delete(result.sigma, 3).min() > 1e3 * floor
+        np.testing.assert_array_equal(result.z.argmax(1), T.transclip(np.delete(x, 3, axis=1),
+                                                                      np.delete(head, 3, axis=1), CLIP).z.argmax(1))
 
 
 def test_chunks_change_nothing(world):
@@ -193,6 +228,17 @@ def test_evaluate_scores_transclip_like_any_method(scored):
     assert "transclip-probe" in (scored.base / "report" / "report.md").read_text()
 
 
+def test_transclip_rows_have_no_energy_score(scored):
+    """Issue 30.6: TransCLIP's logits are log-assignments, whose log-sum-exp is 0 for every image, so
+    its energy AUROC was 0.5 by construction. Its rows leave energy out (n/a, as its clusters are);
+    the other rows keep it, and the report's conventions say why."""
+    ood = scored.report["ood"][str(scored.ood)]
+    for method in ("transclip", "transclip-probe"):
+        assert set(ood[method]["scores"]) == {"msp", "entropy", "max_logit"}
+    assert set(ood["probe"]["scores"]) == set(ood["teacher"]["scores"]) == {"msp", "entropy", "max_logit", "energy"}
+    assert "no energy score (n/a" in scored.report["metrics"]["transclip"]
+
+
 def test_predictions_file_holds_each_methods_probabilities_per_image(scored):
     """`evaluate --predictions` writes, per store, the valid rows' keys and labels and every
     method's probabilities: TransCLIP's are the solver's assignments on that store alone (the OOD
@@ -263,6 +309,26 @@ def test_a_store_too_small_for_the_graph_is_one_line(scored, tmp_path):
     result = CliRunner().invoke(main, ["evaluate", "--run", str(scored.run), "--store", str(tiny), "--transclip",
                                        "--out", str(tmp_path / "r.json")])
     assert result.exit_code == 5 and "needs more than 3" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_evaluate_transclip_on_a_store_with_a_constant_dimension(scored, tmp_path):
+    """Through evaluate: a store whose embeddings are 0 in one dimension (σ_d = 0 there) used to
+    fail with "probs contains NaN"; now its TransCLIP rows are scored."""
+    from click.testing import CliRunner
+    from conftest import write_store
+
+    from lpclip_cache.cli import main
+
+    centres = clustered_embeddings(120, 4, 16, 0.35, seed=7)[0]  # the scored store's classes
+    _, labels, clean, _ = clustered_embeddings(60, 4, 16, 0.35, seed=10, centres=centres)
+    clean[:, 5] = 0.0
+    clean /= np.linalg.norm(clean, axis=1, keepdims=True)
+    flat = write_store(tmp_path / "flat.zarr", clean, centres, labels, scale=20.0, shard_size=32)
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(scored.run), "--store", str(flat), "--transclip",
+                                       "--out", str(tmp_path / "r.json"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    entry = json.loads(result.stdout)["stores"][str(flat)]
+    assert entry["transclip"]["accuracy"] > 0.5 and entry["transclip-probe"]["accuracy"] > 0.5
 
 
 def test_a_large_solve_shows_its_rounds_and_a_small_one_stays_quiet(scored, tmp_path, monkeypatch):

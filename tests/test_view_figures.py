@@ -168,3 +168,67 @@ def test_a_store_whose_views_are_its_clean_view_keeps_everything(world, tmp_path
         assert entry["pseudo_label_agreement"] == 1.0 and entry["label_preservation"]["ratio"] == 1.0
         assert entry["cosine_to_clean"] == pytest.approx(1.0, abs=1e-6)
         assert entry["teacher_accuracy"] == report["clean"]["teacher_accuracy"]
+
+
+def small_store(tmp_path, labels: list[int]):
+    """A store of len(labels) images in 2 classes with 2 weak views each, labelled as given (-1 unknown)."""
+    rng = np.random.default_rng(5)
+    centres = unit(rng.normal(size=(2, 8)))
+    truth = np.where(np.array(labels) >= 0, labels, np.arange(len(labels)) % 2)
+    clean = unit(centres[truth] + 0.2 * rng.normal(size=(len(labels), 8)))
+    weak = unit(clean[:, None] + 0.1 * rng.normal(size=(len(labels), 2, 8)))
+    return write_store(tmp_path / "small.zarr", clean, centres, np.array(labels), weak=weak)
+
+
+def analyze_views_cli(store, out, *options: str):
+    from click.testing import CliRunner
+
+    from lpclip_cache.cli import main
+
+    result = CliRunner().invoke(main, ["analyze", "views", "--store", str(store), "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(out.read_text(), parse_constant=pytest.fail)  # strict: no NaN
+
+
+def test_a_fitting_half_of_one_class_says_why_and_writes_no_nan(tmp_path):
+    """Issue 30.6: 4 labelled images in 2 classes and --seed 1: the fitting half is rows 0 and 1, both
+    class 0, so the clean probe is right on no scored image and every ratio was NaN. The report says
+    why, gives no probe figures, and still gives the teacher's accuracy."""
+    store = small_store(tmp_path, [0, 0, 1, 1])
+    assert np.unique(np.array([0, 0, 1, 1])[halves(np.array([0, 0, 1, 1]), 1)[0]]).size == 1
+    text, report = analyze_views_cli(store, tmp_path / "v.json", "--seed", "1")
+    assert "holds one class" in report["probe"]["undefined"] and "--seed" in report["probe"]["undefined"]
+    assert "probe_accuracy" not in report["clean"] and "label_preservation" not in report["views"]["weak"]
+    assert report["clean"]["teacher_accuracy"] == 1.0 and report["views"]["weak"]["teacher_accuracy"] == 1.0
+    assert "holds one class" in text and "n/a" in text and "nan" not in text.lower()
+    _, other = analyze_views_cli(store, tmp_path / "w.json", "--seed", "0")  # rows 0 and 2: both classes
+    assert other["views"]["weak"]["label_preservation"]["ratio"] == 1.0 and "undefined" not in other["probe"]
+
+
+def test_fewer_than_four_labelled_images_keep_the_teachers_accuracy(tmp_path):
+    """Issue 30.6: with 3 labelled rows the report said "no labels in this store" and left out the
+    teacher's accuracy. It gives the teacher's accuracy on the labelled rows and says why no probe."""
+    store = small_store(tmp_path, [0, 1, 0, -1, -1, -1])
+    text, report = analyze_views_cli(store, tmp_path / "v.json")
+    assert report["labelled_images"] == 3 and report["clean"]["teacher_accuracy"] == 1.0
+    assert "teacher_accuracy" in report["views"]["weak"]
+    assert "at least 4 labelled images" in report["probe"]["undefined"]
+    assert "no labels in this store" not in text and "at least 4 labelled images" in text
+    assert text.splitlines()[0].split()[-3:] == ["teacher", "keeps", "ceiling"]
+
+
+def test_an_unconverged_probe_is_reported(world, monkeypatch):
+    """L-BFGS stopped at its iteration limit says so: a ProbeConvergenceWarning from linear_probe,
+    and in analyze views' report the probes that stopped unconverged (a warning line in its text)."""
+    from lpclip_cache import viewcheck
+    from lpclip_cache.viewcheck import ProbeConvergenceWarning, format_views
+
+    head, labels, clean, views = world
+    with pytest.warns(ProbeConvergenceWarning, match="L-BFGS stopped unconverged after"):
+        linear_probe(clean[:300], labels[:300], clean[300:], 12, max_iter=2)
+    report = view_figures(clean[:200], {"weak": views["weak"][:200]}, head, 100.0, labels=labels[:200])
+    assert report["probe"]["unconverged"] == []
+    monkeypatch.setattr(viewcheck, "PROBE_MAX_ITER", 2)
+    report = view_figures(clean[:200], {"weak": views["weak"][:200]}, head, 100.0, labels=labels[:200])
+    assert report["probe"]["unconverged"] == ["clean", "ceiling on weak views"]
+    assert "warning: L-BFGS stopped unconverged for the probe(s): clean, ceiling on weak views" in format_views(report)
