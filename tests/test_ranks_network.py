@@ -114,7 +114,8 @@ def test_a_run_is_refused_on_a_store_of_another_network_in_one_line(random_store
     other = Path(extract(ExtractConfig(**options(tmp_path / "seed1.zarr", seed=1)))["store"])
     run = tmp_path / "run"
     train(TrainConfig(store=str(random_store), out=str(run), epochs=1, progress=False))
-    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--store", str(other), "--out", str(tmp_path / "r.json")])
+    report = str(tmp_path / "r.json")
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--store", str(other), "--out", report])
     assert result.exit_code == 5, result.output
     assert result.stderr.count("\n") == 1 and "image tower sha256" in result.stderr, result.stderr
     assert f"store '{other}' was made by another test-tiny network than run '{run}'" in result.stderr
@@ -126,7 +127,7 @@ def test_a_run_is_refused_on_a_store_of_another_network_in_one_line(random_store
     meta = dict(root.attrs[ATTR])
     del meta["manifest"]["model"]["image_tower_sha256"]
     root.attrs[ATTR] = {**meta, "cache_key": cache_key(meta["manifest"])}
-    ok = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--store", str(old), "--out", str(tmp_path / "r.json")])
+    ok = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--store", str(old), "--out", report])
     assert ok.exit_code == 0, ok.stderr
 
 
