@@ -1,8 +1,10 @@
 """Many processes, one store: ranks read from the launcher (torchrun), shards dealt round-robin.
 
 A single process is world size 1. Under ``torchrun`` the variables ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK`` say who this process is; the process group (gloo on the CPU, NCCL on CUDA) is used
-only for barriers and for exchanging small Python objects.
+``LOCAL_RANK`` say who this process is. The process group is used only for barriers and for
+exchanging small Python objects, so it is gloo's, on the CPU, whatever device encodes: NCCL would
+move each object through the GPU that ``torch.cuda.current_device()`` names, cuda:0 on every rank
+unless each set its own.
 
 A decision that stops the job is taken once and shared, so that every rank stops with the same
 one line and exit code: ranks that see different data or settings (``agree``), or rank 0 unable
@@ -136,8 +138,8 @@ def stopping_together() -> bool:
     return False
 
 
-def from_environment(device_type: str) -> Ranks:
-    """Ranks from torchrun's environment; joins the process group when there are several."""
+def from_environment() -> Ranks:
+    """Ranks from torchrun's environment; joins the (gloo) process group when there are several."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Ranks()
@@ -146,7 +148,7 @@ def from_environment(device_type: str) -> Ranks:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend="gloo")
     return Ranks(rank=rank, world=world, local_rank=local_rank, group=True)
 
 

@@ -155,7 +155,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     weak_policy = load_policy(config.weak_policy)
     strong_policy = load_policy(config.strong_policy)
     loaded = load_model(config.model, config.pretrained, resolve_device(config), config.cache_dir, config.seed)
-    ranks = distributed.from_environment(loaded.device.type)
+    ranks = distributed.from_environment()
     cast = autocast_dtype(config.precision, loaded.device.type)
     head = ranks.share(zero_shot_head(loaded, classnames, templates).numpy())  # rank 0's, the one the store holds
     manifest = {
