@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .config import NEIGHBORS_K, AblationConfig, DemoConfig, ExtractConfig, SelectConfig, TrainConfig
+from .distributed import stopping_together
 from .errors import Interrupted, LpclipError, StoreError
 from .outputs import json_text
 
@@ -28,7 +29,9 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     SIGINT (Ctrl-C) and SIGTERM stop the command the same way, by an exception in the main
     thread, so its cleanup runs (partial outputs removed, the store lock released); the process
     then prints one ``interrupted`` line and exits 130 (SIGINT) or 143 (SIGTERM). A disk found
-    full by a write no command names is one line and exit 5 too.
+    full by a write no command names is one line and exit 5 too. A torchrun rank that stops on an
+    error every rank shares says it and exits with its code, although torchrun sends it SIGTERM
+    as soon as another rank has exited (see ``distributed``).
     """
 
     @wraps(command)
@@ -62,19 +65,22 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                        "again", err=True)
             sys.exit(StoreError.exit_code)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            if previous is not None:  # a torchrun rank stopping on an error every rank shares exits with its code
+                signal.signal(signal.SIGTERM, signal.SIG_IGN if stopping_together() else previous)
 
     return wrapper
 
 
 def interrupt_on_sigterm() -> Any:
-    """Make SIGTERM raise ``Interrupted`` in the main thread, as SIGINT raises KeyboardInterrupt;
-    return the handler it replaced (None off the main thread, where handlers cannot be set)."""
+    """Make SIGTERM raise ``Interrupted`` in the main thread, as SIGINT raises KeyboardInterrupt,
+    except while a torchrun rank stops on an error every rank shares; return the handler it
+    replaced (None off the main thread, where handlers cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def interrupt(signum: int, frame: Any) -> None:
+        if stopping_together():  # torchrun SIGTERMs every rank once one exits: this one finishes its line
+            return
         raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)

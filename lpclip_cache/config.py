@@ -80,7 +80,8 @@ class ExtractConfig:
     classnames: str | None = option(None, "Class-name set (cifar10, cifar100, imagenet) or file.",
                                     recipe="extract.classnames")
     temperature: float = option(1.0, "Teacher softmax temperature.", recipe="extract.temperature")
-    seed: int = option(0, "Seed of every augmentation.", recipe="views.seed")
+    seed: int = option(0, "Seed of every augmentation, and of the random network with --pretrained none.",
+                       recipe="views.seed")
     shard_size: int = option(256, "Samples per shard (unit of writing).", recipe="extract.shard_size")
     batch_size: int = option(256, "Encoder batch size.", recipe="extract.batch_size")
     num_workers: int = option(2, "Decode workers.", flag="--workers", recipe="extract.workers")

@@ -35,7 +35,9 @@ def method_names(members: int) -> tuple[str, ...]:
 
 
 def check_compatible(run: Any, store: Any, role: str) -> None:
-    """A store must live in the run's embedding space; an ID store must also share its classes."""
+    """A store must live in the run's embedding space: the same model, weights and (where both
+    record it) image tower digest; an ID store must also share its classes. A store or run made
+    before the digest was recorded is compared without it."""
     run_model, store_model = run.info["model"], store.manifest["model"]
     if store.layout.dim != run.weight.shape[-1]:
         raise StoreError(
@@ -47,6 +49,13 @@ def check_compatible(run: Any, store: Any, role: str) -> None:
             f"{role} store '{store.path}' was made by {store_model['name']} ({store_model['pretrained']['kind']}) "
             f"but run '{run.path}' by {run_model['name']} ({run_model['pretrained']['kind']}): "
             "extract it with the run's model and weights"
+        )
+    ours, theirs = run_model.get("image_tower_sha256"), store_model.get("image_tower_sha256")
+    if ours and theirs and ours != theirs:
+        raise StoreError(
+            f"{role} store '{store.path}' was made by another {store_model['name']} network than run '{run.path}' "
+            f"(image tower sha256 {theirs[:12]}... vs {ours[:12]}...): extract it with the run's weights (with "
+            "--pretrained none, the same --seed)"
         )
     if role == "in-distribution" and store.classnames != run.classnames:
         raise StoreError(

@@ -108,8 +108,11 @@ def resolve_device(config: ExtractConfig) -> str:
 def extract(config: ExtractConfig) -> dict[str, Any]:
     """Run stage one and return a summary; resumes a store left incomplete by the same configuration.
 
-    Under torchrun every rank runs this function: rank 0 creates (or checks) the store and holds
-    its lock, each rank writes only the shards it owns, rank 0 marks the store complete.
+    Under torchrun every rank runs this function: the ranks first check they agree on the
+    manifest and layout (the same data, model, weights and options) and take rank 0's zero-shot
+    head; rank 0 creates (or checks) the store and holds its lock, each rank writes only the
+    shards it owns, rank 0 marks the store complete. A failure to agree or to open the store stops
+    every rank with the same error.
     """
 
     from . import distributed
@@ -118,6 +121,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     from .models import load_model, zero_shot_head
     from .prompts import load_classnames, load_templates
     from .store import ROW_ORDER, Layout, StoreWriter, cache_key
+    from .zeroshot import head_sha256
 
     check_config(config)
     source = open_source(config.data, config.split, config.download, config.progress)
@@ -150,15 +154,16 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
         )
     weak_policy = load_policy(config.weak_policy)
     strong_policy = load_policy(config.strong_policy)
-    loaded = load_model(config.model, config.pretrained, resolve_device(config), config.cache_dir)
-    ranks = distributed.from_environment(loaded.device.type)
+    loaded = load_model(config.model, config.pretrained, resolve_device(config), config.cache_dir, config.seed)
+    ranks = distributed.from_environment()
     cast = autocast_dtype(config.precision, loaded.device.type)
-    head = zero_shot_head(loaded, classnames, templates)
+    head = ranks.share(zero_shot_head(loaded, classnames, templates).numpy())  # rank 0's, the one the store holds
     manifest = {
         "model": loaded.describe(),
         "classnames": classnames,
         "templates": templates,
-        "teacher": {"logit_scale": loaded.logit_scale, "temperature": config.temperature},
+        "teacher": {"logit_scale": loaded.logit_scale, "temperature": config.temperature,
+                    "head_sha256": head_sha256(head)},
         "views": {"weak": config.weak_views, "strong": config.strong_views, "weak_policy": weak_policy,
                   "strong_policy": strong_policy, "seed": config.seed, "shard_size": config.shard_size},
         "rows": ROW_ORDER,
@@ -174,13 +179,15 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
                     strong_views=config.strong_views, shard_size=config.shard_size)
     writer = StoreWriter(config.out, layout, manifest)
     try:
-        state = writer.begin(head.numpy(), config.overwrite) if ranks.is_main else None
-        state = ranks.gather(state)[0]
+        ranks.agree({"manifest": manifest, "layout": layout.__dict__}, "data or settings",
+                    "nothing was written; give every rank the same data (the same copy of every shard), model, "
+                    "weights and options, then run the same command again")
+        state = ranks.on_main(lambda: writer.begin(head, config.overwrite))
         written = 0
         started = time.perf_counter()
         if state != "complete":
             policies = (weak_policy, strong_policy)
-            written = write_shards(config, source, loaded, head.numpy(), writer, policies, cast, ranks)
+            written = write_shards(config, source, loaded, head, writer, policies, cast, ranks)
         ranks.barrier()
         seconds = time.perf_counter() - started
         invalid = writer.finish() if ranks.is_main else []

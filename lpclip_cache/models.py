@@ -57,10 +57,12 @@ class LoadedModel:
     device: torch.device
 
     def describe(self) -> dict[str, Any]:
-        """The model's identity as manifest fields: everything that changes an embedding."""
+        """The model's identity as manifest fields: everything that changes an embedding, the
+        digest of the image tower's weights included (see ``weights_sha256``)."""
         return {
             "name": self.name,
             "pretrained": self.source.describe(),
+            "image_tower_sha256": weights_sha256(getattr(self.model, "visual", self.model)),
             "quick_gelu": self.quick_gelu,
             "embed_dim": self.embed_dim,
             "logit_scale": self.logit_scale,
@@ -75,6 +77,19 @@ def file_sha256(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
     with open(path, "rb") as handle:
         while chunk := handle.read(block):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """The sha256 of a module's weights: for each tensor of its state dict, by name in sorted
+    order, the line ``NAME DTYPE SHAPE`` and then the tensor's bytes (C order, the machine's byte
+    order). About 0.25 s for the image tower of ViT-B-32 (88 M parameters) on one CPU core."""
+    digest = hashlib.sha256()
+    state = module.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(f"{name} {str(tensor.dtype).removeprefix('torch.')} {list(tensor.shape)}\n".encode())
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -139,8 +154,14 @@ def load_model(
     pretrained: str | None = None,
     device: str = "auto",
     cache_dir: str | None = None,
+    seed: int | None = None,
 ) -> LoadedModel:
-    """Load an open_clip model for inference: resolve the weights, build, load, describe."""
+    """Load an open_clip model for inference: resolve the weights, build, load, describe.
+
+    With ``seed``, the network is built from a generator seeded with it, so a random one
+    (``pretrained`` none) is the same on every call, and torch's global random state is left as it
+    was; without, the build draws from the global state (as a caller that seeded it expects).
+    """
     config = model_config(name)
     source = resolve_pretrained(name, pretrained)
     if source.kind == "tag":
@@ -148,9 +169,7 @@ def load_model(
     torch_device = pick_device(device)
     weights = None if source.kind in ("none", "schema") else source.value
     try:
-        model = open_clip.create_model(
-            name, pretrained=weights, device=torch_device, cache_dir=cache_dir, weights_only=True
-        )
+        model = build(name, weights, torch_device, cache_dir, seed)
     except RuntimeError as exc:
         first = load_error_summary(exc)
         if source.kind == "file":
@@ -183,6 +202,16 @@ def load_model(
         quick_gelu=quick_gelu,
         device=torch_device,
     )
+
+
+def build(name: str, weights: str | None, device: torch.device, cache_dir: str | None, seed: int | None) -> Any:
+    """open_clip's model, its random initialisation drawn from ``seed`` when given. open_clip
+    builds on the CPU and then moves the model, so the CPU generator is the one seeded."""
+    if seed is None:
+        return open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir, weights_only=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return open_clip.create_model(name, pretrained=weights, device=device, cache_dir=cache_dir, weights_only=True)
 
 
 def tokenizer_of(name: str, config: dict[str, Any]) -> Any:

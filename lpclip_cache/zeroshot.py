@@ -34,6 +34,13 @@ def teacher_outputs(
     return probs.argmax(axis=-1).astype(np.int16), probs.max(axis=-1).astype(np.float32)
 
 
+def head_sha256(head: np.ndarray) -> str:
+    """The sha256 of a zero-shot head's float32 values: its C x D little-endian bytes, row by row."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(head, "<f4").tobytes()).hexdigest()
+
+
 @dataclass(frozen=True)
 class TeacherScale:
     """The teacher's logit scale s (the model's, 100 for pretrained CLIP) and softmax temperature T:
