@@ -378,7 +378,7 @@ def test_bad_images_with_skip_bad_are_recorded_invalid(image_folder, extract_arg
         make(image_folder / "class_1" / name)
     result = invoke("extract", "--data", image_folder, *extract_args, "--skip-bad", "--out", tmp_path / "s.zarr")
     assert result.exit_code == 0, result.stderr
-    assert f"{len(BAD_IMAGES)} image(s) could not be decoded" in result.stderr
+    assert f"{len(BAD_IMAGES)} sample(s) are marked invalid" in result.stderr
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     keys = np.asarray(group["keys"][...])
     valid = np.asarray(group["valid"][...])
