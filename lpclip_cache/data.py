@@ -136,7 +136,11 @@ class FolderSource:
         """Hash of every relative path, label and file size, in order."""
         digest = hashlib.sha256()
         for key, label in zip(self.keys, self.labels.tolist()):
-            size = os.stat(self.root / key).st_size
+            try:
+                size = os.stat(self.root / key).st_size
+            except OSError as exc:
+                raise DataUnavailable(f"cannot read image '{key}' under '{self.root}' ({exc.strerror}): check the "
+                                      "disk or mount, then run the same command again") from None
             digest.update(f"{key}\0{label}\0{size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 

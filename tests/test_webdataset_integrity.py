@@ -542,3 +542,67 @@ def test_sparse_members_of_gnu_tar_are_read_through_their_map(fmt, tmp_path):
         theirs = DecodedDataset(folder, (32, 32), "shortest", "bicubic")[row]
         assert ours[2] and theirs[2]
         assert ours[1].equal(theirs[1])
+
+
+# 9. CLIP_benchmark's and WebDataset's own rules
+
+
+def test_a_sample_with_several_images_takes_clip_benchmarks_choice(tmp_path):
+    """CLIP_benchmark's ``to_tuple(["webp", "png", "jpg", "jpeg"], "cls")`` takes the first
+    present: the png over the jpg, the webp over both."""
+    from PIL import Image
+
+    from lpclip_cache.data import open_source
+
+    def encoded(fmt: str, colour: tuple[int, int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, fmt)
+        return buffer.getvalue()
+
+    tar_of(tmp_path / "s" / "0.tar", [
+        ("a.jpg", encoded("JPEG", (255, 0, 0))), ("a.png", encoded("PNG", (0, 255, 0))), ("a.cls", b"1"),
+        ("b.jpeg", encoded("JPEG", (255, 0, 0))), ("b.png", encoded("PNG", (0, 255, 0))),
+        ("b.webp", encoded("WEBP", (0, 0, 255))), ("b.cls", b"2"),
+    ])
+    source = open_source(f"wds:{tmp_path / 's'}")
+    assert [source.image(i).convert("RGB").getpixel((4, 4)) for i in range(2)] == [(0, 255, 0), (0, 0, 255)]
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "retrieval", "Retrieval\n"])
+def test_a_root_that_is_not_classification_is_one_line(kind, tmp_path):
+    folder = root(tmp_path / "cb", b"a\nb\nc\nd\n")
+    (folder / "dataset_type.txt").write_text(kind)
+    result = run_cli("extract", "--data", f"wds:{folder}", "--out", str(tmp_path / "x.zarr"))
+    one_line(result, 3, "dataset_type.txt", kind.strip().lower(), "not single-label classification")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_members_under_double_underscore_names_are_skipped_as_webdataset_skips_them(tiny_checkpoint, tmp_path):
+    """WebDataset's reader skips a member whose name is ``__x__`` or lies under a top-level
+    ``__x__/`` folder (``skip_meta``), and nothing else: ``a/__x__/k.jpg`` is a sample."""
+    import webdataset as wds
+
+    members = (samples(["k0"], [0]) + samples(["__meta__/k1"], [1]) + [("__index__", b"{}")]
+               + samples(["a/__x__/k2"], [2]) + samples(["__k3"], [3]))
+    tar_of(tmp_path / "s" / "0.tar", members)
+    result = extract_cli(tmp_path, f"wds:{tmp_path / 's'}", tiny_checkpoint)
+    assert result.returncode == 0, result.stderr
+    theirs = {s["__key__"]: int(s["cls"]) for s in wds.WebDataset(str(tmp_path / "s" / "0.tar"), shardshuffle=False)}
+    assert rows(tmp_path / "s.zarr") == theirs == {"k0": 0, "a/__x__/k2": 2, "__k3": 3}
+
+
+def test_a_brace_pattern_starting_with_a_brace_is_not_the_current_folder(tiny_checkpoint, tmp_path, monkeypatch):
+    """``wds:{/a/0.tar,/b/0.tar}`` reads /a and /b: a store written in the current folder does not
+    lie inside its input."""
+    tar_of(tmp_path / "a" / "0.tar", samples(["a0"], [0]))
+    tar_of(tmp_path / "b" / "0.tar", samples(["b0"], [1], start=1))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    spec = f"wds:{{{tmp_path / 'a' / '0.tar'},{tmp_path / 'b' / '0.tar'}}}"
+    result = run_cli("extract", "--data", spec, "--classnames", str(names_file(tmp_path)), "--model", "test-tiny",
+                     "--pretrained", str(tiny_checkpoint), "--workers", "0", "--weak-views", "0", "--strong-views",
+                     "0", "--quiet", "--out", "s.zarr")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "work" / "s.zarr") == {"a0": 0, "b0": 1}
+    inside = run_cli("extract", "--data", spec, "--out", str(tmp_path / "a" / "s.zarr"))
+    one_line(inside, 3, "lies inside the input", str(tmp_path / "a"))
