@@ -600,8 +600,8 @@ class DecodedDataset:
             if exc.errno is None:
                 raise BadImage(one_line(exc)) from exc
             raise DataUnavailable(f"cannot read image '{self.source.keys[index]}' ({exc.strerror or one_line(exc)}): "
-                                  "check the disk or mount, then run the same command again (finished shards are "
-                                  "kept)") from None
+                                  "check that it is readable (its permissions, the disk, the mount), then run the "
+                                  "same command again (finished shards are kept)") from None
         except Exception as exc:  # the file is read: whatever else fails is the untrusted image's own
             raise BadImage(one_line(exc)) from exc
 

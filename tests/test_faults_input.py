@@ -182,7 +182,7 @@ def test_unreadable_paths_are_one_line_naming_them(stores, image_folder, extract
         (["extract", "--data", class_dir, *args, "--out", tmp_path / "o2.zarr"], 3,
          ["cannot read data folder", class_dir / "class_1", "Permission denied"]),
         (["extract", "--data", one_image, *args, "--out", tmp_path / "o3.zarr"], 3,
-         ["cannot decode image 'class_0/img_0.jpg'", "PermissionError", "--skip-bad"]),
+         ["cannot read image 'class_0/img_0.jpg'", "Permission denied", "run the same command again"]),
         (["train", "--store", store, "--out", tmp_path / "o4"], 5, ["cannot read store", store, "Permission denied"]),
         (["train", "--store", chunk_store, "--out", tmp_path / "o5"], 5,
          ["cannot read array 'clean/emb'", chunk_store, "Permission denied"]),
