@@ -17,7 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "troubleshooting.md"
 START, END = "<!-- generated from the code: start -->", "<!-- generated from the code: end -->"
-CODES = {"InputError": (3, "bad input"), "ModelError": (4, "model or weights"),
+CODES = {"InputError": (3, "bad input"),
+         "DataUnavailable": (3, "data that cannot be read now: run the same command again"),
+         "ModelError": (4, "model or weights"),
          "StoreError": (5, "store, run or output"), "LpclipError": (1, "other")}
 # functions that build an error of a class from a message (name -> class)
 HELPERS = {"_fail": "InputError", "damaged": "StoreError"}

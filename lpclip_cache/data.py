@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
+from .errors import BadImage, DataUnavailable, InputError
 from .prompts import prompt_name
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
@@ -35,7 +35,9 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def image(self, index: int) -> Image.Image:
-        """The image at ``index`` as a PIL image (any mode; it is converted to RGB later)."""
+        """The image at ``index`` as a PIL image (any mode; it is converted to RGB later). Raises
+        ``BadImage`` for an image its data marks bad, ``DataUnavailable`` when it cannot be read
+        now; an image that fails to decode may raise anything else (``DecodedDataset`` names it)."""
         ...
 
     def fingerprint(self) -> str:
@@ -94,6 +96,8 @@ class FolderSource:
                     "pass --split with one of them, or point --data at the split folder itself"
                 )
             root = root / split
+        from .webdata import bad_name, shown
+
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         keys: list[str] = []
         labels: list[int] = []
@@ -104,6 +108,11 @@ class FolderSource:
                 empty.append(class_dir)
             keys.extend(str(f.relative_to(root)) for f in files)
             labels.extend([index] * len(files))
+        for key in keys:
+            why = bad_name(key)
+            if why is not None:
+                raise InputError(f"image file '{shown(key)}' under '{shown(str(root))}' {why}: its key must be "
+                                 "stored exactly")
         suffixes = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
         if not keys:
             raise InputError(f"no images found in '{root}': expected class folders holding {suffixes} files")
@@ -127,8 +136,12 @@ class FolderSource:
         """Hash of every relative path, label and file size, in order."""
         digest = hashlib.sha256()
         for key, label in zip(self.keys, self.labels.tolist()):
-            size = os.stat(self.root / key).st_size
-            digest.update(f"{key}\0{label}\0{size}\n".encode())
+            try:
+                size = os.stat(self.root / key).st_size
+            except OSError as exc:
+                raise DataUnavailable(f"cannot read image '{key}' under '{self.root}' ({exc.strerror}): check the "
+                                      "disk or mount, then run the same command again") from None
+            digest.update(f"{key}\0{label}\0{size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
 
 
@@ -156,6 +169,14 @@ class ArraySource:
         return digest.hexdigest()
 
 
+def download_failed(dataset: str, root: str, exc: OSError, files: str) -> DataUnavailable:
+    """A dataset download that failed (no network, a proxy, a server down) as one line."""
+    why = getattr(exc, "reason", None) or exc.strerror or exc
+    return DataUnavailable(f"{dataset} could not be downloaded into '{root}' ({type(exc).__name__}: {why}): run the "
+                           f"same command on a connected machine, or copy {files} into '{root}' and leave out "
+                           "--download")
+
+
 def torchvision_cifar(variant: str) -> Callable[[str, str, str | None, bool], ArraySource]:
     """A builder for ``cifar10:ROOT`` / ``cifar100:ROOT`` read through torchvision from a local root."""
 
@@ -168,6 +189,11 @@ def torchvision_cifar(variant: str) -> Callable[[str, str, str | None, bool], Ar
         dataset_cls = datasets.CIFAR10 if variant == "cifar10" else datasets.CIFAR100
         try:
             dataset = dataset_cls(root=root, train=split == "train", download=download)
+        except OSError as exc:  # urllib's URLError, a connection refused or reset, a proxy's error
+            if not download:
+                raise
+            archive = "cifar-10-python.tar.gz" if variant == "cifar10" else "cifar-100-python.tar.gz"
+            raise download_failed(variant, root, exc, archive) from None
         except RuntimeError as exc:
             raise InputError(
                 f"{variant} not found under '{root}' ({str(exc).splitlines()[0]}): "
@@ -300,6 +326,10 @@ def svhn_torchvision(spec: str, rest: str, split: str | None, download: bool) ->
         raise InputError(f"svhn has splits 'train', 'test' and 'extra', not '{split}'")
     try:
         dataset = datasets.SVHN(root=rest, split=split, download=download)
+    except OSError as exc:  # urllib's URLError, a connection refused or reset, a proxy's error
+        if not download:
+            raise
+        raise download_failed("svhn", rest, exc, f"{split}_32x32.mat") from None
     except RuntimeError as exc:
         raise InputError(f"svhn not found under '{rest}' ({str(exc).splitlines()[0]}): add --download on a "
                          f"connected machine, or point at the folder holding {split}_32x32.mat") from exc
@@ -389,19 +419,30 @@ def open_source(spec: str, split: str | None = None, download: bool = False, pro
     return FolderSource.open(Path(spec).expanduser(), spec, split)
 
 
-def local_root(spec: str) -> Path | None:
-    """The local file or folder a data spec reads (``cifar10:ROOT`` reads ROOT), or None when it
-    reads none (``shapes:`` generates its images)."""
+def local_roots(spec: str) -> list[Path]:
+    """The local files or folders a data spec reads (``cifar10:ROOT`` reads ROOT; a brace pattern
+    the folders of the shards it names), none when it reads none (``shapes:`` generates its
+    images, a URL is remote)."""
     from .outputs import is_url
 
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in BUILDERS and not rest.strip():
-        return None  # no root given: open_source says so, naming the spec
+        return []  # no root given: open_source says so, naming the spec
     if sep and prefix == "wds":
-        return None if is_url(rest) else Path(rest.split("{")[0] or ".").expanduser()
+        if is_url(rest):
+            return []
+        if "{" in rest or "}" in rest:
+            from .webdata import expand_braces
+
+            try:
+                names = expand_braces(spec, rest)
+            except InputError:
+                return []  # open_source says so, naming the pattern
+            return sorted({Path(name).expanduser().parent for name in names if not is_url(name)})
+        return [Path(rest).expanduser()]
     if sep and prefix in BUILDERS:
-        return Path(rest.split(":")[0]).expanduser() if prefix != "shapes" else None
-    return Path(spec).expanduser()
+        return [Path(rest.split(":")[0]).expanduser()] if prefix != "shapes" else []
+    return [Path(spec).expanduser()]
 
 
 def known_size(spec: str, split: str | None = None) -> int | None:
@@ -507,8 +548,11 @@ def resize_to_model(image: Image.Image, size: tuple[int, int], mode: str, interp
 class DecodedDataset:
     """A map-style dataset yielding ``(index, uint8 CHW tensor, ok, reason)`` for DataLoader workers.
 
-    A file that cannot be decoded yields zeros with ``ok`` False and the reason, so the main
-    process decides (a clear error, or ``--skip-bad``) instead of a worker traceback.
+    An image that cannot be decoded (or that its data marks bad) yields zeros with ``ok`` False
+    and the reason, so the main process decides (a clear error, or ``--skip-bad``) instead of a
+    worker traceback. An image that cannot be *read* now (an I/O error, exhausted memory) is no
+    property of the image: it raises ``DataUnavailable``, which stops the run in one line, and
+    running the same command again retries it; it never becomes an invalid row.
     """
 
     def __init__(
@@ -533,9 +577,9 @@ class DecodedDataset:
 
         try:
             pixels = self.decode(index)
-        except Exception as exc:  # any failure to decode an untrusted file marks that image invalid
+        except BadImage as exc:
             blank = torch.zeros((3, *self.size), dtype=torch.uint8)
-            return index, blank, False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return index, blank, False, str(exc)
         return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
 
     def decode(self, index: int) -> np.ndarray:
@@ -545,15 +589,38 @@ class DecodedDataset:
         The image is resized in its own mode and converted to RGB afterwards, in open_clip's order;
         only high-bit-depth images are converted first (see ``to_rgb``). An image over PIL's
         ``MAX_IMAGE_PIXELS`` (a possible decompression bomb) is refused here, where PIL itself only
-        warns until twice that size.
+        warns until twice that size. Raises ``BadImage`` (with its one-line reason) for an image
+        that cannot be used, ``DataUnavailable`` for one that cannot be read now: an OSError with
+        an errno (the operating system's, as PIL's decoding errors have none) or a MemoryError.
         """
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with self.source.image(index) as image:
-                if high_bit_depth(image):
-                    image = to_rgb(image)
-                image = to_rgb(resize_to_model(image, self.size, self.mode, self.interpolation, self.fill))
-                return np.asarray(image, dtype=np.uint8).copy()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with self.source.image(index) as image:
+                    if high_bit_depth(image):
+                        image = to_rgb(image)
+                    image = to_rgb(resize_to_model(image, self.size, self.mode, self.interpolation, self.fill))
+                    return np.asarray(image, dtype=np.uint8).copy()
+        except (BadImage, DataUnavailable):
+            raise
+        except MemoryError:
+            raise DataUnavailable(f"out of memory decoding image '{self.source.keys[index]}': free memory or pass "
+                                  "fewer --workers, then run the same command again (finished shards are kept)"
+                                  ) from None
+        except OSError as exc:
+            if exc.errno is None:
+                raise BadImage(one_line(exc)) from exc
+            raise DataUnavailable(f"cannot read image '{self.source.keys[index]}' ({exc.strerror or one_line(exc)}): "
+                                  "check that it is readable (its permissions, the disk, the mount), then run the "
+                                  "same command again (finished shards are kept)") from None
+        except Exception as exc:  # the file is read: whatever else fails is the untrusted image's own
+            raise BadImage(one_line(exc)) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as ``Type: first line of its message``."""
+    text = str(exc).splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def default_collate_shard(items: list[tuple[int, Any, bool, str]]) -> tuple[Any, Any, Any, list[str]]:

@@ -25,6 +25,26 @@ class InputError(LpclipError):
     exit_code = 3
 
 
+class DataUnavailable(InputError):
+    """Data that could not be read now: an I/O error reading a shard or an image, a failed
+    download, memory exhausted while decoding. Nothing is recorded of it (no invalid row): running
+    the same command again retries, and resumes past the shards already written."""
+
+    def __init__(self, message: str) -> None:
+        # raised in a DataLoader worker, it comes back built from the worker's whole traceback,
+        # whose last line is this class's name and the one-line message
+        if "\nOriginal Traceback" in message:
+            last = message.rstrip().rsplit("\n", 1)[-1]
+            message = last.partition(": ")[2] or last
+        super().__init__(message)
+
+
+class BadImage(ValueError):
+    """An image whose bytes were read but cannot be used (undecodable, or a sample its data marks
+    bad); the message is the reason recorded beside its invalid row. Not an LpclipError: the
+    extraction decides whether it stops the run or, with ``--skip-bad``, becomes an invalid row."""
+
+
 class NothingKept(InputError):
     """A confidence threshold that keeps no sample to train on (``train --threshold``)."""
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import ExtractConfig, check_choices
-from .data import local_root
+from .data import local_roots
 from .errors import InputError, Interrupted
 from .outputs import refuse_output_inside
 from .progress import Progress
@@ -33,9 +33,7 @@ def check_config(config: ExtractConfig) -> None:
         raise InputError(f"--temperature must be positive, got {config.temperature}")
     corruption_plan(config.corrupt)
     check_choices(config)
-    root = local_root(config.data)
-    if root is not None:
-        refuse_output_inside(config.out, [root], "--out")
+    refuse_output_inside(config.out, local_roots(config.data), "--out")
 
 
 def parse_corruption(spec: str | None) -> tuple[str, int] | None:
@@ -199,7 +197,7 @@ def extract(config: ExtractConfig) -> dict[str, Any]:
     views_per_image = 1 + config.weak_views + config.strong_views
     rate = written / seconds if seconds > 0 else 0.0
     if invalid:
-        sys.stderr.write(f"{len(invalid)} image(s) could not be decoded and are marked invalid:\n")
+        sys.stderr.write(f"{len(invalid)} sample(s) are marked invalid, each for its reason:\n")
         for key, reason in invalid:
             sys.stderr.write(f"  {key}: {reason}\n")
     return {

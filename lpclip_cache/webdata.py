@@ -3,22 +3,28 @@
 SPEC is a brace pattern (``shards/{00000..00099}.tar``), a folder of ``.tar`` files, an fsspec
 URL of either, or a CLIP_benchmark dataset root (``classnames.txt``,
 ``zeroshot_classification_templates.txt`` and ``{split}/nshards.txt`` with ``{split}/{n}.tar``),
-whose class names and templates then come with the data. A sample is the tar members sharing a
-key (the member name up to the first dot of its basename, as WebDataset splits it): its image is
-the first of ``jpg``, ``jpeg``, ``png``, ``webp`` present, its label the plain decimal integer in
-``cls`` (-1, unlabelled, without one), its key that key.
+whose class names and templates then come with the data (a root whose ``dataset_type.txt`` says
+``retrieval`` or ``multilabel`` is refused: it is not single-label classification). A sample is the
+tar members sharing a key (the member name up to the first dot of its basename, as WebDataset
+splits it; members under ``__x__`` names are skipped, as WebDataset skips them): its image is the
+first of ``webp``, ``png``, ``jpg``, ``jpeg`` present (CLIP_benchmark's order), its label the plain
+decimal integer in ``cls`` (-1, unlabelled, without one), its key that key.
 
 Each shard is indexed with the standard library's ``tarfile`` (``tarindex``): every member under
 its full name, with its data offset, so an image is read on its own with one seek in whichever
 order extraction asks for it, and a shard of the store stays the unit of work, resumable,
 bit-identical and dealt to torchrun ranks as before. Remote shards (an fsspec URL) are copied
-once into a local cache folder first.
+into a local cache folder first, under the remote object's version (its size, ETag and
+modification time, asked for on every run), so a shard replaced remotely is copied again; a copy
+is written under a private name and renamed into place, so a process never reads another's
+half-written copy.
 
 Nothing is dropped or renumbered in silence. What the index finds wrong is a ``Problem``:
-``refuse`` (a shard cut short or unreadable, a key repeated, which would otherwise shift or mix
-samples), ``invalid`` (a sample without an image or with a ``cls`` that is not a class index) or
-``warning`` (no end-of-archive blocks, members of a key not adjacent, skipped files, a shard count
-that disagrees with ``nshards.txt``). ``admit`` turns the first refusal or invalid sample into one
+``refuse`` (a shard cut short, without its end-of-archive blocks or unreadable, a key repeated,
+a member name with control characters or not in UTF-8, which would otherwise shift, mix or
+misname samples), ``invalid`` (a sample without an image or with a ``cls`` that is not a class
+index) or ``warning`` (members of a key not adjacent, skipped files, a shard count that
+disagrees with ``nshards.txt``). ``admit`` turns the first refusal or invalid sample into one
 line, or with ``--skip-bad`` keeps the complete samples, makes invalid samples invalid rows with
 their reason, and records every problem in the store's manifest, where ``info`` and ``verify``
 show them (docs/reliability.md lists the cases).
@@ -29,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +43,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import BadImage, DataUnavailable, InputError
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # a sample's image: the first present, as CLIP_benchmark takes it
 OPEN_SHARDS = 16  # files a process keeps open at once
 RECORDED_PROBLEMS = 1000  # a manifest lists at most this many problems, and counts the rest
 _LABEL = re.compile(r"-?[0-9]{1,10}")  # ASCII digits only: no '1_0', no '٣', no '+3'
+LARGEST_LABEL = 2**31 - 1  # labels are stored as int32
+NOT_CLASSIFICATION = ("retrieval", "multilabel")  # dataset_type.txt values CLIP_benchmark reads otherwise
 NON_SHARDS = "hidden files, AppleDouble '._' files and files not ending in .tar"
 
 
@@ -59,6 +68,32 @@ class Problem:
     def line(self) -> str:
         where = f"shard '{self.shard}'" + (f", sample '{self.key}'" if self.key is not None else "")
         return f"{where}: {self.problem}"
+
+
+def shown(name: str) -> str:
+    """A name as one printable line: control characters as ``\\xNN``, and the bytes of a name
+    that is not UTF-8 (``tarfile`` and ``os`` keep them as surrogate escapes) as ``\\xNN`` too."""
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif unicodedata.category(char) in ("Cc", "Cs"):
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def bad_name(name: str) -> str | None:
+    """Why a member or file name cannot be a key as it is (None when it can): a store keeps keys
+    exactly, and a control character (NUL is dropped by numpy's strings, newlines break every
+    listing) or bytes that are not UTF-8 would not survive."""
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
+        return "is not valid UTF-8 (rename it in UTF-8)"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "holds a control character (rename it without one)"
+    return None
 
 
 def expand_braces(spec: str, pattern: str) -> list[str]:
@@ -95,6 +130,12 @@ def clip_benchmark_root(
         return None
     split = split or "test"
     base = root.rstrip("/")
+    if fs.isfile(f"{inner}/dataset_type.txt"):
+        kind = read_text(fs, f"{inner}/dataset_type.txt", f"{base}/dataset_type.txt").decode("utf-8", "replace")
+        if kind.strip().lower() in NOT_CLASSIFICATION:
+            raise InputError(f"CLIP_benchmark root '{root}' holds a {kind.strip().lower()} dataset (dataset_type.txt), "
+                             "not single-label classification, which lpclip-cache reads: pass a classification "
+                             "dataset")
     if not fs.isfile(f"{inner}/{split}/nshards.txt"):
         found = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(inner, detail=False) if fs.isdir(p))
         raise InputError(f"CLIP_benchmark root '{root}' has no split '{split}' ({split}/nshards.txt not found; "
@@ -155,6 +196,8 @@ def parse_label(data: bytes) -> tuple[int | None, str | None]:
     if not _LABEL.fullmatch(text):
         return None, f"its .cls holds {text[:20]!r}, not a plain decimal class index"
     value = int(text)
+    if value > LARGEST_LABEL:
+        return None, f"its .cls holds {value}, too large for a class index"
     if value < -1:
         return None, f"its .cls holds {value}: class indices are 0 or more (-1 marks an unlabelled sample)"
     return value, None
@@ -162,11 +205,10 @@ def parse_label(data: bytes) -> tuple[int | None, str | None]:
 
 @dataclass(frozen=True)
 class Entry:
-    """Where a sample's image is: shard number, data offset and size in the local file."""
+    """Where a sample's image is: shard number and member in the local file."""
 
     shard: int
-    offset: int
-    size: int
+    member: Any  # tarindex.Member
     extension: str
 
 
@@ -198,27 +240,22 @@ class WdsSource:
                 meter.update()
                 continue
             except OSError as exc:
-                raise InputError(f"shard '{shard}' cannot be read ({exc.strerror or type(exc).__name__}): "
-                                 "check that it is readable") from None
-            digest.update(f"{Path(shard).name}\n".encode())
-            digest.update("\n".join(index.digest_items()).encode())
+                raise DataUnavailable(f"shard '{shard}' cannot be read ({exc.strerror or type(exc).__name__}): "
+                                      "check that it is readable, then run the same command again") from None
+            digest.update(f"{Path(shard).name}\n".encode("utf-8", "surrogateescape"))
+            digest.update("\n".join(index.digest_items()).encode("utf-8", "surrogateescape"))
             samples, loose = group_samples(index.members)
-            if index.damage:
-                whole = [s for s in samples if all(m.offset + m.size <= index.size for m in s.members.values())]
-                self._refuse(shard, None, f"is cut short or damaged: {index.damage}; {len(whole)} complete sample(s) "
-                             "before it are kept with --skip-bad, else fetch the shard again")
-                samples = whole
-            elif index.unterminated:
-                self._warn(shard, None, "lacks tar's end-of-archive blocks (an interrupted copy?); its samples are "
-                           "whole and are read, but check the shard")
+            if index.damage or index.unterminated:
+                samples = self._whole(shard, index, samples)
+            samples = [s for s in samples if self._named(shard, s)]
             scattered = [s.key for s in samples if not s.adjacent]
             if scattered:
                 self._warn(shard, None, f"the members of {len(scattered)} key(s) are not adjacent (first "
                            f"'{scattered[0]}'); they are grouped by key, which WebDataset's sequential reader "
                            "would not do")
             if loose or index.others:
-                self._warn(shard, None, f"{loose + index.others} member(s) belong to no sample (no extension, or "
-                           "not a regular file) and are not read")
+                self._warn(shard, None, f"{loose + index.others} member(s) belong to no sample (no extension, "
+                           "'__x__' names WebDataset skips, or not a regular file) and are not read")
             found.extend((number, s) for s in samples)
             meter.update()
         meter.close()
@@ -226,6 +263,36 @@ class WdsSource:
         self._digest = digest.hexdigest()
         self.identity = {"kind": "wds", "spec": spec, "layout": layout, "split": split,
                          "shards": [s if "://" in s else str(Path(s).resolve()) for s in shards]}
+
+    def _whole(self, shard: str, index: Any, samples: list[Any]) -> list[Any]:
+        """The samples of a shard cut short (or without its end-of-archive blocks, the shape of a
+        download cut at a block boundary) that are whole: every member in the file, and not the
+        sample of the last member, whose other members may have followed it past the cut. The
+        shard is recorded as cut short."""
+        from .tarindex import split_name
+
+        last = split_name(index.members[-1].name) if index.members else None
+        whole = [s for s in samples if all(m.offset + m.stored <= index.size for m in s.members.values())
+                 and (last is None or s.key != last[0])]
+        if index.damage:
+            where = f"is cut short or damaged: {index.damage}"
+        else:
+            after = f" after member '{shown(index.members[-1].name)}'" if index.members else ""
+            where = (f"is cut short: it ends at byte {index.size} without tar's end-of-archive blocks{after} "
+                     "(an interrupted download?)")
+        self._refuse(shard, None, f"{where}; {len(whole)} whole sample(s) before it are kept with --skip-bad, "
+                     "else fetch the shard again")
+        return whole
+
+    def _named(self, shard: str, sample: Any) -> bool:
+        """Whether the sample's member names can be kept exactly as its key; else it is refused."""
+        for member in sample.members.values():
+            why = bad_name(member.name)
+            if why is not None:
+                self._refuse(shard, shown(sample.key), f"its member name '{shown(member.name)}' {why}; the sample "
+                             "is left out with --skip-bad")
+                return False
+        return True
 
     def _refuse(self, shard: str, key: str | None, problem: str) -> None:
         self.problems.append(Problem("refuse", shard, key, problem))
@@ -270,7 +337,7 @@ class WdsSource:
             keys.append(sample.key)
             labels.append(label)
             member = sample.members.get(image) if image else None
-            self._entries.append(Entry(number, member.offset, member.size, image) if member else None)
+            self._entries.append(Entry(number, member, image) if member else None)
             if reason is not None:
                 self._invalid[row] = reason
                 self.problems.append(Problem("invalid", shard, sample.key, reason))
@@ -329,9 +396,13 @@ class WdsSource:
         return self._files[number]
 
     def _read(self, number: int, member: Any) -> bytes:
-        handle = self._file(number)
-        handle.seek(member.offset)
-        return handle.read(member.size)
+        """A member's bytes; an I/O error stops the run (``DataUnavailable``), never an invalid row."""
+        try:
+            return member.content(self._file(number))
+        except OSError as exc:
+            raise DataUnavailable(f"shard '{self.shards[number]}' cannot be read ({exc.strerror or type(exc).__name__})"
+                                  ": check the disk or mount, then run the same command again (finished shards "
+                                  "are kept)") from None
 
     def _local_copy(self, number: int) -> str:
         """A local path of the shard: itself, or a cached copy of a remote one."""
@@ -342,18 +413,7 @@ class WdsSource:
                 raise InputError(f"shard '{shard}' not found: check the data spec")
             return path
         if number not in self._local:
-            from .outputs import cache_dir, filesystem
-
-            fs, inner = filesystem(shard)
-            target = cache_dir() / "shards" / hashlib.sha256(shard.encode()).hexdigest()[:16] / Path(inner).name
-            if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    fs.get_file(inner, str(target) + ".part")
-                except FileNotFoundError:
-                    raise InputError(f"shard '{shard}' not found: check the data spec") from None
-                os.replace(str(target) + ".part", target)
-            self._local[number] = str(target)
+            self._local[number] = remote_copy(shard)
         return self._local[number]
 
     def image(self, index: int) -> Image.Image:
@@ -361,15 +421,17 @@ class WdsSource:
 
         entry = self._entries[index]
         if index in self._invalid or entry is None:
-            raise ValueError(self._invalid.get(index, "no image"))
+            raise BadImage(self._invalid.get(index, "no image"))
         shard = self.shards[entry.shard]
-        data = self._read(entry.shard, entry)
+        data = self._read(entry.shard, entry.member)
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
-        except Exception as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # the bytes are in memory: whatever fails is the image's own
             why = "not a readable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
-            raise ValueError(f"shard '{shard}', key '{self.keys[index]}' ({entry.extension}): {why}") from exc
+            raise BadImage(f"shard '{shard}', key '{self.keys[index]}' ({entry.extension}): {why}") from exc
         return image
 
     def fingerprint(self) -> str:
@@ -377,9 +439,83 @@ class WdsSource:
         checksums), then the rows' keys and labels: a shard rewritten under a partial store changes
         it, so that store is not resumed with mixed content."""
         digest = hashlib.sha256(self._digest.encode())
-        digest.update("\n".join(self.keys).encode())
+        digest.update("\n".join(self.keys).encode("utf-8", "surrogateescape"))
         digest.update(self.labels.tobytes())
         return digest.hexdigest()
+
+
+# what fsspec's ``info`` may say of an object's version, by filesystem: S3's ETag and LastModified,
+# GCS's md5Hash, generation and updated, a local or memory file's mtime or creation time
+VERSION_FIELDS = ("size", "ETag", "etag", "md5Hash", "generation", "VersionId", "LastModified", "last_modified",
+                  "updated", "mtime", "created")
+
+
+def remote_version(info: dict[str, Any]) -> str:
+    """A short hash of what identifies one version of a remote object (its size, ETag and
+    modification time, whichever the filesystem reports)."""
+    fields = "\n".join(f"{name}={info[name]}" for name in VERSION_FIELDS if info.get(name) is not None)
+    return hashlib.sha256(fields.encode()).hexdigest()[:16]
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a short phrase for a one-line message."""
+    text = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _remote_info(fs: Any, inner: str, url: str) -> dict[str, Any]:
+    """The remote object's current info (the filesystem's listing cache dropped first)."""
+    try:
+        fs.invalidate_cache(inner)
+        return fs.info(inner)
+    except FileNotFoundError:
+        raise InputError(f"shard '{url}' not found: check the data spec") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # OSError, or the filesystem's own network and credential errors
+        raise DataUnavailable(f"cannot reach shard '{url}' ({_why(exc)}): check the network and credentials, then "
+                              "run the same command again") from None
+
+
+def remote_copy(url: str) -> str:
+    """A local copy of the remote shard at ``url``, current on every call: the copy lies in the
+    cache folder under the object's version (``remote_version``), so a shard replaced remotely
+    is copied again and a stale copy is never read. The copy is downloaded to a private name
+    and renamed into place, so processes copying the same shard at once (torchrun ranks) never
+    see each other's partial file, and each ends with the whole one."""
+    import secrets
+    import shutil
+
+    from .outputs import cache_dir, filesystem
+
+    fs, inner = filesystem(url)
+    info = _remote_info(fs, inner, url)
+    version = remote_version(info)
+    folder = cache_dir() / "shards" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    target = folder / version / Path(inner).name
+    if target.is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f"{target.name}.part.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fs.get_file(inner, str(part))
+        if remote_version(_remote_info(fs, inner, url)) != version or (
+                info.get("size") is not None and part.stat().st_size != info["size"]):
+            raise DataUnavailable(f"shard '{url}' changed while it was copied: run the same command again")
+        os.replace(part, target)
+    except (InputError, MemoryError):
+        raise
+    except FileNotFoundError:
+        raise InputError(f"shard '{url}' not found: check the data spec") from None
+    except Exception as exc:  # OSError, or the filesystem's own network and credential errors
+        raise DataUnavailable(f"cannot copy shard '{url}' ({_why(exc)}): check the network and the free space of "
+                              "the cache folder, then run the same command again") from None
+    finally:
+        part.unlink(missing_ok=True)
+    for old in folder.iterdir():  # copies of the shard's older versions
+        if old.name != version and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    return str(target)
 
 
 def open_webdataset(spec: str, rest: str, split: str | None, download: bool, progress: bool = True) -> WdsSource:

@@ -182,7 +182,7 @@ def test_unreadable_paths_are_one_line_naming_them(stores, image_folder, extract
         (["extract", "--data", class_dir, *args, "--out", tmp_path / "o2.zarr"], 3,
          ["cannot read data folder", class_dir / "class_1", "Permission denied"]),
         (["extract", "--data", one_image, *args, "--out", tmp_path / "o3.zarr"], 3,
-         ["cannot decode image 'class_0/img_0.jpg'", "PermissionError", "--skip-bad"]),
+         ["cannot read image 'class_0/img_0.jpg'", "Permission denied", "run the same command again"]),
         (["train", "--store", store, "--out", tmp_path / "o4"], 5, ["cannot read store", store, "Permission denied"]),
         (["train", "--store", chunk_store, "--out", tmp_path / "o5"], 5,
          ["cannot read array 'clean/emb'", chunk_store, "Permission denied"]),
@@ -378,7 +378,7 @@ def test_bad_images_with_skip_bad_are_recorded_invalid(image_folder, extract_arg
         make(image_folder / "class_1" / name)
     result = invoke("extract", "--data", image_folder, *extract_args, "--skip-bad", "--out", tmp_path / "s.zarr")
     assert result.exit_code == 0, result.stderr
-    assert f"{len(BAD_IMAGES)} image(s) could not be decoded" in result.stderr
+    assert f"{len(BAD_IMAGES)} sample(s) are marked invalid" in result.stderr
     group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     keys = np.asarray(group["keys"][...])
     valid = np.asarray(group["valid"][...])
@@ -639,3 +639,90 @@ def test_output_inside_the_input_is_refused(case, stores, image_folder, tmp_path
     assert_error(invoke(*build(context, image_folder)), 3, "lies inside the input", inputs[named].name,
                  "elsewhere")
     assert {name: snapshot(path) for name, path in inputs.items()} == before
+
+
+# --- 5. names, reads and downloads that fail -------------------------------------------------------
+
+
+def test_an_image_file_name_that_is_not_utf8_is_one_line(image_folder, extract_args, tmp_path):
+    """``b'\\xff\\xfe bad.png'`` in a class folder: no store key can hold it (nor the fingerprint)."""
+    shutil.copy(image_folder / "class_0" / "img_1.png", os.fsencode(image_folder / "class_0") + b"/\xff\xfe bad.png")
+    assert_error(invoke("extract", "--data", image_folder, *extract_args, "--out", tmp_path / "s.zarr"), 3,
+                 "class_0/\\xff\\xfe bad.png", "not valid UTF-8")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_an_image_that_cannot_be_read_stops_the_run_even_with_skip_bad(image_folder, extract_args, tmp_path,
+                                                                      monkeypatch):
+    """An I/O error is no property of the image: it stops the run in one line, nothing invalid is
+    recorded, and the same command run again (the file back) finishes the store whole. Here the
+    file vanishes between the scan and its decoding (moved away once the decoding dataset is made)."""
+    import lpclip_cache.data as data
+
+    victim = image_folder / "class_2" / "img_3.png"
+
+    class LosingAFile(DecodedDataset):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            victim.rename(tmp_path / "aside.png")
+
+    monkeypatch.setattr(data, "DecodedDataset", LosingAFile)
+    out = tmp_path / "s.zarr"
+    assert_error(invoke("extract", "--data", image_folder, *extract_args, "--skip-bad", "--out", out), 3,
+                 "cannot read image 'class_2/img_3.png'", "No such file", "run the same command again")
+    assert not zarr.open_group(str(out), mode="r").attrs["lpclip_cache"].get("complete")
+    monkeypatch.setattr(data, "DecodedDataset", DecodedDataset)
+    (tmp_path / "aside.png").rename(victim)
+    done = invoke("extract", "--data", image_folder, *extract_args, "--skip-bad", "--out", out)
+    assert done.exit_code == 0, done.stderr
+    group = zarr.open_group(str(out), mode="r")
+    assert np.asarray(group["valid"][...]).all() and not group.attrs["lpclip_cache"].get("invalid")
+
+
+def test_a_read_error_in_a_decode_worker_is_one_line(image_folder):
+    """The same error raised in a DataLoader worker comes back to the main process as the one
+    line, not as the worker's traceback."""
+    from lpclip_cache.errors import DataUnavailable
+
+    source = FolderSource.open(image_folder, str(image_folder), None)
+    (image_folder / source.keys[1]).unlink()
+    loader = torch.utils.data.DataLoader(DecodedDataset(source, SIZE, "shortest", "bicubic"), batch_size=4,
+                                         num_workers=1)
+    with pytest.raises(DataUnavailable) as raised:
+        list(loader)
+    assert "\n" not in raised.value.message and f"cannot read image '{source.keys[1]}'" in raised.value.message
+
+
+def test_memory_exhausted_while_decoding_is_not_an_invalid_image():
+    from lpclip_cache.errors import DataUnavailable
+
+    class Exhausted:
+        keys = ["big.png"]
+
+        def __len__(self) -> int:
+            return 1
+
+        def image(self, index: int) -> Image.Image:
+            raise MemoryError
+
+    with pytest.raises(DataUnavailable, match="out of memory decoding image 'big.png'.*run the same command again"):
+        DecodedDataset(Exhausted(), SIZE, "shortest", "bicubic")[0]
+
+
+def test_a_dataset_download_without_a_network_is_one_line(tmp_path):
+    """``extract --data cifar10:ROOT --download`` offline. A real download cannot happen here, so
+    the network is made unreachable honestly: every HTTP(S) request goes through a proxy on a
+    loopback port where nothing listens (the connection is refused)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = f"http://127.0.0.1:{port}"
+    env = {name: proxy for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+    env.update(no_proxy="", NO_PROXY="")
+    result = run_cli("extract", "--data", f"cifar10:{tmp_path / 'cifar'}", "--download", "--out",
+                     str(tmp_path / "s.zarr"), env=env)
+    assert_process_error(result, 3, "cifar10 could not be downloaded", str(tmp_path / "cifar"), "connected machine",
+                         "cifar-10-python.tar.gz")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

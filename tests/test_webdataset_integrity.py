@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import interrupt_writes_after
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from lpclip_cache.errors import InputError, StoreError
@@ -30,6 +33,8 @@ def tar_of(path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.PAX_
     with tarfile.open(path, "w", format=fmt) as archive:
         for name, data in members:
             info = tarfile.TarInfo(name)
+            if "\0" in name and fmt == tarfile.PAX_FORMAT:  # a ustar name field would end at the NUL
+                info.pax_headers = {"path": name}
             info.size = len(data)
             info.mtime = 1_700_000_000
             archive.addfile(info, io.BytesIO(data))
@@ -177,16 +182,48 @@ def test_a_shard_cut_short_is_one_line_or_keeps_its_complete_samples(tiny_checkp
         assert "1.tar" in shown and "cut short" in shown, shown
 
 
-def test_a_shard_without_end_blocks_is_read_with_a_warning(tiny_checkpoint, tmp_path):
+def test_a_shard_without_end_blocks_is_cut_short_or_keeps_its_whole_samples(tiny_checkpoint, tmp_path):
+    """An interrupted download cut at a block boundary: the second of three shards of 20 cut at
+    about half its size, after the image of a sample and before its label. Its tail samples are
+    gone and the last one read may have lost members: refused like a cut shard, or with
+    --skip-bad its whole samples are kept and the shard is listed as cut short."""
     shards = three_shards(tmp_path / "s")
-    with tarfile.open(shards[2]) as archive:
-        last = archive.getmembers()[-1]
-    boundary = last.offset_data + 512 * ((last.size + 511) // 512)
-    shards[2].write_bytes(shards[2].read_bytes()[:boundary])
+    with tarfile.open(shards[1]) as archive:
+        image = archive.getmembers()[20]  # s1-10.jpg; s1-10.cls follows it
+    boundary = image.offset_data + 512 * ((image.size + 511) // 512)
+    shards[1].write_bytes(shards[1].read_bytes()[:boundary])
+    spec = f"wds:{tmp_path / 's'}"
+    one_line(extract_cli(tmp_path, spec, tiny_checkpoint), 3, "1.tar", "cut short", "end-of-archive",
+             "fetch the shard again", "--skip-bad")
+    assert not (tmp_path / "s.zarr").exists()
+    skipped = extract_cli(tmp_path, spec, tiny_checkpoint, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    kept = rows(tmp_path / "s.zarr")
+    assert sorted(k for k in kept if k.startswith("s1-")) == [f"s1-{i:02d}" for i in range(10)]
+    assert kept == {k: int(k[-2:]) % 10 for k in kept} and len(kept) == 50  # s1-10 lost its label: left out
+    for command in ("info", "verify"):
+        shown = run_cli(command, str(tmp_path / "s.zarr"))
+        assert shown.returncode == 0, shown.stderr
+        assert "1.tar" in shown.stdout and "cut short" in shown.stdout, shown.stdout
+
+
+def test_concatenated_tars_are_read_whole(tiny_checkpoint, tmp_path):
+    """``cat a.tar b.tar > 0.tar``: both archives' samples, as ``tar --ignore-zeros`` reads them."""
+    first = tar_of(tmp_path / "parts" / "a.tar", samples(["a0", "a1", "a2"], [0, 1, 2]))
+    second = tar_of(tmp_path / "parts" / "b.tar", samples(["b0", "b1"], [3, 4], start=3), tarfile.GNU_FORMAT)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "0.tar").write_bytes(first.read_bytes() + second.read_bytes())
     result = extract_cli(tmp_path, f"wds:{tmp_path / 's'}", tiny_checkpoint)
     assert result.returncode == 0, result.stderr
-    assert "warning" in result.stderr and "2.tar" in result.stderr and "end-of-archive" in result.stderr
-    assert len(rows(tmp_path / "s.zarr")) == 60
+    assert rows(tmp_path / "s.zarr") == {"a0": 0, "a1": 1, "a2": 2, "b0": 3, "b1": 4}
+
+
+def test_junk_after_the_end_of_archive_is_damage(tmp_path):
+    from lpclip_cache.tarindex import index_tar
+
+    shard = tar_of(tmp_path / "0.tar", samples(["a"], [0]))
+    shard.write_bytes(shard.read_bytes() + b"\x01" * 512)
+    assert "not a tar header" in index_tar(str(shard)).damage
 
 
 def test_a_file_that_is_not_a_tar_is_one_line(tiny_checkpoint, tmp_path):
@@ -204,8 +241,11 @@ def test_a_sample_without_an_image_names_shard_and_key(tiny_checkpoint, tmp_path
            + samples(["c"], [3]))
     spec = f"wds:{tmp_path / 's'}"
     one_line(extract_cli(tmp_path, spec, tiny_checkpoint), 3, "0.tar", "'b'", "has no image", "cls, txt")
-    assert extract_cli(tmp_path, spec, tiny_checkpoint, "--skip-bad").returncode == 0
+    skipped = extract_cli(tmp_path, spec, tiny_checkpoint, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "could not be decoded" not in skipped.stderr and "  b: has no image" in skipped.stderr
     store = FeatureStore(tmp_path / "s.zarr")
+    assert dict(zip(store.read("keys").tolist(), store.read("reason").tolist()))["b"].startswith("has no image")
     assert dict(zip(store.read("keys").tolist(), store.read("valid").tolist())) == {"a": True, "b": False, "c": True}
 
 
@@ -218,6 +258,7 @@ def test_a_sample_without_an_image_names_shard_and_key(tiny_checkpoint, tmp_path
     (b"1_0", "not a plain decimal class index"),
     ("٣".encode(), "not a plain decimal class index"),
     (b"99999999999", "not a plain decimal class index"),
+    (b"2147483648", "too large for a class index"),  # 10 digits, beyond int32
     (b"\xff\xfe", "not UTF-8"),
     (b"dog", "not a plain decimal class index"),
 ])
@@ -227,10 +268,14 @@ def test_a_cls_that_is_not_a_class_index_names_shard_and_key(value, reason, tiny
     one_line(extract_cli(tmp_path, spec, tiny_checkpoint), 3, "0.tar", "'b'", reason)
     skipped = extract_cli(tmp_path, spec, tiny_checkpoint, "--skip-bad")
     assert skipped.returncode == 0, skipped.stderr
+    # the real reason, not "could not be decoded" nor an exception's name
+    assert "could not be decoded" not in skipped.stderr and "ValueError" not in skipped.stderr
+    assert "  b: its .cls " in skipped.stderr and reason in skipped.stderr
     store = FeatureStore(tmp_path / "s.zarr")
     assert rows(tmp_path / "s.zarr") == {"a": 1, "b": -1, "c": 2}
     assert dict(zip(store.read("keys").tolist(), store.read("valid").tolist())) == {"a": True, "b": False, "c": True}
-    assert reason in store.meta["invalid"][0]["reason"] and store.meta["invalid"][0]["key"] == "b"
+    assert store.meta["invalid"][0]["reason"].startswith("its .cls ") and store.meta["invalid"][0]["key"] == "b"
+    assert reason in store.meta["invalid"][0]["reason"]
     assert run_cli("verify", str(tmp_path / "s.zarr")).returncode == 0
 
 
@@ -360,7 +405,8 @@ def test_more_shards_than_nshards_is_a_warning(tiny_checkpoint, tmp_path):
 # 7. Random valid tars: the store's key -> label map is the written one
 
 
-name_chars = st.characters(codec="utf-8", exclude_characters="./\0", exclude_categories=("Cs", "Cc"))
+# any character but the separators, control characters and NUL included: those keys are refused
+name_chars = st.characters(codec="utf-8", exclude_characters="./", exclude_categories=("Cs",))
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -369,18 +415,31 @@ name_chars = st.characters(codec="utf-8", exclude_characters="./\0", exclude_cat
                      max_size=12, unique=True),
        shuffle=st.randoms(use_true_random=False), fmt=st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT]),
        folder=st.booleans())
+@example(keys=["x\0", "x", "tab\there", "line\nbreak"], shuffle=random.Random(0), fmt=tarfile.PAX_FORMAT, folder=False)
 def test_random_valid_tars_give_exactly_the_written_labels(keys, shuffle, fmt, folder, tiny_checkpoint,
                                                            tmp_path_factory):
+    import unicodedata
+
+    from lpclip_cache.webdata import shown
+
+    assume(fmt == tarfile.PAX_FORMAT or not any("\0" in k for k in keys))  # GNU names end at a NUL
     tmp_path = tmp_path_factory.mktemp("random")
     keys = [f"dir/{k}" if folder else k for k in keys]
     labels = [shuffle.randrange(-1, 10) for _ in keys]
     members = samples(keys, labels)
     shuffle.shuffle(members)  # any member order: grouping by key keeps every label on its image
     tar_of(tmp_path / "s" / "0.tar", members, fmt)
-    extract(settings_for(f"wds:{tmp_path / 's'}", tmp_path / "s.zarr", tiny_checkpoint,
+    control = {k for k in keys if any(unicodedata.category(c) == "Cc" for c in k)}
+    if len(control) == len(keys):
+        keys, labels = keys + ["plain"], labels + [0]  # one sample the store can hold
+        tar_of(tmp_path / "s" / "1.tar", samples(["plain"], [0]))
+    extract(settings_for(f"wds:{tmp_path / 's'}", tmp_path / "s.zarr", tiny_checkpoint, skip_bad=bool(control),
                          classnames=str(names_file(tmp_path))))
-    assert rows(tmp_path / "s.zarr") == dict(zip(keys, labels))
-    assert FeatureStore(tmp_path / "s.zarr").read("valid").all()
+    assert rows(tmp_path / "s.zarr") == {k: v for k, v in zip(keys, labels) if k not in control}
+    store = FeatureStore(tmp_path / "s.zarr")
+    assert store.read("valid").all()
+    refused = {p["key"] for p in store.manifest["dataset"].get("problems", []) if p["severity"] == "refuse"}
+    assert refused == {shown(k) for k in control}
 
 
 def test_the_manifest_problem_list_is_json(tmp_path):
@@ -395,3 +454,155 @@ def test_the_manifest_problem_list_is_json(tmp_path):
     assert any("--skip-bad" in line for line in lines)
     recorded = json.loads(json.dumps(source.identity["problems"]))
     assert {p["key"] for p in recorded} == {"a"} and source.keys == ["b"]
+
+
+# 8. Member names and members read exactly
+
+
+def test_a_nul_in_a_key_is_refused_not_merged(tiny_checkpoint, tmp_path):
+    """A PAX name ``x\\0.jpg`` beside ``x.jpg``: numpy's strings would drop the NUL and give two
+    rows keyed ``x``. The sample with the NUL is refused in one line, or left out with --skip-bad."""
+    tar_of(tmp_path / "s" / "0.tar", samples(["x", "x\0", "y"], [1, 2, 3]))
+    spec = f"wds:{tmp_path / 's'}"
+    one_line(extract_cli(tmp_path, spec, tiny_checkpoint), 3, "0.tar", "'x\\x00'", "control character")
+    skipped = extract_cli(tmp_path, spec, tiny_checkpoint, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert rows(tmp_path / "s.zarr") == {"x": 1, "y": 3}
+    problems = FeatureStore(tmp_path / "s.zarr").manifest["dataset"]["problems"]
+    assert [(p["key"], p["severity"]) for p in problems] == [("x\\x00", "refuse")]
+
+
+def test_a_member_name_that_is_not_utf8_is_one_line(tiny_checkpoint, tmp_path):
+    """GNU tar stores a Latin-1 ``café.jpg`` as its raw bytes; ``tarfile`` keeps them as
+    surrogate escapes, which no store key (and no fingerprint) can encode."""
+    path = tmp_path / "s" / "0.tar"
+    path.parent.mkdir()
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as archive:
+        for name, data in samples(["café", "plain"], [1, 2]):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            archive.addfile(info, io.BytesIO(data))
+    spec = f"wds:{tmp_path / 's'}"
+    one_line(extract_cli(tmp_path, spec, tiny_checkpoint), 3, "0.tar", "caf\\xe9", "not valid UTF-8")
+    skipped = extract_cli(tmp_path, spec, tiny_checkpoint, "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert rows(tmp_path / "s.zarr") == {"plain": 2}
+
+
+def sparse_png(path: Path) -> bytes:
+    """A PNG stored uncompressed (long runs of zero bytes), written with real holes where a
+    4 KiB block is all zeros, as ``tar --sparse`` finds them; returns its bytes."""
+    from PIL import Image
+
+    pixels = np.zeros((128, 128, 3), np.uint8)
+    pixels[10:20, 10:20] = 255
+    pixels[100:120, 50:90] = (0, 200, 30)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=0)
+    data = buffer.getvalue()
+    with open(path, "wb") as handle:
+        for start in range(0, len(data), 4096):
+            if data[start : start + 4096].strip(b"\0"):
+                handle.seek(start)
+                handle.write(data[start : start + 4096])
+        handle.truncate(len(data))
+    return data
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
+def test_sparse_members_of_gnu_tar_are_read_through_their_map(fmt, tmp_path):
+    """``tar --sparse`` in GNU and PAX format: the image is put back together from its map (not
+    read as the compacted data plus the next headers), and the members after it are read right."""
+    import subprocess
+
+    from lpclip_cache.data import DecodedDataset, FolderSource, open_source
+
+    version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
+    if "GNU tar" not in version:
+        pytest.skip("the tar here is not GNU tar")
+    files = tmp_path / "files"
+    files.mkdir()
+    data = sparse_png(files / "a.png")
+    (files / "a.cls").write_text("3")
+    (files / "b.jpg").write_bytes(JPEGS[0].read_bytes())
+    (files / "b.cls").write_text("4")
+    (tmp_path / "s").mkdir()
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-cf", str(tmp_path / "s" / "0.tar"), "a.png", "a.cls",
+                    "b.jpg", "b.cls"], cwd=files, check=True)
+    with tarfile.open(tmp_path / "s" / "0.tar") as archive:
+        assert archive.getmember("a.png").issparse()  # the filesystem kept the holes
+    source = open_source(f"wds:{tmp_path / 's'}")
+    source.admit(10, skip_bad=False)
+    assert source.keys == ["a", "b"] and source.labels.tolist() == [3, 4]
+    assert source._read(0, source._entries[0].member) == data
+    folder = FolderSource(files, ["a.png", "b.jpg"], np.zeros(2, np.int32), ["x"], {})
+    for row in range(2):
+        ours = DecodedDataset(source, (32, 32), "shortest", "bicubic")[row]
+        theirs = DecodedDataset(folder, (32, 32), "shortest", "bicubic")[row]
+        assert ours[2] and theirs[2]
+        assert ours[1].equal(theirs[1])
+
+
+# 9. CLIP_benchmark's and WebDataset's own rules
+
+
+def test_a_sample_with_several_images_takes_clip_benchmarks_choice(tmp_path):
+    """CLIP_benchmark's ``to_tuple(["webp", "png", "jpg", "jpeg"], "cls")`` takes the first
+    present: the png over the jpg, the webp over both."""
+    from PIL import Image
+
+    from lpclip_cache.data import open_source
+
+    def encoded(fmt: str, colour: tuple[int, int, int]) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, fmt)
+        return buffer.getvalue()
+
+    tar_of(tmp_path / "s" / "0.tar", [
+        ("a.jpg", encoded("JPEG", (255, 0, 0))), ("a.png", encoded("PNG", (0, 255, 0))), ("a.cls", b"1"),
+        ("b.jpeg", encoded("JPEG", (255, 0, 0))), ("b.png", encoded("PNG", (0, 255, 0))),
+        ("b.webp", encoded("WEBP", (0, 0, 255))), ("b.cls", b"2"),
+    ])
+    source = open_source(f"wds:{tmp_path / 's'}")
+    assert [source.image(i).convert("RGB").getpixel((4, 4)) for i in range(2)] == [(0, 255, 0), (0, 0, 255)]
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "retrieval", "Retrieval\n"])
+def test_a_root_that_is_not_classification_is_one_line(kind, tmp_path):
+    folder = root(tmp_path / "cb", b"a\nb\nc\nd\n")
+    (folder / "dataset_type.txt").write_text(kind)
+    result = run_cli("extract", "--data", f"wds:{folder}", "--out", str(tmp_path / "x.zarr"))
+    one_line(result, 3, "dataset_type.txt", kind.strip().lower(), "not single-label classification")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_members_under_double_underscore_names_are_skipped_as_webdataset_skips_them(tiny_checkpoint, tmp_path):
+    """WebDataset's reader skips a member whose name is ``__x__`` or lies under a top-level
+    ``__x__/`` folder (``skip_meta``), and nothing else: ``a/__x__/k.jpg`` is a sample."""
+    import webdataset as wds
+
+    members = (samples(["k0"], [0]) + samples(["__meta__/k1"], [1]) + [("__index__", b"{}")]
+               + samples(["a/__x__/k2"], [2]) + samples(["__k3"], [3]))
+    tar_of(tmp_path / "s" / "0.tar", members)
+    result = extract_cli(tmp_path, f"wds:{tmp_path / 's'}", tiny_checkpoint)
+    assert result.returncode == 0, result.stderr
+    theirs = {s["__key__"]: int(s["cls"]) for s in wds.WebDataset(str(tmp_path / "s" / "0.tar"), shardshuffle=False)}
+    assert rows(tmp_path / "s.zarr") == theirs == {"k0": 0, "a/__x__/k2": 2, "__k3": 3}
+
+
+def test_a_brace_pattern_starting_with_a_brace_is_not_the_current_folder(tiny_checkpoint, tmp_path, monkeypatch):
+    """``wds:{/a/0.tar,/b/0.tar}`` reads /a and /b: a store written in the current folder does not
+    lie inside its input."""
+    tar_of(tmp_path / "a" / "0.tar", samples(["a0"], [0]))
+    tar_of(tmp_path / "b" / "0.tar", samples(["b0"], [1], start=1))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    spec = f"wds:{{{tmp_path / 'a' / '0.tar'},{tmp_path / 'b' / '0.tar'}}}"
+    result = run_cli("extract", "--data", spec, "--classnames", str(names_file(tmp_path)), "--model", "test-tiny",
+                     "--pretrained", str(tiny_checkpoint), "--workers", "0", "--weak-views", "0", "--strong-views",
+                     "0", "--quiet", "--out", "s.zarr")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "work" / "s.zarr") == {"a0": 0, "b0": 1}
+    inside = run_cli("extract", "--data", spec, "--out", str(tmp_path / "a" / "s.zarr"))
+    one_line(inside, 3, "lies inside the input", str(tmp_path / "a"))
