@@ -77,16 +77,33 @@ class PairSource:
         self.student_views = self._views(student_side, max_views)
         self.need_teacher_emb = need_teacher_emb
         self.need_truth = need_truth
-        layout = store.layout
-        emb_bytes = layout.n * layout.dim * 2 * (self.student_views + (self.teacher_views if need_teacher_emb else 0))
-        self.streaming = emb_bytes > memory_budget
+        self.kept = {teacher_side: self.teacher_views, student_side: self.student_views}
+        self.streaming = self.resident_bytes() > memory_budget
         self.cache: dict[str, np.ndarray] = {}
         if not self.streaming:
-            self.cache = {name: self._read(name, 0, layout.n) for name in self._names()}
+            self.cache = {name: self._read(name, 0, store.layout.n) for name in self._names()}
 
     def _views(self, side: str, max_views: int | None) -> int:
         count = 1 if side == "clean" else self.store.layout.views(side)
         return count if max_views is None else min(count, max_views)
+
+    def _kept_views(self, name: str) -> int | None:
+        """How many views of array ``name`` training draws from (the first ones); None for an array
+        without a view axis (the clean view's, ``valid``, ``labels``)."""
+        side = name.split("/")[0]
+        return self.kept[side] if "/" in name and side != "clean" else None
+
+    def resident_bytes(self) -> int:
+        """Bytes of the arrays training reads, as held in memory when the store is read whole: every
+        array ``_names`` lists, of each only the views it draws from (``--max-views``)."""
+        arrays = self.store.arrays()
+        total = 0
+        for name in self._names():
+            shape, dtype = arrays[name]
+            views = self._kept_views(name)
+            kept_shape = shape if views is None else (shape[0], views, *shape[2:])
+            total += int(np.prod(kept_shape)) * np.dtype(dtype).itemsize
+        return total
 
     def _names(self) -> list[str]:
         names = ["valid", f"{self.teacher_side}/label", f"{self.teacher_side}/conf", f"{self.student_side}/emb"]
@@ -97,10 +114,21 @@ class PairSource:
         return list(dict.fromkeys(names))
 
     def _read(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows of one array (NaN or infinity in a valid row is a StoreError); the clean view gets a view
-        axis of length 1 like the others."""
-        data = self.store.read_rows(name, start, stop)
-        return data[:, None] if name.startswith("clean/") else data
+        """Rows of one array, only the views training draws from (NaN or infinity in a valid row is a
+        StoreError); the clean view gets a view axis of length 1 like the others. Read a shard at a
+        time, so the views left out are never all in memory."""
+        views = self._kept_views(name)
+        if views is None or views == self.store.layout.views(name.split("/")[0]):
+            data = self.store.read_rows(name, start, stop)
+            return data[:, None] if name.startswith("clean/") else data
+        step = self.store.layout.shard_size
+        out = None
+        for first in range(start, stop, step):
+            part = self.store.read_rows(name, first, min(stop, first + step))[:, :views]
+            if out is None:
+                out = np.empty((stop - start, *part.shape[1:]), part.dtype)
+            out[first - start : first - start + len(part)] = part
+        return out if out is not None else self.store.read_rows(name, start, stop)[:, :views]
 
     def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` of every array training reads."""

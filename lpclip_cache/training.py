@@ -276,8 +276,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     epoch = 0
     # Softmax over many classes under the zero-shot head's scale (about 100) leaves most
     # probabilities, and so most gradient entries, as denormal floats, which slow the CPU's GEMM
-    # by half; they are flushed to zero while training (their contribution is below 1e-38).
-    flushing = torch.set_flush_denormal(True)
+    # by half; they are flushed to zero while training (their contribution is below 1e-38), and
+    # the caller's setting is given back after.
+    flushed_before = denormals_flushed()
+    flushing = torch.set_flush_denormal(True)  # whether the CPU can, not the setting it had
     try:
         for epoch in range(config.epochs):
             rng = np.random.default_rng([config.seed, epoch, 1])
@@ -321,7 +323,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                              "written (any run already there is untouched): run the same command again") from None
     finally:
         if flushing:
-            torch.set_flush_denormal(False)  # the process default
+            torch.set_flush_denormal(flushed_before)
     elapsed = time.perf_counter() - started
     progress.close()
 
@@ -376,6 +378,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "samples_per_s": round(info["samples_per_s"], 1),
     }
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero (``torch.set_flush_denormal`` is per thread).
+
+    torch has a setter only, which returns whether the CPU supports flushing, not the setting it
+    replaced; so the setting is read from its effect: the denormal 1e-39 times one is zero
+    exactly when it is on."""
+    import torch
+
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
 
 
 def on_device(rows: Any, device: Any, resident: dict[int, Any], keep: bool) -> Any:

@@ -112,24 +112,75 @@ print(json.dumps(out))
 """
 
 
-def sigkill_after_shards(process: subprocess.Popen, written: Any, at_least: int = 3, timeout: float = 240) -> None:
+class Hold:
+    """Holds a command at a known point of its progress, through the test hook of
+    ``lpclip_cache.progress``: once its progress line counting ``unit`` reaches ``count``, it says
+    so and waits for ``release``. While held it cannot finish, so a test can signal it, kill it or
+    run a second command beside it knowing exactly how far it got, on a loaded machine too.
+
+    Start the command with ``env={**env, **hold.env}`` and ``pass_fds=hold.fds``, then call
+    ``started``."""
+
+    def __init__(self, unit: str, count: int) -> None:
+        from lpclip_cache.progress import HOLD_VARIABLE
+
+        self.report, report_end = os.pipe()
+        release_end, self.release_end = os.pipe()
+        self.fds = (report_end, release_end)
+        self.env = {HOLD_VARIABLE: f"{unit}:{count}:{report_end}:{release_end}"}
+        self.expected = f"{unit} {count}\n"
+
+    def started(self) -> None:
+        """Close the command's ends here, so that its exit reads as end-of-file."""
+        for fd in self.fds:
+            os.close(fd)
+
+    def reached(self, process: subprocess.Popen, timeout: float = 300) -> None:
+        """Block until the command is held (the timeout only bounds a failing test)."""
+        import select
+
+        ready, _, _ = select.select([self.report], [], [], timeout)
+        said = os.read(self.report, 100).decode() if ready else ""
+        assert said == self.expected, f"the command never reached its hold (said {said!r}, exit {process.poll()})"
+
+    def release(self) -> None:
+        """Let the command go on."""
+        os.close(self.release_end)
+        os.close(self.report)
+
+
+def sigkill_after_shards(process: subprocess.Popen, written: Any, at_least: int = 3, hold: Hold | None = None,
+                         timeout: float = 240) -> None:
     """SIGKILL an extraction once ``written()`` (the number of shard markers it has written so
-    far) reaches ``at_least``, as a crash or a pre-empted job would end it; it must still run then."""
+    far) reaches ``at_least``, as a crash or a pre-empted job would end it; it must still run then.
+
+    With ``hold`` (set to at least ``at_least`` shards of images) it waits for the command to be
+    held first, so the count is exact and the command cannot finish before it is killed, however
+    slow this machine is; the wait for the markers then only lets the writer thread finish."""
     import signal
     import time
 
+    if hold is not None:
+        hold.reached(process)
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None and written() < at_least:
         time.sleep(0.02)
     assert process.poll() is None, "extraction finished before it could be killed: make it longer"
+    assert written() >= at_least
     process.send_signal(signal.SIGKILL)
     process.wait()
+    if hold is not None:
+        hold.release()
 
 
 def local_shards_written(store: Path) -> Any:
-    """How many shard markers a local store's ``done`` array has on disk (for ``sigkill_after_shards``)."""
+    """How many shard markers a local store's ``done`` array has on disk (for ``sigkill_after_shards``).
+
+    Only committed chunks count: zarr writes a chunk to ``KEY.<uuid>.partial`` beside it and renames
+    it into place, so a name with a suffix is a marker still being written (counting those made a
+    killed run look one shard further than it was)."""
     folder = store / "done" / "c"
-    return lambda: len(list(folder.glob("*"))) if folder.is_dir() else 0
+    return lambda: sum(p.name.isdigit() for p in folder.iterdir()) if folder.is_dir() else 0
 
 
 def interrupt_writes_after(monkeypatch: pytest.MonkeyPatch, shards: int):

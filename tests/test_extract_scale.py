@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import local_shards_written, sigkill_after_shards
+from conftest import Hold, local_shards_written, sigkill_after_shards
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
@@ -57,12 +57,15 @@ def test_killed_extract_resumes_to_a_bit_identical_store(reference, tiny_checkpo
     out = tmp_path / "s.zarr"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "lpclip_cache", *cli_args(out, tiny_checkpoint)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sigkill_after_shards(process, local_shards_written(out))
+    hold = Hold("img", 3 * 64)  # held after three shards: it cannot finish first, and exactly three are done
+    process = subprocess.Popen(command, env={**env, **hold.env}, pass_fds=hold.fds, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    hold.started()
+    sigkill_after_shards(process, local_shards_written(out), hold=hold)
     with pytest.raises(StoreError, match="incomplete"):
         FeatureStore(out)
     finished = int(FeatureStore(out, require_complete=False).read("done").sum())
-    assert 3 <= finished < 10
+    assert finished == 3
     resumed = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)

@@ -169,17 +169,34 @@ def test_existing_out_is_refused_and_foreign_folders_never_deleted(separable, tm
     assert (foreign / "thesis.txt").read_text() == "precious"
 
 
-def test_denormals_are_flushed_only_while_training(tmp_path):
+@pytest.mark.parametrize("flushing_before", [False, True])
+def test_denormals_are_flushed_only_while_training(flushing_before, tmp_path, monkeypatch):
     """Training flushes denormal floats (they halve the CPU GEMM's speed on peaked softmaxes) and
-    gives the process its default back."""
+    gives the caller its setting back: flushing stays off where it was off, and on where the
+    caller had turned it on (it used to be turned off unconditionally). torch has no getter for
+    the setting, so it is read from its effect on a denormal, as training itself reads it."""
     import torch
-    from conftest import clustered_embeddings, write_store
 
-    from lpclip_cache.training import TrainConfig, train
+    from lpclip_cache import training
 
     centres, labels, clean, views = clustered_embeddings(256, 4, 16, 0.2, views=2)
     store = write_store(tmp_path / "s.zarr", clean, centres, labels, weak=views, strong=views)
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal
-    assert float(tiny * 1.0) != 0.0
-    train(TrainConfig(store=str(store), out=str(tmp_path / "run"), epochs=1, progress=False))
-    assert float(tiny * 1.0) != 0.0, "denormals still flushed after training"
+    seen_in_training = []
+    real_step = training.probe_step
+
+    def watched_step(*args, **kwargs):
+        seen_in_training.append(float(tiny * 1.0) == 0.0)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "probe_step", watched_step)
+    if not torch.set_flush_denormal(flushing_before):
+        pytest.skip("this CPU cannot flush denormal floats")
+    try:
+        assert (float(tiny * 1.0) == 0.0) is flushing_before
+        training.train(TrainConfig(store=str(store), out=str(tmp_path / "run"), epochs=1, progress=False))
+        after = float(tiny * 1.0) == 0.0
+    finally:
+        torch.set_flush_denormal(False)  # this process's default, for the tests that follow
+    assert seen_in_training and all(seen_in_training)
+    assert after is flushing_before

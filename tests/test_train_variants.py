@@ -101,6 +101,55 @@ def test_streaming_memory_stays_flat_as_the_store_grows_tenfold(tmp_path):
     assert streamed["large"] < whole["large"] / 3
 
 
+# what each configuration reads into memory: (array, views kept of it or None for no view axis)
+READS = {
+    "hard targets, one view": ({"max_views": 1}, [("valid", None), ("weak/label", 1), ("weak/conf", 1),
+                                                   ("strong/emb", 1)]),
+    "soft targets": ({"targets": "soft"}, [("valid", None), ("weak/label", 2), ("weak/conf", 2), ("strong/emb", 2),
+                                          ("weak/emb", 2)]),
+    "supervised, one view": ({"method": "supervised", "max_views": 1},
+                             [("valid", None), ("weak/label", 1), ("weak/conf", 1), ("weak/emb", 1), ("labels", None)]),
+}
+
+
+@pytest.mark.parametrize("case", READS)
+def test_the_memory_budget_counts_exactly_what_is_read(stores, case, tmp_path):
+    """A store is streamed exactly when what training would hold in memory exceeds the budget:
+    the first --max-views views of each array it draws from, the teacher's labels and confidences,
+    the valid mask and (supervised) the true labels, counted here from the arrays' own shapes."""
+    import zarr
+
+    from lpclip_cache.sampling import PairSource
+    from lpclip_cache.store import FeatureStore
+    from lpclip_cache.training import sides
+
+    options, reads = READS[case]
+    group = zarr.open_group(str(stores["store"]), mode="r")
+    expected = 0
+    for name, views in reads:
+        array = group[name]
+        per_view = array.dtype.itemsize * int(np.prod(array.shape[2:] if views else array.shape[1:]))
+        expected += array.shape[0] * per_view * (views or 1)
+    config = TrainConfig(store=str(stores["store"]), out="", **options)
+    store = FeatureStore(config.store)
+
+    def source(budget: int) -> PairSource:
+        return PairSource(store, *sides(store, config), config.max_views, need_teacher_emb=config.targets == "soft",
+                          need_truth=config.method == "supervised", memory_budget=budget)
+
+    whole = source(expected)
+    assert not whole.streaming
+    assert sorted(whole.cache) == sorted(name for name, _ in reads)
+    assert sum(array.nbytes for array in whole.cache.values()) == expected
+    assert source(expected - 1).streaming
+    budget = {"memory_budget": expected - 1, "epochs": 1, "progress": False}
+    for streamed, out in ((True, "streamed"), (False, "whole")):
+        train(TrainConfig(store=str(stores["store"]), out=str(tmp_path / out), **{**options, **budget}))
+        assert load_run(tmp_path / out).info["pairs"]["streamed"] is streamed
+        budget["memory_budget"] = expected
+    np.testing.assert_array_equal(load_run(tmp_path / "streamed").weight, load_run(tmp_path / "whole").weight)
+
+
 def test_soft_cross_entropy_matches_its_formula_by_hand():
     import torch
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import interrupt_writes_after, local_shards_written, run_cli, sigkill_after_shards
+from conftest import Hold, interrupt_writes_after, local_shards_written, run_cli, sigkill_after_shards
 
 from lpclip_cache.errors import Interrupted, StoreError
 from lpclip_cache.extraction import ExtractConfig, extract
@@ -229,7 +229,12 @@ def test_a_cls_that_is_not_a_number_is_one_line(tmp_path):
 
 def test_a_killed_extraction_resumes_to_a_bit_identical_store(tiny_checkpoint, tmp_path):
     """SIGKILL while shards are being written (a real process, as a crash or a pre-empted job
-    ends), then the same command again: it resumes and the store equals an uninterrupted run's."""
+    ends), then the same command again: it resumes and the store equals an uninterrupted run's.
+
+    The command is held once it has handed three shards to its writer (``Hold``), so it cannot
+    finish before the kill, and exactly three shards are done then. This once failed on a loaded
+    machine with ``3 <= 2``: the count of done markers included a chunk zarr was still writing
+    (``KEY.<uuid>.partial``, renamed into place when whole), and the kill came before its rename."""
     import os
     import subprocess
     import sys
@@ -256,12 +261,15 @@ def test_a_killed_extraction_resumes_to_a_bit_identical_store(tiny_checkpoint, t
     reference = subprocess.run(command(tmp_path / "ref.zarr"), env=env, capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed.zarr"
-    process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    sigkill_after_shards(process, local_shards_written(out))
-    finished = int(FeatureStore(out, require_complete=False).read("done").sum())
-    assert 3 <= finished < 25
-    resumed = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
+    hold = Hold("img", 3 * 8)
+    process = subprocess.Popen(command(out), env={**env, **hold.env}, pass_fds=hold.fds, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    hold.started()
+    sigkill_after_shards(process, local_shards_written(out), at_least=3, hold=hold)
+    assert int(FeatureStore(out, require_complete=False).read("done").sum()) == 3
+    resumed = subprocess.run([*command(out), "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["written"] == (25 - 3) * 8
     first, second = FeatureStore(tmp_path / "ref.zarr"), FeatureStore(out)
     for name in first.arrays():
         np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
