@@ -293,7 +293,10 @@ class ObjectStoreLock:
         """After a failed create: the ETag of this job's lock if it took the stale lock over (or the
         lock there is its own), None to try again (it vanished, or another taker was first); a
         StoreError when the lock is live."""
-        found = objects.read()
+        try:
+            found = objects.read()
+        except OSError as exc:  # unreadable is not stale: only a lock proven old is taken over
+            raise self._unreadable(exc) from None
         if found is None:
             return None  # released between the create and this read: create again
         data, etag, age = found
@@ -331,30 +334,26 @@ class ObjectStoreLock:
                 return
             self._etag = etag
 
+    def _unreadable(self, exc: OSError) -> StoreError:
+        return StoreError(f"cannot read the lock '{self.path}' of store '{self.store}' ({exc.strerror or exc}): "
+                          "check that you may read it, then run the same command again (a lock is taken over "
+                          "only once it is proven old)")
+
     def check(self) -> None:
         """Fencing: a StoreError unless the lock object still names this job (read fresh from the
         server, never from a listing cache)."""
         objects = self.objects
         if objects is None:
             return  # no lock on this filesystem (warned at start)
-        if not self.lost:
-            try:
-                found = objects.read()
-            except OSError as exc:
-                raise StoreError(f"cannot read the lock '{self.path}' of store '{self.store}' "
-                                 f"({exc.strerror or exc}): run the same command again") from None
-            holder = parse_record(found[0]) if found is not None else None
-            if holder is not None and holder.get("job") == self.job:
-                return
-            raise lost_lock(self.store, self.path, holder)
-        raise lost_lock(self.store, self.path, self._current())
-
-    def _current(self) -> dict[str, Any] | None:
         try:
-            found = self.objects.read() if self.objects is not None else None
-        except OSError:
-            return {}
-        return parse_record(found[0]) if found is not None else None
+            found = objects.read()
+        except OSError as exc:
+            if self.lost:
+                raise lost_lock(self.store, self.path, {}) from None
+            raise self._unreadable(exc) from None
+        holder = parse_record(found[0]) if found is not None else None
+        if self.lost or holder is None or holder.get("job") != self.job:
+            raise lost_lock(self.store, self.path, holder)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()

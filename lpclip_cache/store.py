@@ -391,6 +391,7 @@ class StoreWriter:
     def finish(self) -> list[tuple[str, str]]:
         """Check every shard is done, record the invalid samples, mark the store complete; return
         the invalid samples' (key, reason)."""
+        self.check()
         now = state(self.path)
         if now.done < now.shards:
             raise StoreError(f"store '{self.path}': {now.shards - now.done} shard(s) missing after extraction; "
