@@ -80,22 +80,34 @@ def tiny_layout() -> tuple[Layout, dict, np.ndarray]:
 # -- the takeover race -------------------------------------------------------------------------------
 
 
-def barrier_on_first_stale(monkeypatch, parties: int = 2) -> threading.Barrier:
-    """Make each thread's first staleness decision wait for the others': every taker has read the
-    same stale lock before any of them acts on it."""
-    barrier = threading.Barrier(parties, timeout=60)  # the timeout only guards a lost thread
-    seen: set[int] = set()
+def one_after_the_other(monkeypatch):
+    """Make two takers interleave at the takeover: each decides on the stale lock it read (a
+    barrier holds each until both have read it), then the leader completes its takeover before
+    the other acts on what it read. Returns the wrapper to run each taker through."""
+    barrier = threading.Barrier(2, timeout=60)  # the timeout only guards a lost thread
+    leader_done = threading.Event()
+    roles: dict[int, int] = {}
     original = ObjectStoreLock._stale
 
     def stale(self, *args):
         verdict = original(self, *args)
-        if threading.get_ident() not in seen:
-            seen.add(threading.get_ident())
-            barrier.wait()
+        if threading.get_ident() not in roles:
+            roles[threading.get_ident()] = barrier.wait()
+            if roles[threading.get_ident()] != 0:
+                assert leader_done.wait(60)
         return verdict
 
+    def taker(take):
+        def run():
+            try:
+                return take()
+            finally:
+                if roles.get(threading.get_ident()) == 0:
+                    leader_done.set()
+        return run
+
     monkeypatch.setattr(ObjectStoreLock, "_stale", stale)
-    return barrier
+    return taker
 
 
 def race(takers) -> list:
@@ -117,14 +129,15 @@ def race(takers) -> list:
 
 
 def test_two_takers_of_a_stale_s3_lock_one_wins(s3, monkeypatch):  # noqa: F811
-    """Both read the same stale lock (a barrier holds each until the other has); each then
-    replaces exactly the object it read (If-Match on its ETag): one wins, the other is refused."""
+    """Both read the same stale lock; the first takes it over, then the second acts on what it
+    read. A takeover replaces exactly the object read (If-Match on its ETag), so the second's
+    fails and it finds the first's live lock: one wins, the other is refused."""
     url, key = s3.url("race.zarr"), "race.zarr.lock"
     s3.fs.pipe_file(f"{BUCKET}/{key}", json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": 0}).encode())
     wait_until_stale(s3, key)
-    barrier_on_first_stale(monkeypatch)
+    taker = one_after_the_other(monkeypatch)
     locks = [lock_of(url), lock_of(url)]
-    results = race([lock.__enter__ for lock in locks])
+    results = race([taker(lock.__enter__) for lock in locks])
     try:
         winners = [lock for lock, result in zip(locks, results) if result is lock and lock.held]
         losers = [result for result in results if isinstance(result, Exception)]
@@ -138,14 +151,14 @@ def test_two_takers_of_a_stale_s3_lock_one_wins(s3, monkeypatch):  # noqa: F811
 
 
 def test_two_writers_of_a_file_url_one_wins(tmp_path, monkeypatch):
-    """A file:// store with a dead writer's lock file: the two writers racing for it (held at
-    the same point as on S3, should they get there) end with one writer."""
+    """A file:// store with a dead writer's lock file: of two writers racing for it (interleaved
+    as on S3, should they decide on staleness: a file lock never needs to), one writes."""
     store = tmp_path / "race.zarr"
     Path(f"{store}.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": 0}))
-    barrier_on_first_stale(monkeypatch)
+    taker = one_after_the_other(monkeypatch)
     layout, manifest, head = tiny_layout()
     writers = [StoreWriter(f"file://{store}", layout, manifest) for _ in range(2)]
-    results = race([lambda w=w: w.begin(head) for w in writers])
+    results = race([taker(lambda w=w: w.begin(head)) for w in writers])
     try:
         assert sorted(type(r).__name__ for r in results) == ["StoreError", "str"], results
         assert "is being written by pid" in one_line(next(r for r in results if isinstance(r, Exception)))
@@ -294,6 +307,11 @@ def test_lock_times_from_the_environment_are_checked(monkeypatch, name, value):
 # -- heartbeat and release ---------------------------------------------------------------------------
 
 
+def heartbeat_thread() -> threading.Thread:
+    (thread,) = [t for t in threading.enumerate() if t.name == "lpclip-store-lock"]
+    return thread
+
+
 def test_the_heartbeat_renews_only_its_own_lock(s3):  # noqa: F811
     """Another job replaced the lock (as a takeover does): the next heartbeat leaves it alone,
     the lock is lost, and the writer's check says so in one line."""
@@ -306,7 +324,7 @@ def test_the_heartbeat_renews_only_its_own_lock(s3):  # noqa: F811
         other = json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time(), "job": "other"}).encode()
         s3.fs.pipe_file(key, other)
         before = len(beats)
-        thread = lock._thread
+        thread = heartbeat_thread()
         wait_for(lambda: len(beats) >= before + 2 or (len(beats) > before and not thread.is_alive()),
                  "a heartbeat after the replacement")
         assert s3.fs.cat_file(key) == other
@@ -333,7 +351,7 @@ def test_release_waits_for_a_heartbeat_in_flight(s3):  # noqa: F811
     lock._record = record
     lock.__enter__()
     assert in_flight.wait(60)
-    thread = lock._thread
+    thread = heartbeat_thread()
 
     class Watched:  # the heartbeat thread, telling when release starts waiting for it
         def join(self):
