@@ -382,9 +382,8 @@ class S3Objects:
         """Write ``data`` only if the object is absent: its ETag, or None when it exists."""
         try:
             return self._call("put_object", Body=data, IfNoneMatch="*")["ETag"]
-        except (FileExistsError, OSError) as exc:
-            if isinstance(exc, FileExistsError) or _s3_code(exc) in ("PreconditionFailed", "412",
-                                                                    "ConditionalRequestConflict", "409"):
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or _s3_code(exc) in CONFLICTS:
                 return None
             raise
 
@@ -396,7 +395,7 @@ class S3Objects:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if _s3_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if _s3_code(exc) in CONFLICTS:
                 return None
             raise
 
@@ -439,8 +438,13 @@ class S3Objects:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            if _s3_code(exc) not in ("PreconditionFailed", "412"):
+            if _s3_code(exc) not in CONFLICTS:
                 raise
+
+
+# what S3 answers a conditional request whose condition failed (412), or that lost to a
+# concurrent conditional write of the same key (409)
+CONFLICTS = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 def _s3_code(exc: BaseException) -> str | None:

@@ -334,9 +334,8 @@ class StoreWriter:
         version = meta.get("format_version")
         self.recorded = isinstance(version, int) and version >= RECORDED_SINCE
         self.check()
-        if self.recorded:
-            jobs = meta.get("jobs") if isinstance(meta.get("jobs"), list) else []
-            root.attrs[ATTR] = {**meta, "jobs": [*jobs, self.job]}
+        jobs = meta.get("jobs") if isinstance(meta.get("jobs"), list) else []
+        root.attrs[ATTR] = {**meta, "jobs": [*jobs, self.job]}  # how the other ranks learn this job's token
         if not np.isfinite(np.asarray(root["head"][...])).all():
             root["head"][...] = head
         self._group = root
