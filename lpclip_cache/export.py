@@ -27,12 +27,13 @@ def export_hdf5(path: str, out: str, overwrite: bool = False) -> dict[str, Any]:
             handle.attrs["lpclip_cache"] = json.dumps(store.meta, default=str)
             handle.attrs["cache_key"] = store.cache_key
             for name, (shape, _) in store.arrays().items():
-                if name in ("keys", "reason"):
+                text = store.group[name].dtype.kind in "TUO"  # keys, reason, the shard records
+                if text:
                     data = handle.create_dataset(name, shape=shape, dtype=h5py.string_dtype("utf-8"))
                 else:
                     data = handle.create_dataset(name, shape=shape, dtype=store.group[name].dtype)
                 for start, stop in store.spans(shape[0]):
                     block = store.read_rows(name, start, stop, check_finite=False)
-                    data[start:stop] = block.astype(object) if name in ("keys", "reason") else block
+                    data[start:stop] = block.astype(object) if text else block
     fs, inner = filesystem(out)
     return {"store": path, "out": str(out), "bytes": int(fs.size(inner))}

@@ -12,10 +12,13 @@ Layout (see docs/store-format.md)::
     valid      N          bool      False where the image could not be decoded
     reason     N          string    why it could not be decoded ("" where valid)
     done       S          uint8     1 for each shard written whole (one chunk per shard)
+    shard_job  S          string    the job (lock token) that wrote each shard (format 2)
+    shard_sha256 S        string    the sha256 of each shard's rows as written (format 2)
 
 The group attribute ``lpclip_cache`` holds the format version, the manifest, its hash (the
-cache key) and whether the store is complete. Chunks along N are one shard long, so each shard
-is written by one owner.
+cache key), the jobs that wrote the store and whether it is complete. Chunks along N are one
+shard long, so each shard is written by one owner. The lock and fencing protocol is in
+``locks.py``.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ import numpy as np
 import zarr
 
 from .errors import StoreError
+from .locks import ObjectStoreLock, StoreLock, new_job, store_lock
 from .outputs import filesystem, is_url, prepare_output, write_error
 
 if TYPE_CHECKING:
     from .zeroshot import TeacherScale
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the shard records (shard_job, shard_sha256) and the jobs attribute
+RECORDED_SINCE = 2  # the first version whose shards record their writer
 ATTR = "lpclip_cache"
 VIEW_KINDS = ("clean", "weak", "strong")
 KIND_NAMES = {"f": "float", "iu": "integer", "b": "bool", "TUO": "string"}  # numpy dtype kinds
@@ -117,164 +122,6 @@ def manifest_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if same else [prefix.rstrip(".")]
 
 
-class StoreLock:
-    """An exclusive lock beside a store (``STORE.lock``), held while one extraction writes it.
-
-    It is an OS file lock, released by the kernel when the holder dies (SIGKILL included), so a
-    crashed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(f"{path}.lock")
-        self.handle: Any = None
-
-    def __enter__(self) -> StoreLock:
-        import fcntl
-        import os
-
-        from .outputs import write_error
-
-        while True:
-            try:  # a folder that cannot be written is one line (exit 5), not a traceback
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.handle = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
-            except OSError as exc:
-                raise write_error("store", str(self.path)[:-5], exc) from None
-            try:
-                fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.handle.seek(0)
-                holder = self.handle.read().strip() or "another process"
-                self.handle.close()
-                raise StoreError(f"store '{str(self.path)[:-5]}' is being written by {holder}: wait for it to finish, "
-                                 "or write another --out") from None
-            if self._still_linked():
-                break
-            self.handle.close()  # the holder deleted this file as it let go: lock the one now there
-        self.handle.seek(0)
-        self.handle.truncate()
-        self.handle.write(f"pid {os.getpid()}")
-        self.handle.flush()
-        return self
-
-    def _still_linked(self) -> bool:
-        """True when the locked file is still the one at ``self.path`` (not unlinked meanwhile)."""
-        import os
-
-        try:
-            return os.stat(self.path).st_ino == os.fstat(self.handle.fileno()).st_ino
-        except FileNotFoundError:
-            return False
-
-    def __exit__(self, *exc: Any) -> None:
-        self.path.unlink(missing_ok=True)  # still locked: one who opened it meanwhile sees it unlinked, retries
-        self.handle.close()
-
-
-class ObjectStoreLock:
-    """The lock of a store on object storage (``STORE.lock`` beside it, an object): created only
-    if absent (S3's conditional write, ``If-None-Match: *``, through fsspec's ``mode="create"``),
-    holding the writer's host, pid and a heartbeat that a thread refreshes every
-    ``HEARTBEAT_SECONDS``. A lock whose holder is gone is taken over: at once when it was this
-    machine's and its process no longer exists (a killed job resumed by the same command), else
-    once its heartbeat is older than ``STALE_SECONDS``. A filesystem without create-if-absent
-    gets a one-line warning and no lock."""
-
-    HEARTBEAT_SECONDS = 30.0
-    STALE_SECONDS = 120.0
-
-    def __init__(self, path: str) -> None:
-        self.store = path.rstrip("/")
-        self.path = f"{self.store}.lock"
-        self.held = False
-        self._stop: Any = None
-
-    def _record(self) -> bytes:
-        import os
-        import socket
-        import time
-
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}).encode()
-
-    def _stale(self, holder: dict[str, Any]) -> bool:
-        import os
-        import socket
-        import time
-
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            try:
-                os.kill(holder["pid"], 0)
-            except ProcessLookupError:
-                return True  # this machine's job, and it is gone
-            except PermissionError:
-                pass
-        heartbeat = holder.get("heartbeat")
-        return not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > self.STALE_SECONDS
-
-    def __enter__(self) -> ObjectStoreLock:
-        import sys
-
-        from .outputs import filesystem, write_error
-
-        fs, inner = filesystem(self.path)
-        try:
-            fs.makedirs(fs._parent(inner), exist_ok=True)
-        except OSError as exc:
-            raise write_error("store", self.store, exc) from None
-        for _ in range(2):  # a stale lock is removed once, then created again
-            try:
-                fs.pipe_file(inner, self._record(), mode="create")
-            except FileExistsError:
-                try:
-                    holder = json.loads(fs.cat_file(inner))
-                except (OSError, ValueError):
-                    holder = {}
-                if not self._stale(holder):
-                    raise StoreError(
-                        f"store '{self.store}' is being written by pid {holder.get('pid', '?')} on "
-                        f"{holder.get('host', '?')} (lock '{self.path}'): wait for it to finish, or write another "
-                        f"--out; a lock whose job died is taken over {int(self.STALE_SECONDS)} s after its last "
-                        "heartbeat (at once on the machine that ran it)") from None
-                fs.rm_file(inner)
-                continue
-            except (TypeError, NotImplementedError, ValueError):
-                sys.stderr.write(f"warning: '{self.store}' is on a filesystem without create-if-absent writes: no "
-                                 "lock keeps a second writer away; run one extraction at a time on it\n")
-                return self
-            self.held = True
-            self._beat(fs, inner)
-            return self
-        raise StoreError(f"store '{self.store}': another writer took the lock '{self.path}' as this one did: "
-                         "wait for it to finish, or write another --out")
-
-    def _beat(self, fs: Any, inner: str) -> None:
-        import threading
-
-        self._stop = threading.Event()
-
-        def refresh() -> None:
-            while not self._stop.wait(self.HEARTBEAT_SECONDS):
-                try:
-                    fs.pipe_file(inner, self._record())
-                except OSError:
-                    pass  # the next beat tries again; a lock that ages out is the worst case
-
-        threading.Thread(target=refresh, name="lpclip-store-lock", daemon=True).start()
-
-    def __exit__(self, *exc: Any) -> None:
-        from .outputs import filesystem
-
-        if self._stop is not None:
-            self._stop.set()
-        if self.held:
-            fs, inner = filesystem(self.path)
-            try:
-                fs.rm_file(inner)
-            except OSError:
-                pass
-            self.held = False
-
-
 @dataclass(frozen=True)
 class ArraySpec:
     """One array of the store: its shape, dtype, fill value and chunk shape."""
@@ -291,10 +138,11 @@ class ArraySpec:
                 "str": "TUO"}[self.dtype]
 
 
-def schema(layout: Layout) -> dict[str, ArraySpec]:
+def schema(layout: Layout, version: int = FORMAT_VERSION) -> dict[str, ArraySpec]:
     """Every array a store of this layout holds: what ``create_store`` allocates and what
     ``FeatureStore`` checks on opening. Rows are chunked one shard long, so each shard is written
-    by one owner; ``done`` has one chunk per shard, so each owner marks its shard done alone."""
+    by one owner; ``done``, ``shard_job`` and ``shard_sha256`` have one chunk per shard, so each
+    owner marks its shard alone. A store of format 1 has no shard records."""
     rows = min(layout.shard_size, max(1, layout.n))
 
     def spec(shape: tuple[int, ...], dtype: str, fill: Any) -> ArraySpec:
@@ -316,11 +164,42 @@ def schema(layout: Layout) -> dict[str, ArraySpec]:
     out["keys"] = spec((layout.n,), "str", None)
     out["reason"] = spec((layout.n,), "str", None)
     out["done"] = ArraySpec((layout.n_shards,), "uint8", 0, (1,))
+    if version >= RECORDED_SINCE:
+        out["shard_job"] = ArraySpec((layout.n_shards,), "str", None, (1,))
+        out["shard_sha256"] = ArraySpec((layout.n_shards,), "str", None, (1,))
     return out
 
 
-def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False) -> zarr.Group:
-    """Create an empty store with every array of ``schema`` allocated (unwritten floats read as NaN).
+SHARD_RECORDS = ("shard_job", "shard_sha256")
+NOT_ROWS = ("head", "done", *SHARD_RECORDS)  # the arrays that do not hold one row per sample
+
+
+def shard_digest(layout: Layout, rows: dict[str, Any]) -> str:
+    """The sha256 of one shard's rows of every per-sample array, as stored: what ``write_shard``
+    records in ``shard_sha256`` and ``verify`` recomputes from what it reads back.
+
+    Arrays go in name order, each as its name, its shape and its values in the schema's dtype
+    (little-endian bytes; strings as a JSON list), so a shard whose chunks come from two writers
+    (one torn by a writer that lost its lock) does not match its record."""
+    digest = hashlib.sha256()
+    specs = schema(layout)
+    for name in sorted(rows):
+        spec = specs[name]
+        if spec.dtype == "str":
+            values = np.asarray(rows[name])
+            payload = json.dumps([str(v) for v in values.ravel().tolist()]).encode()
+        else:
+            values = np.ascontiguousarray(np.asarray(rows[name]).astype(np.dtype(spec.dtype).newbyteorder("<")))
+            payload = values.tobytes()
+        digest.update(f"{name}\0{list(values.shape)}\0{len(payload)}\0".encode())
+        digest.update(payload)
+    return digest.hexdigest()
+
+
+def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], overwrite: bool = False,
+                 job: str | None = None) -> zarr.Group:
+    """Create an empty store with every array of ``schema`` allocated (unwritten floats read as NaN),
+    written by ``job`` (the lock token of the job that creates it; a new one if not given).
 
     Embeddings are uncompressed unless ``manifest["storage"]["compression"]`` is ``zstd``: fp16
     embeddings compress about 1.09x while zstd cuts chunk reads several-fold.
@@ -338,6 +217,7 @@ def create_store(path: str | Path, layout: Layout, manifest: dict[str, Any], ove
         "manifest": manifest,
         "cache_key": cache_key(manifest),
         "layout": layout.__dict__,
+        "jobs": [job or new_job()],
         "complete": False,
     }
     return root
@@ -392,15 +272,24 @@ RESUME = "run the same command again: it resumes, keeping the shards already don
 class StoreWriter:
     """The write side of a store: the lock, creating or resuming, shards, and completion.
 
-    The main process ``begin``s (taking the lock on a local store, creating the store or checking
-    the one there has the same cache key, writing the head) and ``finish``es (every shard done:
-    list invalid samples, mark the store complete). Every process writes the shards it owns with
+    The main process ``begin``s (taking the store's lock, creating the store or checking the one
+    there has the same cache key, writing the head) and ``finish``es (every shard done: list
+    invalid samples, mark the store complete). Every process writes the shards it owns with
     ``write_shard``, which sets a shard's done bit only once all its rows are written.
+
+    Fencing: the job's token is the lock's; before a shard's chunks and again before its done bit
+    (and before ``finish`` rewrites the attribute), the writer checks that the lock still names
+    its job, so a writer that lost the lock while paused stops with one line instead of writing
+    into the store of the job that took it over. Each shard records its job and the sha256 of its
+    rows, which ``verify`` checks against the jobs the store's attribute lists.
     """
 
     def __init__(self, path: str | Path, layout: Layout, manifest: dict[str, Any]) -> None:
         self.path, self.layout, self.manifest = path, layout, manifest
-        self.lock: StoreLock | ObjectStoreLock | None = None
+        self.lock: StoreLock | ObjectStoreLock | None = None  # held by the main process only
+        self.job: str | None = None
+        self.recorded = True  # False when resuming a store of format 1 (no shard records)
+        self._fence: StoreLock | ObjectStoreLock | None = None
         self._group: zarr.Group | None = None
 
     @property
@@ -412,16 +301,16 @@ class StoreWriter:
     def begin(self, head: np.ndarray, overwrite: bool = False) -> str:
         """Lock, then create the store or resume it; returns ``new``, ``resume`` or ``complete``.
 
-        A store with the same cache key is resumed (its done shards are kept); one with another key
-        is refused, naming the fields that differ, unless ``overwrite``.
+        A store with the same cache key is resumed (its done shards are kept, a head that a crash
+        left unwritten is written); one with another key is refused, naming the fields that
+        differ, unless ``overwrite``.
         """
-        if is_url(self.path):  # an object that is created only if absent
-            self.lock = ObjectStoreLock(str(self.path)).__enter__()
-        else:  # an OS file lock
-            self.lock = StoreLock(Path(self.path)).__enter__()
+        self.lock = store_lock(self.path).__enter__()
+        self.job, self._fence = self.lock.job, self.lock
         try:
             if is_store(self.path) and not overwrite:
-                meta = dict(open_group(self.path, mode="r").attrs[ATTR])
+                root = open_group(self.path, mode="r+")
+                meta = dict(root.attrs[ATTR])
                 if meta.get("cache_key") != cache_key(self.manifest):
                     fields = manifest_diff(meta.get("manifest", {}), self.manifest)
                     raise StoreError(
@@ -429,32 +318,79 @@ class StoreWriter:
                         f"{', '.join(fields[:8])}{' ...' if len(fields) > 8 else ''}): use the same options to "
                         "resume it, --overwrite to replace it, or another --out"
                     )
-                return "complete" if meta.get("complete") else "resume"
-            self._group = create_store(self.path, self.layout, self.manifest, overwrite)
+                if meta.get("complete"):
+                    return "complete"
+                self._resume(root, meta, head)
+                return "resume"
+            self._group = create_store(self.path, self.layout, self.manifest, overwrite, job=self.job)
             self._group["head"][...] = head
             return "new"
         except OSError as exc:
             raise write_error("store", self.path, exc, "run the same command again") from exc
 
+    def _resume(self, root: zarr.Group, meta: dict[str, Any], head: np.ndarray) -> None:
+        """Join this job to the store's writers and write a head that a crash between creating the
+        store and writing its head left as the fill value (NaN)."""
+        version = meta.get("format_version")
+        self.recorded = isinstance(version, int) and version >= RECORDED_SINCE
+        self.check()
+        jobs = meta.get("jobs") if isinstance(meta.get("jobs"), list) else []
+        root.attrs[ATTR] = {**meta, "jobs": [*jobs, self.job]}  # how the other ranks learn this job's token
+        if not np.isfinite(np.asarray(root["head"][...])).all():
+            root["head"][...] = head
+        self._group = root
+
+    def _join(self) -> None:
+        """On a process other than the main one (a torchrun rank): take the job token the main
+        process recorded in the store, and check against the lock from now on."""
+        meta = dict(open_group(self.path, mode="r").attrs[ATTR])
+        if meta.get("cache_key") != cache_key(self.manifest):
+            raise StoreError(f"store '{self.path}' was replaced by another job's configuration before this process "
+                             "wrote to it: let that job finish, or run this command again")
+        jobs = meta.get("jobs")
+        version = meta.get("format_version")
+        self.recorded = isinstance(version, int) and version >= RECORDED_SINCE
+        self.job = jobs[-1] if isinstance(jobs, list) and jobs and isinstance(jobs[-1], str) else new_job()
+        self._fence = store_lock(self.path, self.job)
+
+    def check(self) -> None:
+        """Fencing: a StoreError (one line) unless this job still holds the store's lock."""
+        if self._fence is None:
+            self._join()
+        assert self._fence is not None
+        self._fence.check()
+
     def todo(self, owns: Any) -> list[int]:
         """The shards not done yet that ``owns(shard)`` gives to this process."""
+        if self._fence is None:
+            self._join()
         done = np.asarray(self.group["done"][:])
         return [s for s in range(self.layout.n_shards) if owns(s) and not done[s]]
 
     def write_shard(self, shard: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write one shard's rows of every array, then set its done bit."""
+        """Write one shard's rows of every array, then its record (job and sha256), then its done
+        bit; the lock is checked before the rows and again before the record."""
         start = shard * self.layout.shard_size
         stop = min(self.layout.n, start + self.layout.shard_size)
         try:
+            self.check()
             for name, value in arrays.items():
+                if getattr(self._fence, "lost", False):  # the heartbeat found the lock gone: no more chunks
+                    self.check()
                 self.group[name][start:stop] = value
+            self.check()
+            if self.recorded:
+                self.group["shard_job"][shard] = self.job
+                self.group["shard_sha256"][shard] = shard_digest(self.layout, arrays)
             self.group["done"][shard] = 1  # only once the shard's chunks are all written
         except OSError as exc:
+            self.check()  # a lock lost meanwhile explains the failure better
             raise write_error("store", self.path, exc, RESUME) from exc
 
     def finish(self) -> list[tuple[str, str]]:
         """Check every shard is done, record the invalid samples, mark the store complete; return
         the invalid samples' (key, reason)."""
+        self.check()
         now = state(self.path)
         if now.done < now.shards:
             raise StoreError(f"store '{self.path}': {now.shards - now.done} shard(s) missing after extraction; "
@@ -465,6 +401,7 @@ class StoreWriter:
         invalid = [(str(keys[i]), str(reasons[i])) for i in bad.tolist()]
         meta = {**root.attrs[ATTR], "complete": True, "invalid": [{"key": k, "reason": r} for k, r in invalid]}
         try:
+            self.check()  # a writer that lost its lock must not mark another job's store
             root.attrs[ATTR] = meta  # zarr replaces zarr.json whole (a temporary file, then a rename)
         except OSError as exc:
             raise write_error("store", self.path, exc, RESUME) from exc
@@ -581,7 +518,7 @@ class FeatureStore:
 
     def _check_arrays(self) -> None:
         """Every array of the layout's ``schema`` exists with its shape and kind of dtype."""
-        for name, spec in schema(self.layout).items():
+        for name, spec in schema(self.layout, self.meta["format_version"]).items():
             try:
                 node = self.group[name]
             except KeyError:

@@ -13,7 +13,8 @@ NORM_TOLERANCE = 1e-2  # fp16 rounding moves a unit vector's norm by about 1e-3
 
 
 def verify(path: str) -> dict[str, Any]:
-    """Completeness, finite unit embeddings, label ranges and manifest consistency of a store."""
+    """Completeness, finite unit embeddings, label ranges, manifest consistency, and (format 2) that
+    every done shard was written whole by one of the jobs the store lists."""
     from .store import FeatureStore, cache_key, data_problems
 
     store = FeatureStore(path, require_complete=False)
@@ -33,31 +34,31 @@ def verify(path: str) -> dict[str, Any]:
     if not np.isfinite(head).all() or np.abs(np.linalg.norm(head, axis=1) - 1).max() > 1e-4:
         problems.append("head rows are not finite unit vectors")
 
-    counts = {"nonfinite_rows": {}, "non_unit_rows": {}, "bad_labels": {}, "bad_confidences": {}}
+    records = ShardRecords(store)
+    kinds = [kind for kind in ("clean", "weak", "strong") if layout.views(kind)]
+    counts = {name: dict.fromkeys(kinds, 0)
+              for name in ("nonfinite_rows", "non_unit_rows", "bad_labels", "bad_confidences")}
     valid_all = store.read("valid")
-    done_rows = np.repeat(done.astype(bool), layout.shard_size)[: layout.n]
-    for kind in ("clean", "weak", "strong"):
-        if not layout.views(kind):
+    for shard, (start, stop) in enumerate(store.spans()):
+        if not done[shard]:
             continue
-        nonfinite = non_unit = bad_label = bad_conf = 0
-        for start, stop in store.spans():
-            rows = valid_all[start:stop] & done_rows[start:stop]
-            if not rows.any():
-                continue
-            emb = store.read_rows(f"{kind}/emb", start, stop, check_finite=False)[rows].astype(np.float32)
-            label = store.read_rows(f"{kind}/label", start, stop)[rows]
-            conf = store.read_rows(f"{kind}/conf", start, stop, check_finite=False)[rows]
+        rows = {name: store.read_rows(name, start, stop, check_finite=False) for name in records.row_arrays}
+        records.check(shard, rows)
+        valid = valid_all[start:stop]
+        for kind in kinds:
+            emb = rows[f"{kind}/emb"][valid].astype(np.float32)
+            label, conf = rows[f"{kind}/label"][valid], rows[f"{kind}/conf"][valid]
             finite = np.isfinite(emb).all(axis=-1)
-            nonfinite += int((~finite).sum())
             norms = np.linalg.norm(np.where(np.isfinite(emb), emb, 0), axis=-1)
-            non_unit += int((finite & (np.abs(norms - 1) > NORM_TOLERANCE)).sum())
-            bad_label += int(((label < 0) | (label >= layout.n_classes)).sum())
-            bad_conf += int((~np.isfinite(conf) | (conf < 0) | (conf > 1 + 1e-6)).sum())
-        for name, value in (("nonfinite_rows", nonfinite), ("non_unit_rows", non_unit),
-                            ("bad_labels", bad_label), ("bad_confidences", bad_conf)):
-            counts[name][kind] = value
-            if value:
-                problems.append(f"{kind}: {value} {name.replace('_', ' ')}")
+            counts["nonfinite_rows"][kind] += int((~finite).sum())
+            counts["non_unit_rows"][kind] += int((finite & (np.abs(norms - 1) > NORM_TOLERANCE)).sum())
+            counts["bad_labels"][kind] += int(((label < 0) | (label >= layout.n_classes)).sum())
+            counts["bad_confidences"][kind] += int((~np.isfinite(conf) | (conf < 0) | (conf > 1 + 1e-6)).sum())
+    for kind in kinds:
+        for name in counts:
+            if counts[name][kind]:
+                problems.append(f"{kind}: {counts[name][kind]} {name.replace('_', ' ')}")
+    problems += records.problems()
     labels = store.labels()
     if ((labels < -1) | (labels >= layout.n_classes)).any():
         problems.append("labels outside [-1, classes)")
@@ -69,9 +70,63 @@ def verify(path: str) -> dict[str, Any]:
         "invalid_samples": int((~valid_all).sum()),
         "shards_done": int(done.sum()),
         "shards": layout.n_shards,
+        "shard_records": records.recorded,
         "counts": counts,
         "data_notes": data_problems(store.manifest, shown=1000),
     }
+
+
+class ShardRecords:
+    """The check that each done shard was written whole by a job the store lists: its
+    ``shard_job`` is one of the attribute's ``jobs``, and its rows hash to its ``shard_sha256``.
+    A store of format 1 records neither (``recorded`` False): nothing to check."""
+
+    def __init__(self, store: Any) -> None:
+        from .store import NOT_ROWS, RECORDED_SINCE, schema
+
+        version = store.meta["format_version"]
+        self.store = store
+        self.recorded = version >= RECORDED_SINCE
+        self.row_arrays = [name for name in schema(store.layout, version) if name not in NOT_ROWS]
+        jobs = store.meta.get("jobs")
+        self.jobs = {job for job in jobs if isinstance(job, str)} if isinstance(jobs, list) else set()
+        self.listed = isinstance(jobs, list) and bool(jobs) and len(self.jobs) == len(jobs)
+        if self.recorded:
+            self.job = store.read("shard_job")
+            self.sha256 = store.read("shard_sha256")
+        self.unrecorded: list[int] = []
+        self.foreign: list[int] = []
+        self.torn: list[int] = []
+
+    def check(self, shard: int, rows: dict[str, np.ndarray]) -> None:
+        """Sort one done shard among the unrecorded, the foreign and the torn (or none)."""
+        from .store import shard_digest
+
+        if not self.recorded:
+            return
+        job, sha256 = str(self.job[shard]), str(self.sha256[shard])
+        if not job or not sha256:
+            self.unrecorded.append(shard)
+        elif job not in self.jobs:
+            self.foreign.append(shard)
+        elif shard_digest(self.store.layout, rows) != sha256:
+            self.torn.append(shard)
+
+    def problems(self) -> list[str]:
+        """One line per kind of shard that was not written whole by a job of this store."""
+        if not self.recorded:
+            return []
+        out = [] if self.listed else ["its attribute has no list of the jobs that wrote it"]
+        for shards, what in (
+            (self.unrecorded, "without a record of the job that wrote them"),
+            (self.foreign, "written by a job this store does not list (a writer that had lost its lock, or a "
+                           "finish by one that rewrote the attribute)"),
+            (self.torn, "whose rows do not match their record (written in part by another job)"),
+        ):
+            if shards:
+                shown = ", ".join(str(s) for s in shards[:5]) + (" ..." if len(shards) > 5 else "")
+                out.append(f"{len(shards)} done shard(s) {what}: {shown}")
+        return out
 
 
 def format_verify(report: dict[str, Any]) -> str:
@@ -81,6 +136,8 @@ def format_verify(report: dict[str, Any]) -> str:
         f"shards   {report['shards_done']}/{report['shards']} done",
         f"samples  {report['samples']} ({report['invalid_samples']} invalid)",
     ]
+    if not report.get("shard_records", True):
+        lines.append("records  none: a store of format 1 does not record which job wrote each shard")
     lines += [f"problem  {p}" for p in report["problems"]] or ["ok       every check passed"]
     notes = report.get("data_notes", [])
     lines += [f"data     {line}" for line in notes[:10]]

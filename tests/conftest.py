@@ -231,7 +231,7 @@ def write_store(
     shard_size: int = 64,
 ) -> Path:
     """A complete store from given embeddings, written through the store API (teacher outputs computed)."""
-    from lpclip_cache.store import Layout, create_store
+    from lpclip_cache.store import Layout, StoreWriter
     from lpclip_cache.zeroshot import teacher_outputs
 
     n, dim = clean.shape
@@ -248,23 +248,27 @@ def write_store(
         "device": "cpu",
         "versions": {},
     }
-    root = create_store(path, layout, manifest)
-    root["head"][...] = head.astype(np.float32)
+    rows: dict[str, np.ndarray] = {}
     for kind, emb in (("clean", clean), ("weak", weak), ("strong", strong)):
         if emb is None:
             continue
         emb16 = emb.astype(np.float16)
-        label, conf = teacher_outputs(emb16, head.astype(np.float32), scale, temperature)
-        root[f"{kind}/emb"][...] = emb16
-        root[f"{kind}/label"][...] = label
-        root[f"{kind}/conf"][...] = conf
-    root["labels"][...] = labels.astype(np.int32)
-    root["valid"][...] = np.ones(n, bool)
-    root["keys"][...] = np.array([f"sample/{i}" for i in range(n)])
-    root["done"][...] = 1
-    meta = dict(root.attrs["lpclip_cache"])
-    meta["complete"] = True
-    root.attrs["lpclip_cache"] = meta
+        rows[f"{kind}/emb"] = emb16
+        rows[f"{kind}/label"], rows[f"{kind}/conf"] = teacher_outputs(emb16, head.astype(np.float32), scale,
+                                                                      temperature)
+    rows["labels"] = labels.astype(np.int32)
+    rows["valid"] = np.ones(n, bool)
+    rows["keys"] = np.array([f"sample/{i}" for i in range(n)])
+    rows["reason"] = np.array([""] * n)
+    writer = StoreWriter(path, layout, manifest)  # the writer extraction uses: shards recorded, then complete
+    try:
+        writer.begin(head.astype(np.float32))
+        for shard in range(layout.n_shards):
+            start = shard * shard_size
+            writer.write_shard(shard, {name: value[start : start + shard_size] for name, value in rows.items()})
+        writer.finish()
+    finally:
+        writer.release()
     return path
 
 

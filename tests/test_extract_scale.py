@@ -34,11 +34,13 @@ def cli_args(out: Path, checkpoint: Path) -> list[str]:
 
 
 def assert_same_store(a: Path, b: Path) -> None:
+    """Every array equal, but for ``shard_job``: it names the job that wrote each shard."""
     first, second = FeatureStore(a), FeatureStore(b)
     names = first.arrays()
     assert names == second.arrays()
     for name in names:
-        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
+        if name != "shard_job":
+            np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
     assert first.cache_key == second.cache_key
 
 

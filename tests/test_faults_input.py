@@ -539,10 +539,10 @@ def test_incomplete_store_is_refused(command, stores, tmp_path):
 @pytest.mark.parametrize("command", ["train", "evaluate"])
 def test_store_of_a_newer_format_is_refused(command, stores, tmp_path):
     store = copy_store(stores.good, tmp_path / "s.zarr")
-    set_attribute(store, format_version=2)
+    set_attribute(store, format_version=3)
     args = (["train", "--store", store, "--out", tmp_path / "o"] if command == "train"
             else ["evaluate", "--run", stores.run, "--store", store, "--out", tmp_path / "o"])
-    assert_error(invoke(*args), 5, f"store '{store}' has format version 2, newer than this lpclip-cache reads (1)",
+    assert_error(invoke(*args), 5, f"store '{store}' has format version 3, newer than this lpclip-cache reads (2)",
                  "upgrade lpclip-cache")
     assert not (tmp_path / "o").exists()
 

@@ -115,10 +115,12 @@ def assert_unlocked(out: Path) -> None:
 
 
 def assert_same_store(a: Path, b: Path) -> None:
+    """Every array equal, but for ``shard_job``: it names the job that wrote each shard."""
     first, second = FeatureStore(a), FeatureStore(b)
     assert first.arrays() == second.arrays()
     for name in first.arrays():
-        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
+        if name != "shard_job":
+            np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
     assert first.cache_key == second.cache_key
 
 

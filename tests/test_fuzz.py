@@ -168,10 +168,11 @@ def test_16bit_images_are_scaled_not_clipped(scratch, value, fmt, height, width)
 # --- (b) the store reader --------------------------------------------------------------------------
 
 ARRAYS = ["clean/emb", "clean/label", "clean/conf", "weak/emb", "weak/label", "weak/conf", "strong/emb",
-          "strong/label", "strong/conf", "head", "labels", "keys", "valid", "reason", "done"]
+          "strong/label", "strong/conf", "head", "labels", "keys", "valid", "reason", "done", "shard_job",
+          "shard_sha256"]
 FILES = ["zarr.json", "clean/emb/zarr.json", "head/zarr.json", "clean/emb/c/0/0", "clean/conf/c/0", "head/c/0/0",
          "keys/c/0", "valid/c/0", "done/c/0", "weak/emb/c/1/0/0", "labels/c/2"]
-ATTR_PATHS = ["format_version", "complete", "cache_key", "invalid", "layout", "layout.n", "layout.dim",
+ATTR_PATHS = ["format_version", "complete", "cache_key", "invalid", "jobs", "layout", "layout.n", "layout.dim",
               "layout.n_classes", "layout.weak_views", "layout.strong_views", "layout.shard_size", "manifest",
               "manifest.classnames", "manifest.teacher", "manifest.teacher.logit_scale",
               "manifest.teacher.temperature", "manifest.model", "manifest.model.name", "manifest.templates"]

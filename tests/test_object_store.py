@@ -5,6 +5,7 @@ streams the store, evaluation, and the object lock that keeps a second writer aw
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import socket
@@ -130,13 +131,23 @@ def test_a_second_writer_on_s3_is_refused_and_a_dead_ones_lock_is_taken_over(tin
         assert "wait for it to finish" in lines[0]
         assert not s3.fs.exists(f"{BUCKET}/locked.zarr/zarr.json")  # nothing written meanwhile
     assert not s3.fs.exists(lock_path)
-    # another machine's lock, with a fresh heartbeat: refused; with an old one: taken over
-    s3.fs.pipe_file(lock_path, json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time()}).encode())
-    with pytest.raises(StoreError, match="is being written by pid 1 on elsewhere"):
-        ObjectStoreLock(url).__enter__()
+    # another machine's lock, just written: refused, whatever its heartbeat claims; once the server
+    # last wrote it more than the stale time ago: taken over (tests/test_store_locks.py has the rest)
     old = time.time() - ObjectStoreLock.STALE_SECONDS - 5
     s3.fs.pipe_file(lock_path, json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": old}).encode())
-    with ObjectStoreLock(url) as lock:
+    with pytest.raises(StoreError, match="is being written by pid 1 on elsewhere"):
+        ObjectStoreLock(url).__enter__()
+    taker = ObjectStoreLock(url)
+    taker.STALE_SECONDS = 1.0
+    deadline = time.monotonic() + 60
+    while True:  # until the condition holds: the lock object older than 1 s by the server's clock
+        head = s3.fs.call_s3("head_object", Bucket=BUCKET, Key="locked.zarr.lock")
+        now = email.utils.parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
+        if (now - head["LastModified"]).total_seconds() > taker.STALE_SECONDS:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with taker as lock:
         assert lock.held and json.loads(s3.fs.cat_file(lock_path))["pid"] == os.getpid()
     assert not s3.fs.exists(lock_path)
 
