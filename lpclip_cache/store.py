@@ -291,12 +291,19 @@ class StoreWriter:
         self.recorded = True  # False when resuming a store of format 1 (no shard records)
         self._fence: StoreLock | ObjectStoreLock | None = None
         self._group: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}  # opened once: each opening reads the array's metadata
 
     @property
     def group(self) -> zarr.Group:
         if self._group is None:
             self._group = open_group(self.path, mode="r+")
         return self._group
+
+    def array(self, name: str) -> zarr.Array:
+        """The store's array ``name``, opened once per writer (on object storage an opening is a request)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     def begin(self, head: np.ndarray, overwrite: bool = False) -> str:
         """Lock, then create the store or resume it; returns ``new``, ``resume`` or ``complete``.
@@ -322,7 +329,7 @@ class StoreWriter:
                     return "complete"
                 self._resume(root, meta, head)
                 return "resume"
-            self._group = create_store(self.path, self.layout, self.manifest, overwrite, job=self.job)
+            self._group, self._arrays = create_store(self.path, self.layout, self.manifest, overwrite, job=self.job), {}
             self._group["head"][...] = head
             return "new"
         except OSError as exc:
@@ -338,7 +345,7 @@ class StoreWriter:
         root.attrs[ATTR] = {**meta, "jobs": [*jobs, self.job]}  # how the other ranks learn this job's token
         if not np.isfinite(np.asarray(root["head"][...])).all():
             root["head"][...] = head
-        self._group = root
+        self._group, self._arrays = root, {}
 
     def _join(self) -> None:
         """On a process other than the main one (a torchrun rank): take the job token the main
@@ -370,19 +377,28 @@ class StoreWriter:
     def write_shard(self, shard: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one shard's rows of every array, then its record (job and sha256), then its done
         bit; the lock is checked before the rows and again before the record."""
-        start = shard * self.layout.shard_size
-        stop = min(self.layout.n, start + self.layout.shard_size)
+        self.write_shards(shard, shard + 1, arrays)
+
+    def write_shards(self, first: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
+        """``write_shard`` for the shards ``first:stop`` at once (their rows in ``arrays``): one write
+        per array, each chunk still one shard whole; the lock is checked before the rows and again
+        before the records, which are written, like the done bits, only once every row is."""
+        size = self.layout.shard_size
+        start, end = first * size, min(self.layout.n, stop * size)
         try:
             self.check()
             for name, value in arrays.items():
                 if getattr(self._fence, "lost", False):  # the heartbeat found the lock gone: no more chunks
                     self.check()
-                self.group[name][start:stop] = value
+                self.array(name)[start:end] = value
             self.check()
             if self.recorded:
-                self.group["shard_job"][shard] = self.job
-                self.group["shard_sha256"][shard] = shard_digest(self.layout, arrays)
-            self.group["done"][shard] = 1  # only once the shard's chunks are all written
+                digests = [shard_digest(self.layout, {name: value[(s - first) * size : (s + 1 - first) * size]
+                                                      for name, value in arrays.items()})
+                           for s in range(first, stop)]
+                self.array("shard_job")[first:stop] = np.array([self.job] * (stop - first))
+                self.array("shard_sha256")[first:stop] = np.array(digests)
+            self.array("done")[first:stop] = 1  # only once the shards' chunks are all written
         except OSError as exc:
             self.check()  # a lock lost meanwhile explains the failure better
             raise write_error("store", self.path, exc, RESUME) from exc

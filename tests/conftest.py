@@ -200,6 +200,21 @@ def interrupt_writes_after(monkeypatch: pytest.MonkeyPatch, shards: int):
     return lambda: monkeypatch.setattr(StoreWriter, "write_shard", original)
 
 
+
+JOB_RECORDS = ("shard_job",)  # names the job that wrote each shard: random per job, so never equal across jobs
+
+
+def assert_same_store(a: str | Path, b: str | Path) -> None:
+    """Two stores hold the same numbers: every array equal (but the job records), the same cache key."""
+    from lpclip_cache.store import FeatureStore
+
+    first, second = FeatureStore(a), FeatureStore(b)
+    assert first.arrays() == second.arrays()
+    for name in first.arrays():
+        if name not in JOB_RECORDS:
+            np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
+    assert first.cache_key == second.cache_key
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``lpclip-cache`` in a fresh interpreter, as a user would."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
@@ -263,9 +278,7 @@ def write_store(
     writer = StoreWriter(path, layout, manifest)  # the writer extraction uses: shards recorded, then complete
     try:
         writer.begin(head.astype(np.float32))
-        for shard in range(layout.n_shards):
-            start = shard * shard_size
-            writer.write_shard(shard, {name: value[start : start + shard_size] for name, value in rows.items()})
+        writer.write_shards(0, layout.n_shards, rows)
         writer.finish()
     finally:
         writer.release()

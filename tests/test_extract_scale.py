@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import Hold, local_shards_written, sigkill_after_shards
+from conftest import Hold, assert_same_store, local_shards_written, sigkill_after_shards
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
@@ -32,16 +32,6 @@ def cli_args(out: Path, checkpoint: Path) -> list[str]:
             "--weak-views", "1", "--strong-views", "2", "--shard-size", "64", "--batch-size", "64",
             "--workers", "0", "--device", "cpu", "--quiet"]
 
-
-def assert_same_store(a: Path, b: Path) -> None:
-    """Every array equal, but for ``shard_job``: it names the job that wrote each shard."""
-    first, second = FeatureStore(a), FeatureStore(b)
-    names = first.arrays()
-    assert names == second.arrays()
-    for name in names:
-        if name != "shard_job":
-            np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
-    assert first.cache_key == second.cache_key
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import Hold, clustered_embeddings, run_cli, write_store
+from conftest import Hold, assert_same_store, clustered_embeddings, run_cli, write_store
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
@@ -113,15 +113,6 @@ def assert_unlocked(out: Path) -> None:
     with StoreLock(out):  # another writer may take it now
         pass
 
-
-def assert_same_store(a: Path, b: Path) -> None:
-    """Every array equal, but for ``shard_job``: it names the job that wrote each shard."""
-    first, second = FeatureStore(a), FeatureStore(b)
-    assert first.arrays() == second.arrays()
-    for name in first.arrays():
-        if name != "shard_job":
-            np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
-    assert first.cache_key == second.cache_key
 
 
 def leftovers(folder: Path) -> list[str]:

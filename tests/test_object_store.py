@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from conftest import sigkill_after_shards
-from test_extract_scale import assert_same_store, cli_args, reference  # noqa: F401 (reference is a fixture)
+from conftest import assert_same_store, sigkill_after_shards
+from test_extract_scale import cli_args, reference  # noqa: F401 (reference is a fixture)
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
@@ -38,7 +38,11 @@ def s3():
     """moto's S3 server on a free loopback port, the environment that points s3fs at it (for this
     process and the commands it starts), and an empty bucket."""
     import fsspec
+    import s3fs
 
+    # s3fs keeps one filesystem per constructor arguments in each process; one made for another
+    # module's server (the same arguments, another endpoint in the environment) would be reused
+    s3fs.S3FileSystem.clear_instance_cache()
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -66,6 +70,7 @@ def s3():
                               fs=fs, url=lambda name: f"s3://{BUCKET}/{name}")
     finally:
         patch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
         server.terminate()
         server.wait(timeout=30)
 

@@ -16,10 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import interrupt_writes_after
+from conftest import assert_same_store, interrupt_writes_after
 
 from lpclip_cache.cli import main
 from lpclip_cache.errors import StoreError
@@ -40,13 +39,6 @@ def cli_extract(out: Path, *more: str) -> list[str]:
             "--shard-size", "16", "--workers", "0", "--device", "cpu", "--quiet", *more]
 
 
-def same_arrays(a: str | Path, b: str | Path) -> None:
-    first, second = FeatureStore(a), FeatureStore(b)
-    assert first.arrays() == second.arrays()
-    for name in first.arrays():
-        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
-    assert first.cache_key == second.cache_key
-
 
 @pytest.fixture(scope="module")
 def random_store(tmp_path_factory):
@@ -58,7 +50,7 @@ def random_store(tmp_path_factory):
 
 def test_the_same_random_init_command_gives_the_same_network_and_embeddings(random_store, tmp_path):
     extract(ExtractConfig(**options(tmp_path / "b.zarr")))
-    same_arrays(random_store, tmp_path / "b.zarr")
+    assert_same_store(random_store, tmp_path / "b.zarr")
     manifest = FeatureStore(random_store).manifest
     assert re.fullmatch(r"[0-9a-f]{64}", manifest["model"]["image_tower_sha256"])
     assert re.fullmatch(r"[0-9a-f]{64}", manifest["teacher"]["head_sha256"])
@@ -89,7 +81,7 @@ def test_a_resumed_random_init_extraction_keeps_its_network(random_store, tmp_pa
     assert int(FeatureStore(out, require_complete=False).read("done").sum()) == 2
     summary = extract(ExtractConfig(**options(out)))
     assert summary["state"] == "resume" and summary["written"] == 16
-    same_arrays(random_store, out)
+    assert_same_store(random_store, out)
 
 
 def test_a_store_without_digests_is_not_resumed_with_a_network_it_cannot_name(random_store, tmp_path):

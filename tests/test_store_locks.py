@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import clustered_embeddings, write_store
-from test_extract_scale import assert_same_store
+from conftest import Hold, assert_same_store, clustered_embeddings, write_store
 from test_object_store import BUCKET, s3  # noqa: F401 (s3 is a fixture)
 
 from lpclip_cache.errors import InputError, StoreError
@@ -497,14 +496,14 @@ def test_a_crash_before_the_head_is_written_resumes_with_the_head(tiny_checkpoin
 
 # -- a writer paused past the takeover: real processes on moto's S3 ------------------------------------
 
-FENCED = ["--data", "shapes:train:n=256:seed=3", "--model", "test-tiny", "--weak-views", "0", "--strong-views",
+FENCED = ["--data", "shapes:train:n=96:seed=3", "--model", "test-tiny", "--weak-views", "0", "--strong-views",
           "1", "--shard-size", "16", "--batch-size", "64", "--workers", "0", "--device", "cpu", "--quiet"]
 TIMES = {"LPCLIP_LOCK_STALE_SECONDS": "2", "LPCLIP_LOCK_HEARTBEAT_SECONDS": "0.25"}
 
 
 def second_job(checkpoint: Path, out: str, **extra) -> ExtractConfig:
     """The job that takes over, run in this process (seed 1): the same options as ``FENCED``."""
-    return ExtractConfig(data="shapes:train:n=256:seed=3", out=out, model="test-tiny", pretrained=str(checkpoint),
+    return ExtractConfig(data="shapes:train:n=96:seed=3", out=out, model="test-tiny", pretrained=str(checkpoint),
                          weak_views=0, strong_views=1, shard_size=16, batch_size=64, num_workers=0, device="cpu",
                          progress=False, seed=1, **extra)
 
@@ -540,9 +539,12 @@ def test_a_paused_writer_loses_its_lock_and_writes_nothing_more(s3, tiny_checkpo
     name = f"fenced-{takeover}.zarr"
     url = s3.url(name)
     seed = "0" if takeover == "overwrite" else "1"
+    hold = Hold("img", 64)  # held after its first batch: it cannot finish before it is paused
     first = subprocess.Popen([sys.executable, "-m", "lpclip_cache", "extract", *FENCED, "--out", url,
                               "--pretrained", str(tiny_checkpoint), "--seed", seed],
-                             env={**s3.env, **TIMES}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             env={**s3.env, **TIMES, **hold.env}, pass_fds=hold.fds, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    hold.started()
     try:
         def done_chunks() -> int:
             try:
@@ -550,9 +552,10 @@ def test_a_paused_writer_loses_its_lock_and_writes_nothing_more(s3, tiny_checkpo
             except FileNotFoundError:
                 return 0
 
+        hold.reached(first)
         wait_for(lambda: done_chunks() >= 1 or first.poll() is not None, "the first job's first shard", 300)
         os.kill(first.pid, signal.SIGSTOP)
-        assert first.poll() is None, "the first job finished before it could be paused"
+        assert first.poll() is None, "the first job stopped before it could be paused"
         wait_until_stale(s3, f"{name}.lock", float(TIMES["LPCLIP_LOCK_STALE_SECONDS"]))
 
         for key, value in TIMES.items():
@@ -563,6 +566,7 @@ def test_a_paused_writer_loses_its_lock_and_writes_nothing_more(s3, tiny_checkpo
         def begin_then_wake_the_first(self, *args, **kwargs):
             state = begin(self, *args, **kwargs)  # this job holds the lock now
             os.kill(first.pid, signal.SIGCONT)
+            hold.release()  # the first goes on to its next shard
             first_err.append(first.communicate(timeout=300)[1])
             return state
 

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Hold, interrupt_writes_after, local_shards_written, run_cli, sigkill_after_shards
+from conftest import (
+    Hold,
+    assert_same_store,
+    interrupt_writes_after,
+    local_shards_written,
+    run_cli,
+    sigkill_after_shards,
+)
 
 from lpclip_cache.errors import Interrupted, StoreError
 from lpclip_cache.extraction import ExtractConfig, extract
@@ -179,10 +186,7 @@ def test_an_interrupted_extraction_resumes_to_the_same_store(tiny_checkpoint, tm
     restore()
     summary = extract(ExtractConfig(**options(spec, out, tiny_checkpoint, **views)))
     assert summary["state"] == "resume"
-    first, second = FeatureStore(reference), FeatureStore(out)
-    for name in first.arrays():
-        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
-    assert first.cache_key == second.cache_key
+    assert_same_store(reference, out)
 
 
 def test_shards_at_an_fsspec_url_are_copied_once_and_read(folder_store, tiny_checkpoint, tmp_path, monkeypatch):
@@ -270,6 +274,4 @@ def test_a_killed_extraction_resumes_to_a_bit_identical_store(tiny_checkpoint, t
     resumed = subprocess.run([*command(out), "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["written"] == (25 - 3) * 8
-    first, second = FeatureStore(tmp_path / "ref.zarr"), FeatureStore(out)
-    for name in first.arrays():
-        np.testing.assert_array_equal(first.read(name), second.read(name), err_msg=name)
+    assert_same_store(tmp_path / "ref.zarr", out)
