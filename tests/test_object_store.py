@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from conftest import assert_same_store, sigkill_after_shards
+from conftest import Hold, assert_same_store, sigkill_after_shards
 from test_extract_scale import cli_args, reference  # noqa: F401 (reference is a fixture)
 
 from lpclip_cache.cli import main
@@ -106,7 +106,10 @@ def test_a_killed_extraction_on_s3_resumes_past_its_own_lock(reference, tiny_che
     holder, on this machine, no longer exists) and resumes to the uninterrupted store."""
     url = s3.url("killed.zarr")
     command = [sys.executable, "-m", "lpclip_cache", *cli_args(url, tiny_checkpoint)]
-    process = subprocess.Popen(command, env=s3.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    hold = Hold("img", 3 * 64)  # held after three shards: it cannot finish first, and exactly three are done
+    process = subprocess.Popen(command, env={**s3.env, **hold.env}, pass_fds=hold.fds, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    hold.started()
 
     def written() -> int:
         try:
@@ -114,10 +117,10 @@ def test_a_killed_extraction_on_s3_resumes_past_its_own_lock(reference, tiny_che
         except FileNotFoundError:
             return 0
 
-    sigkill_after_shards(process, written)
+    sigkill_after_shards(process, written, hold=hold)
     assert s3.fs.exists(f"{BUCKET}/killed.zarr.lock")
     finished = int(FeatureStore(url, require_complete=False).read("done").sum())
-    assert 3 <= finished < 10
+    assert finished == 3
     resumed = run(command + ["--json"], s3.env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout)
