@@ -119,6 +119,13 @@ def lost_lock(store: str, path: str, record: dict[str, Any] | None) -> StoreErro
         "then check the store with 'lpclip-cache verify'")
 
 
+def unreadable_lock(store: str, path: str, exc: OSError) -> StoreError:
+    """The one line for a lock that cannot be read: never taken for a stale one."""
+    return StoreError(f"cannot read the lock '{path}' of store '{store}' ({exc.strerror or exc}): check that you "
+                      "may read it, then run the same command again (a lock is taken over only once it is proven "
+                      "old)")
+
+
 def store_lock(target: str | Path, job: str | None = None) -> StoreLock | ObjectStoreLock:
     """The lock of the store at ``target``: an OS file lock for a local path or a ``file://`` URL
     (both name the same ``STORE.lock``), a lock object for anything else (see ``ObjectStoreLock``)."""
@@ -196,8 +203,7 @@ class StoreLock:
         except FileNotFoundError:
             raise lost_lock(self.store, str(self.path), None) from None
         except OSError as exc:
-            raise StoreError(f"cannot read the lock '{self.path}' of store '{self.store}' ({exc.strerror}): check "
-                             "that you may read it, then run the same command again") from None
+            raise unreadable_lock(self.store, str(self.path), exc) from None
         if record.get("job") != self.job:
             raise lost_lock(self.store, str(self.path), record)
 
@@ -296,7 +302,7 @@ class ObjectStoreLock:
         try:
             found = objects.read()
         except OSError as exc:  # unreadable is not stale: only a lock proven old is taken over
-            raise self._unreadable(exc) from None
+            raise unreadable_lock(self.store, self.path, exc) from None
         if found is None:
             return None  # released between the create and this read: create again
         data, etag, age = found
@@ -334,11 +340,6 @@ class ObjectStoreLock:
                 return
             self._etag = etag
 
-    def _unreadable(self, exc: OSError) -> StoreError:
-        return StoreError(f"cannot read the lock '{self.path}' of store '{self.store}' ({exc.strerror or exc}): "
-                          "check that you may read it, then run the same command again (a lock is taken over "
-                          "only once it is proven old)")
-
     def check(self) -> None:
         """Fencing: a StoreError unless the lock object still names this job (read fresh from the
         server, never from a listing cache)."""
@@ -350,7 +351,7 @@ class ObjectStoreLock:
         except OSError as exc:
             if self.lost:
                 raise lost_lock(self.store, self.path, {}) from None
-            raise self._unreadable(exc) from None
+            raise unreadable_lock(self.store, self.path, exc) from None
         holder = parse_record(found[0]) if found is not None else None
         if self.lost or holder is None or holder.get("job") != self.job:
             raise lost_lock(self.store, self.path, holder)
