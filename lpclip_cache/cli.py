@@ -41,6 +41,7 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         debug = click.get_current_context().find_root().params.get("debug", False)
         if not debug:
             logging.getLogger().setLevel(logging.ERROR)
+        configure_logging(debug)
         previous = interrupt_on_sigterm()
         try:
             return command(*args, **kwargs)
@@ -69,6 +70,40 @@ def report_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN if stopping_together() else previous)
 
     return wrapper
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to the ``sys.stderr`` of the moment (click's test runner swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class LineFormatter(logging.Formatter):
+    """A record as the command line shows it: the message, after ``warning: `` from WARNING up."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def configure_logging(debug: bool = False) -> None:
+    """The command line's one handler on the package's logger: progress and notices (INFO) and
+    warnings, one line each on stderr. The library itself only logs (``logging.getLogger(__name__)``),
+    so a Python caller silences or redirects it as with any library."""
+    logger = logging.getLogger("lpclip_cache")
+    for handler in [h for h in logger.handlers if isinstance(h, StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = StderrHandler()
+    handler.setFormatter(LineFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
 
 
 def interrupt_on_sigterm() -> Any:
