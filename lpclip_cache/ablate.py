@@ -8,12 +8,15 @@ the table isolates each ingredient. Only the supervised row reads true labels.
 
 from __future__ import annotations
 
-import sys
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from .config import AblationConfig
 from .errors import InputError, NothingKept
+
+log = logging.getLogger(__name__)
 
 
 def variants(config: AblationConfig, max_views: int) -> dict[str, dict[str, Any]]:
@@ -61,22 +64,26 @@ def run_ablation(config: AblationConfig) -> dict[str, Any]:
 def _ablate_into(config: AblationConfig, store: Any, out: Path) -> dict[str, Any]:
     from .evaluation import evaluate
     from .outputs import json_text
+    from .progress import eta
     from .training import TrainConfig, train
 
     (out / "runs").mkdir(parents=True)
     max_views = max(store.layout.weak_views, store.layout.strong_views, 1)
     rows: dict[str, Any] = {}
     teacher_row: dict[str, Any] = {}
-    for name, options in variants(config, max_views).items():
-        if config.progress:
-            sys.stderr.write(f"[ablate] {name}\n")  # progress, never on stdout (--json)
+    table = variants(config, max_views)
+    started = time.perf_counter()
+    for index, (name, options) in enumerate(table.items()):
+        if config.progress:  # each variant as it starts, with the time left at the pace so far; then its training
+            left = f", ETA {eta(index, len(table), time.perf_counter() - started)}" if index else ""
+            log.info(f"[ablate] {name} ({index + 1}/{len(table)}{left})")
         run = out / "runs" / name
         try:
             summary = train(TrainConfig(store=config.store, out=str(run), epochs=config.epochs, lr=config.lr,
                                         batch_size=config.batch_size, seed=config.seed, device=config.device,
-                                        progress=False, **options))
+                                        progress=config.progress, **options))
         except NothingKept as exc:  # the variant has nothing to learn from: say so, score nothing
-            sys.stderr.write(f"[ablate] {name}: not trained: {exc}\n")
+            log.info(f"[ablate] {name}: not trained: {exc}")
             rows[name] = {"options": options, "seconds": 0.0, "not_trained": str(exc),
                           "stores": {path: {} for path in config.eval_stores}, "ood": {path: {} for path in config.ood}}
             continue

@@ -17,10 +17,10 @@ paused is stopped by ``check`` before it commits, and ``verify`` finds what slip
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, StoreError
+
+log = logging.getLogger(__name__)
 
 STALE_ENV = "LPCLIP_LOCK_STALE_SECONDS"
 HEARTBEAT_ENV = "LPCLIP_LOCK_HEARTBEAT_SECONDS"
@@ -277,8 +279,8 @@ class ObjectStoreLock:
 
         objects = self.objects
         if objects is None:
-            sys.stderr.write(f"warning: '{self.store}' is on a filesystem without atomic create-if-absent writes: no "
-                             "lock keeps a second writer away; run one extraction at a time on it\n")
+            log.warning(f"'{self.store}' is on a filesystem without atomic create-if-absent writes: no lock keeps a "
+                        "second writer away; run one extraction at a time on it")
             return self
         fs, inner = filesystem(self.path)
         try:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +27,8 @@ from typing import Any
 from .config import ExtractConfig, TrainConfig, recipe_keys
 from .errors import InputError
 from .outputs import local_path
+
+log = logging.getLogger(__name__)
 
 ROLES = ("adapt", "test", "shift", "ood")
 TOP_KEYS = {"name", "description", "out", "gpu_wall_time", "model", "views", "extract", "datasets", "train",
@@ -540,10 +542,10 @@ def run_recipe(path: str | Path, dry_run: bool = False, overrides: list[str] | N
         if state.startswith("skip"):
             skipped.append(stage.id)
             if progress:
-                sys.stderr.write(f"[{index}/{len(stages)}] {stage.id}: complete, skipped\n")
+                log.info(f"[{index}/{len(stages)}] {stage.id}: complete, skipped")
             continue
         if progress:
-            sys.stderr.write(f"[{index}/{len(stages)}] {stage.id}: {state} -> {stage.out}\n")
+            log.info(f"[{index}/{len(stages)}] {stage.id}: {state} -> {stage.out}")
         if state.startswith(DAMAGED):
             remove_own_output(recipe, stage)
         began = time.perf_counter()

@@ -24,6 +24,19 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def package_logger_as_a_caller_finds_it() -> None:
+    """Each test starts with the package's logger as a Python caller finds it: without the handler
+    an in-process command (click's CliRunner) gave it, and propagating, so ``caplog`` sees its records."""
+    import logging
+
+    logger = logging.getLogger("lpclip_cache")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
 def cifar_files(split: str = "test") -> list[Path]:
     """The fixture's JPEGs, class by class, in file order."""
     files = sorted((CIFAR_FIXTURE / split).glob("*/*.jpg"))

@@ -8,6 +8,7 @@ to hold (a done chunk written, a lock object older than the stale time by the se
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -182,13 +183,15 @@ def test_a_local_path_and_its_file_url_exclude_each_other(tmp_path):
     assert not Path(f"{store}.lock").exists()
 
 
-def test_a_filesystem_without_atomic_create_gets_the_warning_and_no_lock(capsys):
+def test_a_filesystem_without_atomic_create_gets_the_warning_and_no_lock(caplog):
     """fsspec's generic ``mode="create"`` checks, then writes: not a lock (memory:// here)."""
+    caplog.set_level(logging.INFO, logger="lpclip_cache")
     lock = ObjectStoreLock(f"memory://locks-{os.getpid()}/s.zarr")
     with lock:
         assert not lock.held
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "without atomic create-if-absent writes: no lock" in err
+    err = [record.getMessage() for record in caplog.records]
+    assert len(err) == 1 and "without atomic create-if-absent writes: no lock" in err[0]
+    assert caplog.records[0].levelname == "WARNING"
 
 
 # -- what a lock holds, and reading it -----------------------------------------------------------------

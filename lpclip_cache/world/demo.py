@@ -10,8 +10,8 @@ and paired intervals over seeds (JSON, Markdown, PNG).
 from __future__ import annotations
 
 import json
+import logging
 import re
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +22,8 @@ import numpy as np
 from ..config import NEIGHBORS_K, DemoConfig
 from .demo_recipe import recipe_path, style_shifts
 from .teacher import MODEL_NAME
+
+log = logging.getLogger(__name__)
 
 PROBES = ("lpclip", "ensemble", "supervised")  # the recipe's probes
 # TransCLIP, the training-free rival on the same embeddings: the demo's name -> (the probe whose
@@ -45,13 +47,6 @@ def is_demo(path: Path) -> bool:
     """True when ``path`` is a demo output folder, finished or left by an interrupted demo (so
     ``--overwrite`` can replace it)."""
     return (path / "stores").is_dir() and ((path / "results.json").is_file() or (path / STARTED).is_file())
-
-
-def log(message: str, enabled: bool) -> None:
-    """One progress line on stderr."""
-    if enabled:
-        sys.stderr.write(f"[demo] {message}\n")
-        sys.stderr.flush()
 
 
 def overrides(config: DemoConfig, checkpoint: Path, seed: int, out: Path) -> list[str]:
@@ -120,23 +115,28 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     prepare_output(out, config.overwrite, is_demo, "demo output")
     (out / "stores").mkdir(parents=True)
     (out / STARTED).write_text("a demo is writing this folder; results.json appears when it has finished\n")
-    log(f"teacher: the small CLIP of the {config.world} world (shipped for the default one; others trained once "
-        "and cached)", config.progress)
+    if config.progress:
+        log.info(f"[demo] teacher: the small CLIP of the {config.world} world (shipped for the default one; others "
+                 "trained once and cached)")
     teacher = world_teacher(config.world, seed=config.teacher_seed, steps=config.teacher_steps,
                             pool=config.teacher_pool)
     checkpoint = ensure_teacher(teacher, progress=config.progress)
     timings = {"teacher": round(time.perf_counter() - started, 2)}
     began = time.perf_counter()
-    regime = measure(checkpoint, seed=config.seed, train_n=config.train_n, test_n=config.test_n, world=config.world)
+    regime = measure(checkpoint, seed=config.seed, train_n=config.train_n, test_n=config.test_n, world=config.world,
+                     progress=config.progress)
     timings["regime"] = round(time.perf_counter() - began, 2)
     views = regime["views"]["views"]
-    log(f"regime ({config.world} world): probe {regime['supervised_probe']:.3f}, zero-shot {regime['zeroshot']:.3f} "
-        f"({regime['classes']} classes); the probe keeps {views['weak']['label_preservation']['ratio']:.0%} on weak "
-        f"and {views['strong']['label_preservation']['ratio']:.0%} on strong views", config.progress)
+    if config.progress:
+        log.info(f"[demo] regime ({config.world} world): probe {regime['supervised_probe']:.3f}, zero-shot "
+                 f"{regime['zeroshot']:.3f} ({regime['classes']} classes); the probe keeps "
+                 f"{views['weak']['label_preservation']['ratio']:.0%} on weak and "
+                 f"{views['strong']['label_preservation']['ratio']:.0%} on strong views")
     seeds = [config.seed + i for i in range(config.seeds)]
     per_seed = []
     for seed in seeds:
-        log(f"seed {seed}: recipe {recipe_path().name}, then the ablations", config.progress)
+        if config.progress:
+            log.info(f"[demo] seed {seed}: recipe {recipe_path().name}, then the ablations")
         per_seed.append(run_seed(config, checkpoint, seed, out / "seeds" / str(seed), timings))
     results = aggregate(config, per_seed)
     results.update({"regime": regime, "teacher_checkpoint": str(checkpoint), "teacher_config": asdict(teacher)})
@@ -239,23 +239,29 @@ def ablations(config: DemoConfig, checkpoint: Path, seed: int, out: Path, stores
     from ..training import train
 
     eval_stores = [stores["test"], *(stores[s] for s in STYLE_SHIFTS)]
+    if config.progress:
+        log.info(f"[demo] seed {seed}: ablations (ablate on its train store)")
     ablation = run_ablation(AblationConfig(store=stores["train"], eval_stores=eval_stores, ood=[stores["strokes"]],
                                            out=str(out / "ablation"), epochs=config.epochs, lr=config.lr, seed=seed,
-                                           thresholds=(0.5,), progress=False))
+                                           thresholds=(0.5,), progress=config.progress))
     rows = {name: ablation_row(entry, stores) for name, entry in ablation["rows"].items()}
     recipe = load_recipe(recipe_path(), overrides(config, checkpoint, seed, out))
     options = next(s.options for s in plan(recipe) if s.kind == "extract" and s.name == "train")
     base = load_policy(options["strong_policy"])
     for ops in STRENGTHS:
+        if config.progress:
+            log.info(f"[demo] seed {seed}: strength ablation, {ops} RandAugment operation(s) per strong view: "
+                     "extract, train, evaluate")
         policy = out / "ablation" / f"strong-{ops}-ops.json"
         policy.write_text(json.dumps({**base, "name": f"{base['name']}-{ops}-ops", "num_ops": ops}))
         store = out / "ablation" / f"train-strong-{ops}-ops.zarr"
         views = min(STRENGTH_VIEWS, config.views)
         extract(ExtractConfig(**{**options, "strong_policy": str(policy), "pretrained": str(checkpoint),
-                                 "weak_views": views, "strong_views": views}, out=str(store), progress=False))
+                                 "weak_views": views, "strong_views": views}, out=str(store),
+                              progress=config.progress))
         run = out / "ablation" / "runs" / f"strong-{ops}-ops"
         train(TrainConfig(store=str(store), out=str(run), epochs=config.epochs, lr=config.lr, seed=seed,
-                          progress=False))
+                          progress=config.progress))
         report = evaluate_into(str(run), eval_stores, [stores["strokes"]], out=f"{run}.json")
         rows[f"strong-{ops}-ops"] = ablation_row({"stores": {p: report["stores"][p]["probe"] for p in eval_stores},
                                                   "ood": {p: report["ood"][p]["probe"] for p in report["ood"]}}, stores)
@@ -382,12 +388,15 @@ def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> 
             names=LABELS, title=f"effective robustness, {results['world']} world (mean over seeds)", whole=True),
     }
     results["plots"] = {k: str(v) for k, v in plots.items()}
+    write_text_atomic(out / "results.md", results_markdown(results), "demo results")
+    write_json_atomic(out / "results.json", results, "demo results")  # last: it marks the demo finished
+
+
+def regime_summary(results: dict[str, Any]) -> str:
+    """results.md's paragraph on the teacher and its regime on the clean test set."""
     regime = results["regime"]
-    seeds = ", ".join(map(str, results["seeds"]))
     views = regime["views"]["views"]
-    markdown = [
-        f"# lpclip-cache demo: the shapes world ({results['world']})",
-        "",
+    return (
         f"Teacher: `{MODEL_NAME}` trained by the project. Regime on the clean test set (world seed "
         f"{regime['seed']}): {regime['classes']} classes; supervised linear probe on the frozen embeddings "
         f"{regime['supervised_probe']:.3f}; zero-shot {regime['zeroshot']:.3f} (gap {regime['gap']:.3f}); "
@@ -398,7 +407,18 @@ def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> 
         f"right on {regime['views']['clean']['teacher_accuracy']:.3f} of clean and "
         f"{views['weak']['teacher_accuracy']:.3f} of weak views. In regime: {regime['in_regime']}"
         + (f" (failing: {', '.join(k for k, ok in regime['checks'].items() if not ok)})."
-           if not regime["in_regime"] else "."),
+           if not regime["in_regime"] else ".")
+    )
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """results.md: the regime, the view table, the results and paired differences, the ablations,
+    the timings and the plots."""
+    seeds = ", ".join(map(str, results["seeds"]))
+    return "\n".join([
+        f"# lpclip-cache demo: the shapes world ({results['world']})",
+        "",
+        regime_summary(results),
         "",
         "Do the method's views keep the class? `analyze views` on each seed's train store (mean ± standard "
         "deviation over seeds): the teacher's accuracy on the view, its agreement with its own answer on the clean "
@@ -429,6 +449,4 @@ def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> 
         "",
         "![effective robustness](effective_robustness.png)",
         "",
-    ]
-    write_text_atomic(out / "results.md", "\n".join(markdown), "demo results")
-    write_json_atomic(out / "results.json", results, "demo results")  # last: it marks the demo finished
+    ])

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import Progress
+
 # point 1 of the world's requirements (docs/demo.md): the regime the comparison needs
 REGIME = {"classes_min": 10, "probe_min": 0.85, "zeroshot_range": (0.55, 0.85), "gap_min": 0.08,
           "shift_drop_min": 0.20, "shift_ece_min": 0.15, "ood_auroc_max": 0.75,
@@ -46,9 +48,10 @@ def embed(loaded: Any, pixels: np.ndarray, batch: int = 500) -> np.ndarray:
 
 
 def view_embeddings(loaded: Any, pixels: np.ndarray, views: int, seed: int,
-                    policies: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
+                    policies: tuple[str, str] | None = None, progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Unit embeddings (N x views x D) of weak and strong views of uint8 images, made by the
-    extraction's own ``ViewMaker`` with the demo recipe's policies (or ``policies``)."""
+    extraction's own ``ViewMaker`` with the demo recipe's policies (or ``policies``); ``progress``
+    counts one step per view."""
     import torch
 
     from ..augment import ViewMaker, load_policy
@@ -60,14 +63,20 @@ def view_embeddings(loaded: Any, pixels: np.ndarray, views: int, seed: int,
     out = {}
     with torch.no_grad():
         for kind in ("weak", "strong"):
-            out[kind] = np.stack([loaded.model.encode_image(maker.view(images, kind, 0, v), normalize=True).numpy()
-                                  for v in range(views)], axis=1)
+            embedded = []
+            for v in range(views):
+                embedded.append(loaded.model.encode_image(maker.view(images, kind, 0, v), normalize=True).numpy())
+                if progress is not None:
+                    progress.update()
+            out[kind] = np.stack(embedded, axis=1)
     return out
 
 
 def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: int = 1000,
-            world: str | None = None, policies: tuple[str, str] | None = None) -> dict[str, Any]:
-    """The regime figures of a world checkpoint (world seed ``seed``), and whether each holds."""
+            world: str | None = None, policies: tuple[str, str] | None = None,
+            progress: bool = False) -> dict[str, Any]:
+    """The regime figures of a world checkpoint (world seed ``seed``), and whether each holds;
+    ``progress`` shows its steps (embeddings, probes, views) with their rate and ETA."""
     from .. import metrics
     from ..models import load_model, zero_shot_head
     from ..prompts import load_templates
@@ -75,7 +84,6 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     from ..zeroshot import TeacherScale
     from .shapes import (
         DEFAULT_WORLD,
-        NATURAL_SHIFTS,
         SHAPES,
         STYLES,
         WORLDS,
@@ -92,21 +100,45 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     train_attrs = sample_attributes(train_n, split_rng(seed, "train"), scenes)
     test_attrs = sample_attributes(test_n, split_rng(seed, "test"), scenes)
     labels = test_attrs.shape
+    steps = Progress(len(STYLES) + 2 * REGIME_VIEWS + 4, "regime", "steps", enabled=progress)
     train_pixels = render(train_attrs)
     train_emb = embed(loaded, train_pixels)
-    test_emb = {style: embed(loaded, render(test_attrs, style=style)) for style in STYLES}
+    steps.update()
+    test_emb = {}
+    for style in STYLES:
+        test_emb[style] = embed(loaded, render(test_attrs, style=style))
+        steps.update()
     teacher = TeacherScale(loaded.logit_scale)
     probs = {style: teacher.probabilities(emb, head, np.float64) for style, emb in test_emb.items()}
     ood = teacher.probabilities(embed(loaded, render_scribbles(test_n, split_rng(seed, "ood"), world=scenes)), head,
                                 np.float64)
+    steps.update()
     predicted = linear_probe(train_emb, train_attrs.shape, np.concatenate(list(test_emb.values())), len(SHAPES))
+    steps.update()
     probe_on = {style: float(np.mean(p == labels)) for style, p in zip(STYLES, np.split(predicted, len(STYLES)))}
     probe = probe_on["filled"]
-    views = view_figures(train_emb, view_embeddings(loaded, train_pixels, REGIME_VIEWS, seed, policies), head,
+    views = view_figures(train_emb, view_embeddings(loaded, train_pixels, REGIME_VIEWS, seed, policies, steps), head,
                          loaded.logit_scale, labels=train_attrs.shape.astype(np.int64), seed=seed)
+    steps.update()
     zeroshot = metrics.accuracy(probs["filled"], labels)
     per_class = {name: float(np.mean(probs["filled"][labels == c].argmax(1) == c))
                  for c, name in enumerate(SHAPES) if (labels == c).any()}
+    shifts = shift_figures(probs, labels, probe_on, zeroshot)
+    auroc = metrics.auroc(probs["filled"].max(1), ood.max(1))
+    return {"world": scenes.name, "classes": len(SHAPES), "chance": 1 / len(SHAPES), "supervised_probe": probe,
+            "zeroshot": zeroshot, "gap": probe - zeroshot, "zeroshot_per_class": per_class,
+            "zeroshot_ece": metrics.ece(probs["filled"], labels),
+            "shifts": shifts, "ood_msp_auroc": auroc, "views": views, "seed": seed, "train_n": train_n,
+            "test_n": test_n} | judge(probe, zeroshot, per_class, shifts, auroc, views)
+
+
+def shift_figures(probs: dict[str, np.ndarray], labels: np.ndarray, probe_on: dict[str, float],
+                  zeroshot: float) -> dict[str, dict[str, Any]]:
+    """Per style shift: the teacher's accuracy and ECE, its drop from and share of its clean
+    accuracy, and the supervised probe's accuracy beside it."""
+    from .. import metrics
+    from .shapes import NATURAL_SHIFTS, STYLES
+
     shifts = {}
     for style in STYLES[1:]:
         accuracy = metrics.accuracy(probs[style], labels)
@@ -114,12 +146,7 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
                          "kept": accuracy / zeroshot if zeroshot else 0.0, "supervised_probe": probe_on[style],
                          "probe_over_teacher": probe_on[style] - accuracy,
                          "natural": style in NATURAL_SHIFTS}
-    auroc = metrics.auroc(probs["filled"].max(1), ood.max(1))
-    return {"world": scenes.name, "classes": len(SHAPES), "chance": 1 / len(SHAPES), "supervised_probe": probe,
-            "zeroshot": zeroshot, "gap": probe - zeroshot, "zeroshot_per_class": per_class,
-            "zeroshot_ece": metrics.ece(probs["filled"], labels),
-            "shifts": shifts, "ood_msp_auroc": auroc, "views": views, "seed": seed, "train_n": train_n,
-            "test_n": test_n} | judge(probe, zeroshot, per_class, shifts, auroc, views)
+    return shifts
 
 
 def judge(probe: float, zeroshot: float, per_class: dict[str, float], shifts: dict[str, dict[str, Any]],
