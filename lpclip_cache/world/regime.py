@@ -100,7 +100,7 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     train_attrs = sample_attributes(train_n, split_rng(seed, "train"), scenes)
     test_attrs = sample_attributes(test_n, split_rng(seed, "test"), scenes)
     labels = test_attrs.shape
-    steps = Progress(len(STYLES) + 2 * REGIME_VIEWS + 4, "regime", "steps", enabled=progress)
+    steps = Progress(len(STYLES) + 2 * REGIME_VIEWS + 4, "regime figures", "steps", enabled=progress)
     train_pixels = render(train_attrs)
     train_emb = embed(loaded, train_pixels)
     steps.update()
