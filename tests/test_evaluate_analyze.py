@@ -311,7 +311,7 @@ def test_report_folder_has_markdown_and_plots(world, tmp_path):
     from PIL import Image
 
     from lpclip_cache.cli import main
-    from lpclip_cache.report import risk_coverage, roc_curve
+    from lpclip_cache.figures.curves import risk_coverage, roc_curve
 
     folder = tmp_path / "report"
     result = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"]),
