@@ -129,7 +129,7 @@ def unreadable_lock(store: str, path: str, exc: OSError) -> StoreError:
 def store_lock(target: str | Path, job: str | None = None) -> StoreLock | ObjectStoreLock:
     """The lock of the store at ``target``: an OS file lock for a local path or a ``file://`` URL
     (both name the same ``STORE.lock``), a lock object for anything else (see ``ObjectStoreLock``)."""
-    from .outputs import filesystem, is_url
+    from .storage import filesystem, is_url
 
     if not is_url(target):
         return StoreLock(Path(target), job)
@@ -256,7 +256,7 @@ class ObjectStoreLock:
     def objects(self) -> S3Objects | None:
         """The conditional operations on the lock object, or None on a filesystem without them."""
         if self._objects is None:
-            from .outputs import filesystem
+            from .storage import filesystem
 
             fs, inner = filesystem(self.path)
             if "s3" in _protocols(fs) and hasattr(fs, "_call_s3"):
@@ -273,7 +273,8 @@ class ObjectStoreLock:
         return process_gone(holder) or (age is not None and age > self.STALE_SECONDS)
 
     def __enter__(self) -> ObjectStoreLock:
-        from .outputs import filesystem, write_error
+        from .outputs import write_error
+        from .storage import filesystem
 
         objects = self.objects
         if objects is None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import ExtractConfig, TrainConfig, recipe_keys
 from .errors import InputError
-from .outputs import local_path
+from .storage import local_path
 
 ROLES = ("adapt", "test", "shift", "ood")
 TOP_KEYS = {"name", "description", "out", "gpu_wall_time", "model", "views", "extract", "datasets", "train",
@@ -343,7 +343,7 @@ def check_plan(recipe: Recipe, stages: list[Stage]) -> None:
     folder and ``[datasets.a]``), ``[analyze] views`` on an adaptation store without views, and
     TransCLIP on a dataset whose spec says it is too small for its neighbour graph."""
     from .data import known_size
-    from .outputs import place
+    from .storage import place
     from .transclip import NEIGHBORS
 
     where = [(stage, place(stage.out)) for stage in stages]

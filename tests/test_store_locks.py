@@ -244,7 +244,7 @@ def test_a_lock_of_any_content_is_taken_over_once_old(s3, aged_locks, case):  # 
 def test_a_live_lock_hidden_by_a_warm_listing_cache_is_not_taken(s3):  # noqa: F811
     """s3fs answers 'no such file' from a listing cached before the lock existed: only a fresh
     read of the object decides."""
-    from lpclip_cache.outputs import filesystem
+    from lpclip_cache.storage import filesystem
 
     url = s3.url("cached/s.zarr")
     s3.fs.pipe_file(f"{BUCKET}/cached/other", b"x")

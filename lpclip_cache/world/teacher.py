@@ -86,7 +86,7 @@ def world_teacher(world: str, **changes: Any) -> TeacherConfig:
 
 def checkpoint_path(config: TeacherConfig) -> Path:
     """The cache file of a configuration's weights."""
-    from ..outputs import cache_dir
+    from ..storage import cache_dir
 
     return cache_dir() / "teachers" / f"{MODEL_NAME}-{config.key()}.safetensors"
 
