@@ -344,7 +344,7 @@ def check_plan(recipe: Recipe, stages: list[Stage]) -> None:
     TransCLIP on a dataset whose spec says it is too small for its neighbour graph."""
     from .data import known_size
     from .storage import place
-    from .transclip import NEIGHBORS
+    from .transclip import check_size
 
     where = [(stage, place(stage.out)) for stage in stages]
     for index, (first, at) in enumerate(where):
@@ -364,11 +364,12 @@ def check_plan(recipe: Recipe, stages: list[Stage]) -> None:
     for stage in stages:
         if stage.kind == "extract" and stage.out in transduced:
             size = known_size(stage.options["data"], stage.options["split"])
-            if size is not None and size <= NEIGHBORS:
-                raise _fail(recipe.path, f"{stage.origin} data", f"'{stage.options['data']}' holds {size} "
-                            f"image(s), and [evaluate] transclip transduces it: TransCLIP needs more than "
-                            f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph); give it more images (n=), or "
-                            "leave its probes out of transclip")
+            try:
+                if size is not None:
+                    check_size(size, f"the images of '{stage.options['data']}' (which [evaluate] transclip transduces)")
+            except InputError as exc:
+                raise _fail(recipe.path, f"{stage.origin} data", f"{exc.message}; give it more images (n=), or leave "
+                            "its probes out of transclip") from None
 
 
 def _many(corrupt: str | None) -> bool:
