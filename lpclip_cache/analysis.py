@@ -222,7 +222,7 @@ def is_projection(path: str | Path) -> bool:
     text says so)."""
     from PIL import Image
 
-    from .outputs import open_read
+    from .storage import open_read
 
     try:
         with open_read(path) as stream, Image.open(stream) as image:

@@ -423,7 +423,7 @@ def local_roots(spec: str) -> list[Path]:
     """The local files or folders a data spec reads (``cifar10:ROOT`` reads ROOT; a brace pattern
     the folders of the shards it names), none when it reads none (``shapes:`` generates its
     images, a URL is remote)."""
-    from .outputs import is_url
+    from .storage import is_url
 
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in BUILDERS and not rest.strip():

@@ -172,14 +172,16 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
             outputs[f"member-{m}"] = MethodOutputs(probe.logits[m : m + 1], probe.member_probs[m : m + 1],
                                                    probe.member_probs[m])
     if transclip:
+        from .errors import InputError
         from .progress import Progress
         from .store import store_name
-        from .transclip import NEIGHBORS, OUTER_ITERATIONS, PROGRESS_FROM
+        from .transclip import OUTER_ITERATIONS, PROGRESS_FROM, check_size
         from .transclip import transclip as solve
 
-        if len(emb) <= NEIGHBORS:
-            raise StoreError(f"store '{store.path}' has {len(emb)} valid images: --transclip needs more than "
-                             f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph)")
+        try:
+            check_size(len(emb), f"the valid images of store '{store.path}' (for --transclip)")
+        except InputError as exc:  # the store is too small: its error (exit 5)
+            raise StoreError(exc.message) from None
         for name, initial in zip(TRANSCLIP_METHODS, (None, probe.probs)):
             rounds = Progress(OUTER_ITERATIONS + 1, f"{name} {store_name(store.path)}", "rounds",
                               enabled=len(emb) * len(head) >= PROGRESS_FROM)

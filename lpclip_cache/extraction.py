@@ -227,7 +227,8 @@ def extract_corruptions(config: ExtractConfig) -> dict[str, Any]:
     ``config.out`` as ``NAME-SEVERITY.zarr``; stores already complete are kept as they are."""
     from dataclasses import replace
 
-    from .store import is_store, is_url
+    from .storage import is_url
+    from .store import is_store
 
     plan = corruption_plan(config.corrupt)
     if not plan:

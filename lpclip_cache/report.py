@@ -38,10 +38,11 @@ def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None =
     each output (default ``OPTION_NAMES``; a recipe names its key), for the refusals."""
     from . import outputs
     from .evaluation import score
+    from .storage import place
 
     names = {**OPTION_NAMES, **(names or {})}
     run, stores, ood = str(run), [str(s) for s in stores], [str(s) for s in ood]
-    where = [outputs.place(s) for s in stores + ood]
+    where = [place(s) for s in stores + ood]
     same = [given for given, at in zip(stores + ood, where) if where.count(at) > 1]
     if same:  # an OOD set equal to the in-distribution one scores AUROC 0.5 by construction
         raise InputError(f"store '{same[0]}' is given twice (as --store and --ood, or twice as one of them): "

@@ -34,7 +34,8 @@ import zarr
 
 from .errors import StoreError
 from .locks import ObjectStoreLock, StoreLock, new_job, store_lock
-from .outputs import filesystem, is_url, prepare_output, write_error
+from .outputs import prepare_output, write_error
+from .storage import filesystem, is_url
 
 if TYPE_CHECKING:
     from .zeroshot import TeacherScale

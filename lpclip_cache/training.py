@@ -209,9 +209,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     import torch
 
     from .distributed import pick_device
-    from .outputs import is_url, local_folder, prepare_output, refuse_output_inside
+    from .outputs import local_folder, prepare_output, refuse_output_inside
     from .runs import is_run, save_run
     from .sampling import MEMORY_BUDGET_BYTES, PairSource, holdout_shards
+    from .storage import is_url
     from .store import FeatureStore
 
     check_config(config)

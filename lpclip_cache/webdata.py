@@ -122,8 +122,8 @@ def clip_benchmark_root(
     when ``root`` is not one (no ``classnames.txt``). Its class names are read as CLIP_benchmark
     reads them, one per line (``prompts.classnames_from_text``), its templates through the same
     loader as ``--templates`` files."""
-    from .outputs import filesystem
     from .prompts import classnames_from_text, templates_from_text
+    from .storage import filesystem
 
     fs, inner = filesystem(root)
     if not fs.isfile(f"{inner}/classnames.txt"):
@@ -165,7 +165,7 @@ def clip_benchmark_root(
 def shard_list(spec: str, rest: str) -> tuple[list[str], list[Problem]]:
     """The shards a SPEC names (a brace pattern, a folder of ``.tar`` files, or one file, local
     or URL) and a warning counting the files of a folder that are not shards."""
-    from .outputs import filesystem, is_url
+    from .storage import filesystem, is_url
 
     if "{" in rest or "}" in rest:
         return expand_braces(spec, rest), []
@@ -486,7 +486,7 @@ def remote_copy(url: str) -> str:
     import secrets
     import shutil
 
-    from .outputs import cache_dir, filesystem
+    from .storage import cache_dir, filesystem
 
     fs, inner = filesystem(url)
     info = _remote_info(fs, inner, url)

@@ -88,7 +88,7 @@ def check_config(config: DemoConfig) -> None:
     """Reject impossible sizes and unknown worlds before anything is written."""
     from ..config import check_choices
     from ..errors import InputError
-    from ..transclip import NEIGHBORS
+    from ..transclip import check_size
     from .teacher import TeacherConfig
 
     check_choices(config)
@@ -99,9 +99,7 @@ def check_config(config: DemoConfig) -> None:
                          "at least 1, --seeds at least 2 (a spread needs two), --lr > 0")
     if not config.severities or any(s != int(s) or not 1 <= s <= 5 for s in config.severities):
         raise InputError(f"--severities must be whole numbers 1-5, got {','.join(f'{s:g}' for s in config.severities)}")
-    if min(config.test_n, config.corrupt_n) <= NEIGHBORS:
-        raise InputError(f"--test-n and --corrupt-n must be more than {NEIGHBORS}: TransCLIP's "
-                         f"{NEIGHBORS}-nearest-neighbour graph is built on each test set")
+    check_size(min(config.test_n, config.corrupt_n), "--test-n and --corrupt-n")  # TransCLIP runs on each test set
     if config.teacher_pool < TeacherConfig.batch_size:
         raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
 
