@@ -239,8 +239,8 @@ def test_corrupt_option_corrupts_each_shard_on_the_device_before_encoding(cifar_
     from PIL import Image
 
     from lpclip_cache.corruptions import corrupt_batch, corruption_seed
-    from lpclip_cache.data import resize_to_model
     from lpclip_cache.errors import InputError
+    from lpclip_cache.preprocess import resize_to_model
 
     store = build(tmp_path / "c.zarr", cifar_root, tiny_checkpoint, weak_views=0, strong_views=0,
                   corrupt="motion_blur:4", shard_size=64)

@@ -516,7 +516,8 @@ def test_sparse_members_of_gnu_tar_are_read_through_their_map(fmt, tmp_path):
     read as the compacted data plus the next headers), and the members after it are read right."""
     import subprocess
 
-    from lpclip_cache.data import DecodedDataset, FolderSource, open_source
+    from lpclip_cache.data import FolderSource, open_source
+    from lpclip_cache.decode import DecodedDataset
 
     version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
     if "GNU tar" not in version:
