@@ -19,15 +19,16 @@ modification time, asked for on every run), so a shard replaced remotely is copi
 is written under a private name and renamed into place, so a process never reads another's
 half-written copy.
 
-Nothing is dropped or renumbered in silence. What the index finds wrong is a ``Problem``:
+Nothing is dropped or renumbered in silence. What the index finds wrong is a ``Problem``
+(``problems.Problem``, the one record of why a sample is refused or invalid):
 ``refuse`` (a shard cut short, without its end-of-archive blocks or unreadable, a key repeated,
 a member name with control characters or not in UTF-8, which would otherwise shift, mix or
 misname samples), ``invalid`` (a sample without an image or with a ``cls`` that is not a class
 index) or ``warning`` (members of a key not adjacent, skipped files, a shard count that
 disagrees with ``nshards.txt``). ``admit`` turns the first refusal or invalid sample into one
 line, or with ``--skip-bad`` keeps the complete samples, makes invalid samples invalid rows with
-their reason, and records every problem in the store's manifest, where ``info`` and ``verify``
-show them (docs/reliability.md lists the cases).
+their problem's text as reason, records every problem in the store's manifest, where ``info`` and
+``verify`` show them (docs/reliability.md lists the cases), and logs the warnings.
 """
 
 from __future__ import annotations
