@@ -45,7 +45,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-
 class DecodedDataset:
     """A map-style dataset yielding ``(index, uint8 CHW tensor, ok, reason)`` for DataLoader workers.
 
