@@ -36,6 +36,7 @@ import zarr
 from .errors import StoreError
 from .locks import ObjectStoreLock, StoreLock, new_job, store_lock
 from .outputs import prepare_output, write_error
+from .problems import Problem
 from .storage import filesystem, is_url
 
 if TYPE_CHECKING:
@@ -736,10 +737,10 @@ def data_problems(manifest: dict[str, Any], shown: int = 10) -> list[str]:
     if not isinstance(problems, list):
         return []
     lines = []
-    for problem in problems[:shown]:
-        if isinstance(problem, dict):
-            where = f"shard '{problem.get('shard')}'" + (f", sample '{problem['key']}'" if problem.get("key") else "")
-            lines.append(f"{problem.get('severity', '?')}: {where}: {problem.get('problem', '?')}")
+    for record in problems[:shown]:
+        if isinstance(record, dict):
+            problem = Problem.from_record(record)
+            lines.append(f"{problem.severity}: {problem.line()}")
     total = dataset.get("problem_count", len(problems))
     if isinstance(total, int) and total > len(lines):
         lines.append(f"... {total - len(lines)} more (info --json lists {len(problems)})")
