@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .knn import nearest_neighbors
-from .zeroshot import TeacherScale, softmax
+from .numeric import softmax
+from .zeroshot import TeacherScale
 
 if TYPE_CHECKING:
     from .progress import Progress

@@ -136,7 +136,8 @@ def view_figures(clean: np.ndarray, views: dict[str, np.ndarray], head: np.ndarr
     teacher's accuracy wherever a row is labelled, and the probe figures where ``probe_halves``
     allows them (else ``probe.undefined`` says why). The probes whose L-BFGS stopped unconverged
     are listed in ``probe.unconverged``."""
-    from .zeroshot import softmax, teacher_logits
+    from .numeric import softmax
+    from .zeroshot import teacher_logits
 
     clean = _unit(clean)
     n, classes = len(clean), len(head)
