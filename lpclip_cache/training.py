@@ -5,8 +5,8 @@
 (``runs.save_run``). It is the only place that decides which views feed each side: a store
 without strong views trains the student on the teacher-side views; without weak views the
 teacher side is the clean view. ``sides`` makes that choice once; run.json's ``pairs`` and
-``loss`` are both written from the views the pairs were actually drawn from. ``supervised`` is
-the only path that reads the store's ``labels`` array.
+``loss`` are both written from the views the pairs were actually drawn from. Only a supervised
+probe has the pair source read the store's ``labels`` array (``LinearProbe.pair_needs``).
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     except (NothingKept, Diverged) as exc:
         raise type(exc)(f"{exc.message}; run '{out}' was not written") from None
     except KeyboardInterrupt as exc:
-        raise Interrupted.of(exc, f"training stopped in epoch {probe.n_iter_ + 1} of {config.epochs}; run '{out}' was "
-                             "not written (any run already there is untouched): run the same command again") from None
+        epoch = getattr(probe, "n_iter_", 0) + 1  # the epochs done are counted as they finish
+        raise Interrupted.of(exc, f"training stopped in epoch {epoch} of {config.epochs}; run '{out}' was not written "
+                             "(any run already there is untouched): run the same command again") from None
     elapsed = time.perf_counter() - started
     progress.close()
     warnings = kept_warnings(probe.history_, config.threshold)
