@@ -23,7 +23,7 @@ import numpy as np
 
 from . import metrics
 from .errors import StoreError
-from .zeroshot import softmax
+from .numeric import softmax
 
 METHOD_NAMES = ("teacher", "probe")
 # evaluate --transclip: TransCLIP on the zero-shot head, and atop the probe's predictions

@@ -33,7 +33,8 @@ import numpy as np
 
 from .errors import InputError
 from .knn import nearest_neighbors
-from .zeroshot import TeacherScale, softmax
+from .numeric import softmax
+from .zeroshot import TeacherScale
 
 if TYPE_CHECKING:
     from .progress import Progress

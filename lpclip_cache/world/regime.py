@@ -70,8 +70,9 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     """The regime figures of a world checkpoint (world seed ``seed``), and whether each holds."""
     from .. import metrics
     from ..models import load_model, zero_shot_head
+    from ..probe import linear_probe
     from ..prompts import load_templates
-    from ..viewcheck import linear_probe, view_figures
+    from ..viewcheck import view_figures
     from ..zeroshot import TeacherScale
     from .shapes import (
         DEFAULT_WORLD,
