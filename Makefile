@@ -10,8 +10,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-compile $(TORCH_PINS)
+	$(BIN)/pip install -q --no-compile -e '.[test]'
 	touch $@
 
 test: setup

@@ -51,7 +51,8 @@ def main() -> None:
     from PIL import Image
 
     from lpclip_cache.augment import ViewMaker, load_policy
-    from lpclip_cache.data import DecodedDataset, open_source, to_rgb
+    from lpclip_cache.data import open_source
+    from lpclip_cache.decode import DecodedDataset, to_rgb
     from lpclip_cache.models import load_model, zero_shot_head
     from lpclip_cache.prompts import load_templates
     from lpclip_cache.world.teacher import ensure_teacher

@@ -86,7 +86,7 @@ def online_rates(steps: int, batch: int) -> list[float]:
 
     from lpclip_cache.augment import ViewMaker, load_policy
     from lpclip_cache.models import load_model, zero_shot_head
-    from lpclip_cache.training import weighted_cross_entropy
+    from lpclip_cache.probe import weighted_cross_entropy
 
     loaded = load_model("ViT-B-32", "none", device="cpu")
     head = zero_shot_head(loaded, [f"class {i}" for i in range(10)], ["a photo of a {}."])

@@ -5,7 +5,7 @@
 Both layouts train LP-CLIP from the same synthetic store (see benchmarks/train.py) with one
 thread and batches of 4096, taking turns so that the machine's changing load falls on both:
 
-- ``blocked``: the step as shipped (``lpclip_cache.training.CLASSES_MAJOR_UP_TO`` and
+- ``blocked``: the step as shipped (``lpclip_cache.probe.CLASSES_MAJOR_UP_TO`` and
   ``BLOCK_ROWS``): blocks of 512 rows with logits laid out classes x rows up to 256 classes,
   blocks of 2048 rows x classes beyond;
 - ``whole``: the whole batch of 4096 in one block, logits rows x classes (the earlier layout).
@@ -30,7 +30,7 @@ from train import cached_rate, synthetic_store  # noqa: E402
 def main() -> None:
     import torch
 
-    from lpclip_cache import training
+    from lpclip_cache import probe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=50000)
@@ -40,13 +40,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    shipped = (training.CLASSES_MAJOR_UP_TO, dict(training.BLOCK_ROWS))
+    shipped = (probe.CLASSES_MAJOR_UP_TO, dict(probe.BLOCK_ROWS))
     layouts = {"blocked": shipped, "whole": (0, {True: args.batch, False: args.batch})}
 
     def use(name: str) -> None:
-        training.CLASSES_MAJOR_UP_TO, blocks = layouts[name]
-        training.BLOCK_ROWS.clear()
-        training.BLOCK_ROWS.update(blocks)
+        probe.CLASSES_MAJOR_UP_TO, blocks = layouts[name]
+        probe.BLOCK_ROWS.clear()
+        probe.BLOCK_ROWS.update(blocks)
 
     with tempfile.TemporaryDirectory() as tmp:
         for classes in (int(c) for c in args.classes.split(",")):

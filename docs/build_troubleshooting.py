@@ -21,8 +21,8 @@ CODES = {"InputError": (3, "bad input"),
          "DataUnavailable": (3, "data that cannot be read now: run the same command again"),
          "ModelError": (4, "model or weights"),
          "StoreError": (5, "store, run or output"), "LpclipError": (1, "other")}
-# functions that build an error of a class from a message (name -> class)
-HELPERS = {"_fail": "InputError", "damaged": "StoreError"}
+# functions that build an error of a class from a message, and subclasses listed with their class (name -> class)
+HELPERS = {"_fail": "InputError", "damaged": "StoreError", "Diverged": "InputError"}
 
 
 def render(node: ast.expr) -> str | None:

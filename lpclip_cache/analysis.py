@@ -193,12 +193,7 @@ def latent_neighbors(store_path: str, k: int = NEIGHBORS_K, run_path: str | None
 def projection_plot(store_path: str, out: str, run_path: str | None = None) -> dict[str, Any]:
     """A 2-D PCA projection of each space, coloured by true label, pseudo-label and correctness (PNG,
     written whole or not at all)."""
-    import matplotlib
-
-    from .outputs import atomic_file
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .figures.latent import projection_figure
 
     spaces, references = load_spaces(store_path, run_path)
     count = len(references["pseudo_labels"])
@@ -209,23 +204,13 @@ def projection_plot(store_path: str, out: str, run_path: str | None = None) -> d
     if "true_labels" in references:
         correct = (references["pseudo_labels"] == references["true_labels"]).astype(int)
         panels = [("true label", references["true_labels"], "tab10"), *panels, ("teacher correct", correct, "RdYlGn")]
-    fig, axes = plt.subplots(len(spaces), len(panels), figsize=(4 * len(panels), 4 * len(spaces)), squeeze=False)
-    explained = {}
-    for row, (name, points) in enumerate(spaces.items()):
+    projected, explained = {}, {}
+    for name, points in spaces.items():
         centred = points.astype(np.float64) - points.mean(axis=0)
         _, singular, basis = np.linalg.svd(centred, full_matrices=False)
-        xy = centred @ basis[:2].T
+        projected[name] = centred @ basis[:2].T
         explained[name] = float((singular[:2] ** 2).sum() / (singular**2).sum())
-        for col, (title, colour, cmap) in enumerate(panels):
-            axis = axes[row][col]
-            axis.scatter(xy[:, 0], xy[:, 1], c=colour, cmap=cmap, s=4, alpha=0.7)
-            axis.set_title(f"{name} space: {title}")
-            axis.set_xticks([])
-            axis.set_yticks([])
-    fig.tight_layout()
-    with atomic_file(out, "plot") as temp:
-        fig.savefig(temp, dpi=100, metadata={"Software": PLOT_SOFTWARE})
-    plt.close(fig)
+    projection_figure(out, projected, panels, {"Software": PLOT_SOFTWARE})
     return {"store": store_path, "out": out, "spaces": list(spaces), "explained_variance_2d": explained}
 
 
@@ -237,7 +222,7 @@ def is_projection(path: str | Path) -> bool:
     text says so)."""
     from PIL import Image
 
-    from .outputs import open_read
+    from .storage import open_read
 
     try:
         with open_read(path) as stream, Image.open(stream) as image:

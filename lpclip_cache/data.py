@@ -1,24 +1,27 @@
-"""Data sources: where images come from, decoded on the CPU to fixed-size uint8 tensors.
+"""Data sources: where images come from, and the contract extraction reads them by.
 
-A source is a small object with ``len``, ``keys``, ``labels``, ``classnames``, ``identity`` and
-``image(i)``; ``open_source(spec, split)`` picks one from a table of builders by the spec's prefix
-(``cifar10:ROOT``, ``cifar100:ROOT``, ``shapes:SPLIT...`` or a plain ImageFolder path).
+A source is a small object with ``len``, ``keys``, ``labels``, ``classnames``, ``identity``,
+``image(i)`` and ``fingerprint()`` (``Source``); a source may offer more, each capability a
+protocol of its own: prompt templates of its own (``HasTemplates``), problems found in its data
+to refuse or record once the classes are known (``AdmitsRows``), or every image in one array
+(``HasPixels``). ``open_source(spec, split)`` picks a source from a table of builders by the
+spec's prefix (``cifar10:ROOT``, ``cifar100:ROOT``, ``shapes:SPLIT...``, ``wds:SPEC`` or a plain
+ImageFolder path). Decoding the images is ``decode``'s, resizing them ``preprocess``'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
-from .errors import BadImage, DataUnavailable, InputError
+from .errors import DataUnavailable, InputError
 from .prompts import prompt_name
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
@@ -43,6 +46,33 @@ class Source(Protocol):
     def fingerprint(self) -> str:
         """A hash that changes when the dataset's content or order changes."""
         ...
+
+
+@runtime_checkable
+class HasTemplates(Protocol):
+    """A source that brings its own prompt templates (a CLIP_benchmark root's); None when it has
+    none. ``--templates`` still overrides them."""
+
+    templates: list[str] | None
+
+
+@runtime_checkable
+class AdmitsRows(Protocol):
+    """A source that found problems in its data while opening it (WebDataset shards)."""
+
+    def admit(self, classes: int, skip_bad: bool) -> list[str]:
+        """Check the data against the ``classes`` class names, then raise its first problem as one
+        ``InputError``, or with ``skip_bad`` keep what can be kept (problems recorded in
+        ``identity``, invalid samples raising ``BadImage`` from ``image``) and report the rest.
+        Returns the lines reported, as the command line shows them."""
+        ...
+
+
+@runtime_checkable
+class HasPixels(Protocol):
+    """A source whose images are all in memory as one uint8 N x H x W x 3 array."""
+
+    pixels: np.ndarray
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -423,7 +453,7 @@ def local_roots(spec: str) -> list[Path]:
     """The local files or folders a data spec reads (``cifar10:ROOT`` reads ROOT; a brace pattern
     the folders of the shards it names), none when it reads none (``shapes:`` generates its
     images, a URL is remote)."""
-    from .outputs import is_url
+    from .storage import is_url
 
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in BUILDERS and not rest.strip():
@@ -454,178 +484,3 @@ def known_size(spec: str, split: str | None = None) -> int | None:
     from .world.shapes import parse_spec
 
     return parse_spec(spec, rest, split).n
-
-
-def high_bit_depth(image: Image.Image) -> bool:
-    """Whether PIL would clip the image's values when converting it to 8 bits (integer and float modes)."""
-    return image.mode.startswith("I") or image.mode == "F"
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB, keeping the brightness of high-bit-depth images.
-
-    PIL clips 16- and 32-bit integer pixels to 0-255 when converting to RGB, so a 16-bit image
-    would come out nearly all white. Integer modes (``I;16*``, ``I``) are read as 16-bit
-    intensities (0-65535, scaled to 0-255) and float images (``F``) as 0-1 intensities. Other
-    modes use PIL's conversion, as open_clip does (alpha is dropped, CMYK and palettes mapped).
-    """
-    if high_bit_depth(image):
-        values = np.asarray(image, dtype=np.float64)
-        if image.mode == "F":
-            values = np.nan_to_num(values * 255.0, nan=0.0, posinf=255.0, neginf=0.0)
-        else:
-            values = values / 257.0
-        gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
-    return image.convert("RGB")
-
-
-RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
-
-
-def _resize_exact(image: Image.Image, width: int, height: int, resample: int) -> Image.Image:
-    """Resize to exactly ``width`` x ``height``; an image already that size is returned as it is
-    (torchvision's ``resize`` skips the resampling then, and so must we)."""
-    return image if image.size == (width, height) else image.resize((width, height), resample)
-
-
-def _keep_ratio_size(image: Image.Image, height: int, width: int, longest: bool) -> tuple[int, int]:
-    """(width, height) after scaling so that the shorter (or longer) side fits, each side rounded:
-    open_clip's ``ResizeKeepRatio`` rule for non-square targets and ``resize_mode`` longest."""
-    ratios = (image.height / height, image.width / width)
-    ratio = max(ratios) if longest else min(ratios)
-    return round(image.width / ratio), round(image.height / ratio)
-
-
-def _center_crop(image: Image.Image, height: int, width: int, fill: int) -> Image.Image:
-    """torchvision's ``center_crop``: pad a side that is too short (left/top get the smaller half),
-    then cut the centre, offsets rounded half to even as Python's ``round`` does."""
-    if width > image.width or height > image.height:
-        pad_w, pad_h = max(0, width - image.width), max(0, height - image.height)
-        canvas = Image.new(image.mode, (image.width + pad_w, image.height + pad_h), (fill,) * len(image.getbands()))
-        canvas.paste(image, (pad_w // 2, pad_h // 2))
-        image = canvas
-        if image.size == (width, height):
-            return image
-    top = int(round((image.height - height) / 2.0))
-    left = int(round((image.width - width) / 2.0))
-    return image.crop((left, top, left + width, top + height))
-
-
-def resize_to_model(image: Image.Image, size: tuple[int, int], mode: str, interpolation: str,
-                    fill: int = 0) -> Image.Image:
-    """Resize and crop as open_clip's evaluation preprocessing does, for each ``resize_mode``.
-
-    - shortest, square target: torchvision's ``Resize(int)``: the shorter side becomes the
-      target and the longer side is *truncated* (``int(size * long / short)``: 500x375 -> 298x224),
-      then a centre crop;
-    - shortest, non-square target: open_clip's ``ResizeKeepRatio`` (sides rounded, and always
-      bicubic, whatever ``interpolation`` says, as open_clip does), then a centre crop;
-    - longest: ``ResizeKeepRatio`` on the longer side with ``interpolation``, then a centre pad
-      with ``fill``;
-    - squash: a plain resize to the target.
-
-    The image is resized in its own mode and converted to RGB afterwards by the caller, as
-    open_clip does (so palette images resize with PIL's nearest neighbour, as there).
-    """
-    height, width = size
-    resample = RESAMPLE[interpolation]
-    if mode == "squash":
-        return _resize_exact(image, width, height, resample)
-    if mode == "longest":
-        return _center_crop(_resize_exact(image, *_keep_ratio_size(image, height, width, True), resample),
-                            height, width, fill)
-    if height == width:
-        short, long = sorted(image.size)
-        new_long = int(height * long / short)
-        new_size = (height, new_long) if image.width <= image.height else (new_long, height)
-        image = _resize_exact(image, *new_size, resample)
-    else:
-        image = _resize_exact(image, *_keep_ratio_size(image, height, width, False), Image.BICUBIC)
-    return _center_crop(image, height, width, 0)
-
-
-class DecodedDataset:
-    """A map-style dataset yielding ``(index, uint8 CHW tensor, ok, reason)`` for DataLoader workers.
-
-    An image that cannot be decoded (or that its data marks bad) yields zeros with ``ok`` False
-    and the reason, so the main process decides (a clear error, or ``--skip-bad``) instead of a
-    worker traceback. An image that cannot be *read* now (an I/O error, exhausted memory) is no
-    property of the image: it raises ``DataUnavailable``, which stops the run in one line, and
-    running the same command again retries it; it never becomes an invalid row.
-    """
-
-    def __init__(
-        self,
-        source: Source,
-        size: tuple[int, int],
-        mode: str,
-        interpolation: str,
-        fill: int = 0,
-    ) -> None:
-        self.source = source
-        self.size = size
-        self.mode = mode
-        self.interpolation = interpolation
-        self.fill = fill
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple[int, Any, bool, str]:
-        import torch
-
-        try:
-            pixels = self.decode(index)
-        except BadImage as exc:
-            blank = torch.zeros((3, *self.size), dtype=torch.uint8)
-            return index, blank, False, str(exc)
-        return index, torch.from_numpy(pixels).permute(2, 0, 1), True, ""
-
-    def decode(self, index: int) -> np.ndarray:
-        """The image at ``index`` as resized uint8 H x W x 3 pixels, equal to what open_clip's
-        evaluation transform makes of it before ``ToTensor``.
-
-        The image is resized in its own mode and converted to RGB afterwards, in open_clip's order;
-        only high-bit-depth images are converted first (see ``to_rgb``). An image over PIL's
-        ``MAX_IMAGE_PIXELS`` (a possible decompression bomb) is refused here, where PIL itself only
-        warns until twice that size. Raises ``BadImage`` (with its one-line reason) for an image
-        that cannot be used, ``DataUnavailable`` for one that cannot be read now: an OSError with
-        an errno (the operating system's, as PIL's decoding errors have none) or a MemoryError.
-        """
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with self.source.image(index) as image:
-                    if high_bit_depth(image):
-                        image = to_rgb(image)
-                    image = to_rgb(resize_to_model(image, self.size, self.mode, self.interpolation, self.fill))
-                    return np.asarray(image, dtype=np.uint8).copy()
-        except (BadImage, DataUnavailable):
-            raise
-        except MemoryError:
-            raise DataUnavailable(f"out of memory decoding image '{self.source.keys[index]}': free memory or pass "
-                                  "fewer --workers, then run the same command again (finished shards are kept)"
-                                  ) from None
-        except OSError as exc:
-            if exc.errno is None:
-                raise BadImage(one_line(exc)) from exc
-            raise DataUnavailable(f"cannot read image '{self.source.keys[index]}' ({exc.strerror or one_line(exc)}): "
-                                  "check that it is readable (its permissions, the disk, the mount), then run the "
-                                  "same command again (finished shards are kept)") from None
-        except Exception as exc:  # the file is read: whatever else fails is the untrusted image's own
-            raise BadImage(one_line(exc)) from exc
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as ``Type: first line of its message``."""
-    text = str(exc).splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def default_collate_shard(items: list[tuple[int, Any, bool, str]]) -> tuple[Any, Any, Any, list[str]]:
-    """Stack one shard of decoded items: (indices, uint8 pixels, ok flags, reasons)."""
-    import torch
-
-    indices, pixels, ok, reasons = zip(*items)
-    return torch.tensor(indices), torch.stack(pixels), torch.tensor(ok, dtype=torch.bool), list(reasons)

@@ -49,6 +49,10 @@ class NothingKept(InputError):
     """A confidence threshold that keeps no sample to train on (``train --threshold``)."""
 
 
+class Diverged(InputError):
+    """A probe whose weights stopped being finite while it was fitted (too large a learning rate)."""
+
+
 class ModelError(LpclipError):
     """A model name, pretrained tag or checkpoint that cannot be resolved or loaded."""
 

@@ -7,11 +7,14 @@ with the first ``--store`` as the in-distribution reference and OOD as the posit
 
 Every row comes from ``outputs_in``: each method's logits over one class space (a store's class
 subset, or all classes), softmaxed per component (the teacher, a probe, each member of an
-ensemble) and, for an ensemble, averaged.
+ensemble) and, for an ensemble, averaged. The embeddings are read one shard at a time and only
+the per-image outputs kept, so ``evaluate`` holds any store that ``train`` streams (TransCLIP
+aside: it reads a store's whole set, as it needs).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,16 @@ import numpy as np
 
 from . import metrics
 from .errors import StoreError
-from .zeroshot import softmax
+from .numeric import softmax
 
 METHOD_NAMES = ("teacher", "probe")
 # evaluate --transclip: TransCLIP on the zero-shot head, and atop the probe's predictions
 TRANSCLIP_METHODS = ("transclip", "transclip-probe")
 SEVERITIES = (1, 2, 3, 4, 5)  # of every corruption, for a mean corruption error
+# the fewest multiply-adds a block of logits is computed in: above every size at which OpenBLAS
+# takes a small-matrix or direct kernel (about 10^6 and 7.3 * 10^6), whose float32 sums round
+# otherwise than those of one product over the whole store
+BLOCK_MULTIPLY_ADDS = 1 << 24
 
 
 def method_names(members: int) -> tuple[str, ...]:
@@ -162,24 +169,26 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
     (``transclip``) and atop the probe's probabilities (``transclip-probe``). Its assignments are
     the method's probabilities; their logarithms stand for its logits (so max-logit is the log of
     the largest assignment, and it has no energy score: ``ood_scores``)."""
-    emb = store.read("clean/emb")[store.read("valid")]
     head = run.head if classes is None else run.head[classes]
-    teacher = run.teacher_scale.logits(emb, head).astype(np.float64)
-    probe = MethodOutputs.of(run.member_logits(emb, classes).astype(np.float64))
-    outputs = {"teacher": MethodOutputs.of(teacher[None]), "probe": probe}
+    teacher, members = logits_in(run, store, head, classes)
+    probe = MethodOutputs.of(members)
+    outputs = {"teacher": MethodOutputs.of(teacher), "probe": probe}
     if run.members > 1:
         for m in range(run.members):
             outputs[f"member-{m}"] = MethodOutputs(probe.logits[m : m + 1], probe.member_probs[m : m + 1],
                                                    probe.member_probs[m])
     if transclip:
+        from .errors import InputError
         from .progress import Progress
         from .store import store_name
-        from .transclip import NEIGHBORS, OUTER_ITERATIONS, PROGRESS_FROM
+        from .transclip import OUTER_ITERATIONS, PROGRESS_FROM, check_size
         from .transclip import transclip as solve
 
-        if len(emb) <= NEIGHBORS:
-            raise StoreError(f"store '{store.path}' has {len(emb)} valid images: --transclip needs more than "
-                             f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph)")
+        emb = store.read("clean/emb")[store.read("valid")]  # TransCLIP's graph spans the whole set
+        try:
+            check_size(len(emb), f"the valid images of store '{store.path}' (for --transclip)")
+        except InputError as exc:  # the store is too small: its error (exit 5)
+            raise StoreError(exc.message) from None
         for name, initial in zip(TRANSCLIP_METHODS, (None, probe.probs)):
             rounds = Progress(OUTER_ITERATIONS + 1, f"{name} {store_name(store.path)}", "rounds",
                               enabled=len(emb) * len(head) >= PROGRESS_FROM)
@@ -189,6 +198,42 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
             log_z = np.log(np.clip(z, np.finfo(np.float64).tiny, None))[None]
             outputs[name] = MethodOutputs(log_z, z[None], z, log_probabilities=True)
     return outputs
+
+
+def logits_in(run: Any, store: Any, head: np.ndarray, classes: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's (1 x N x K, with ``head``) and every member's (M x N x K, over ``classes``)
+    logits on a store's N valid clean embeddings, as float64, the embeddings read a shard at a time.
+
+    Each block of rows spans at least ``BLOCK_MULTIPLY_ADDS`` (all the rows when fewer): BLAS takes
+    the kernel it would for one product over the whole set, whose rows do not depend on the others,
+    so the logits equal, to the last bit, those of the whole set read at once.
+    """
+    total = int(np.count_nonzero(store.read("valid")))
+    teacher = np.empty((1, total, len(head)))
+    members = np.empty((run.members, total, len(head)))
+    least = -(-BLOCK_MULTIPLY_ADDS // (store.layout.dim * max(1, len(head))))
+    done = 0
+    for emb in blocks(store.valid_rows("clean/emb"), total, least):
+        teacher[0, done : done + len(emb)] = run.teacher_scale.logits(emb, head)
+        members[:, done : done + len(emb)] = run.member_logits(emb, classes)
+        done += len(emb)
+    return teacher, members
+
+
+def blocks(parts: Iterable[np.ndarray], total: int, least: int) -> Iterator[np.ndarray]:
+    """Consecutive ``parts`` (``total`` rows in all) joined into blocks of at least ``least`` rows,
+    or into one block when there are fewer."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for part in parts:
+        pending.append(part)
+        held += len(part)
+        total -= len(part)
+        if held >= least and (total >= least or total == 0):
+            yield np.concatenate(pending)
+            pending, held = [], 0
+    if pending:
+        yield np.concatenate(pending)
 
 
 def labels_in(store: Any, classes: list[int] | None) -> np.ndarray:
@@ -280,7 +325,28 @@ def score(run_path: str, stores: list[str], ood: list[str] | None = None, transc
         raise StoreError("evaluate needs at least one --store (the in-distribution test set)")
     run = load_run(run_path)
     methods = method_names(run.members) + (TRANSCLIP_METHODS if transclip else ())
-    report: dict[str, Any] = {
+    scored = Evaluation(report_header(run_path, run, methods, transclip), {}, {})
+    for path in stores:
+        store = FeatureStore(path)
+        check_compatible(run, store, "in-distribution")
+        result = scored.stores[path] = StoreOutputs.of(run, store, class_subset(store), labelled=True,
+                                                       transclip=transclip)
+        scored.report["stores"][path] = {**store_entry(result, methods), "shift": shift_of(store.manifest)}
+    reference = scored.stores[stores[0]]
+    for path in ood:
+        store = FeatureStore(path)
+        check_compatible(run, store, "OOD")
+        result = scored.ood[path] = StoreOutputs.of(run, store, reference.classes, labelled=False,
+                                                    transclip=transclip)
+        scored.report["ood"][path] = ood_entry(result, reference, stores[0], methods)
+    scored.report["corruptions"] = aggregate_corruptions(scored.report["stores"])
+    return scored
+
+
+def report_header(run_path: str, run: Any, methods: tuple[str, ...], transclip: bool) -> dict[str, Any]:
+    """A report before any store is scored: the run, its methods, how the metrics are taken, and
+    empty ``stores`` and ``ood`` sections."""
+    return {
         "run": str(Path(run_path)),
         "method": run.info["config"]["method"],
         "ensemble": run.members,
@@ -294,44 +360,40 @@ def score(run_path: str, stores: list[str], ood: list[str] | None = None, transc
         "stores": {},
         "ood": {},
     }
-    scored = Evaluation(report, {}, {})
-    for path in stores:
-        store = FeatureStore(path)
-        check_compatible(run, store, "in-distribution")
-        result = scored.stores[path] = StoreOutputs.of(run, store, class_subset(store), labelled=True,
-                                                       transclip=transclip)
-        entry: dict[str, Any] = {"samples": int(result.labels.size)}
-        if result.classes is not None:
-            entry["classes"] = len(result.classes)
-        known = result.labels >= 0
-        for method in methods:
-            probs = result.probs(method)
-            if known.any():
-                entry[method] = classification_metrics(probs[known], result.labels[known])
-            else:
-                entry[method] = {"confidence": float(metrics.max_softmax_probability(probs).mean())}
-        entry["shift"] = shift_of(store.manifest)
-        report["stores"][path] = entry
-    reference = scored.stores[stores[0]]
-    for path in ood:
-        store = FeatureStore(path)
-        check_compatible(run, store, "OOD")
-        result = scored.ood[path] = StoreOutputs.of(run, store, reference.classes, labelled=False,
-                                                    transclip=transclip)
-        entry = {"samples": int(result.labels.size), "reference": stores[0]}
-        if reference.classes is not None:
-            entry["classes"] = len(reference.classes)
-        for method in methods:
-            per_score = {name: detection(reference.scores[method][name], values)
-                         for name, values in result.scores[method].items()}
-            entry[method] = {**per_score["msp"], "confidence": float(result.scores[method]["msp"].mean()),
-                             "scores": per_score}
-        if run.members > 1:  # the ensemble's mutual information, also under its earlier names
-            entry["probe"]["auroc_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["auroc"]
-            entry["probe"]["fpr95_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["fpr95"]
-        report["ood"][path] = entry
-    report["corruptions"] = aggregate_corruptions(report["stores"])
-    return scored
+
+
+def store_entry(result: StoreOutputs, methods: tuple[str, ...]) -> dict[str, Any]:
+    """An in-distribution store's report entry: its samples, its class count (a subset's) and each
+    method's classification metrics on its labelled rows (only the mean confidence without labels)."""
+    entry: dict[str, Any] = {"samples": int(result.labels.size)}
+    if result.classes is not None:
+        entry["classes"] = len(result.classes)
+    known = result.labels >= 0
+    for method in methods:
+        probs = result.probs(method)
+        if known.any():
+            entry[method] = classification_metrics(probs[known], result.labels[known])
+        else:
+            entry[method] = {"confidence": float(metrics.max_softmax_probability(probs).mean())}
+    return entry
+
+
+def ood_entry(result: StoreOutputs, reference: StoreOutputs, reference_path: str,
+              methods: tuple[str, ...]) -> dict[str, Any]:
+    """An OOD store's report entry: each method's detection of it against the reference store, by
+    every OOD score (the maximum softmax probability's also at the top), and its mean confidence."""
+    entry: dict[str, Any] = {"samples": int(result.labels.size), "reference": reference_path}
+    if reference.classes is not None:
+        entry["classes"] = len(reference.classes)
+    for method in methods:
+        per_score = {name: detection(reference.scores[method][name], values)
+                     for name, values in result.scores[method].items()}
+        entry[method] = {**per_score["msp"], "confidence": float(result.scores[method]["msp"].mean()),
+                         "scores": per_score}
+    if result.outputs["probe"].members > 1:  # the ensemble's mutual information, also under its earlier names
+        entry["probe"]["auroc_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["auroc"]
+        entry["probe"]["fpr95_mutual_information"] = entry["probe"]["scores"]["mutual_information"]["fpr95"]
+    return entry
 
 
 def shift_of(manifest: dict[str, Any]) -> dict[str, Any] | None:

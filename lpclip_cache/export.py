@@ -14,7 +14,8 @@ def export_hdf5(path: str, out: str, overwrite: bool = False) -> dict[str, Any]:
     JSON attribute)."""
     import h5py
 
-    from .outputs import atomic_file, check_output, filesystem, has_hdf5_attribute
+    from .outputs import atomic_file, check_output, has_hdf5_attribute
+    from .storage import filesystem
     from .store import FeatureStore
 
     store = FeatureStore(path)

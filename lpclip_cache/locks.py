@@ -1,9 +1,11 @@
 """One writer per store: the lock beside a store (``STORE.lock``) and the fencing check a writer
 makes before each commit (see docs/store-format.md, "Writers and locks").
 
-Every lock has a job token, unique to one acquisition. The store records the tokens of the jobs
-that wrote it, and each shard the token of its writer, so a writer that lost its lock while
-paused is stopped by ``check`` before it commits, and ``verify`` finds what slipped through.
+Every lock has a job token, unique to one acquisition, which its ``LockRecord`` holds with the
+writer's host, pid and last write (the same record, local and S3 alike). The store records the
+tokens of the jobs that wrote it, and each shard the token of its writer, so a writer that lost
+its lock while paused is stopped by ``check`` before it commits, and ``verify`` finds what
+slipped through.
 
 - A local path, or a ``file://`` URL of the same folder, has an OS file lock (``StoreLock``):
   ``flock`` on ``STORE.lock``, released by the kernel when its holder dies, so it is never stale.
@@ -24,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +67,82 @@ def lock_timing(heartbeat: float, stale: float) -> tuple[float, float]:
     return heartbeat, stale
 
 
-def parse_record(data: bytes | str | None) -> dict[str, Any]:
-    """A lock's record as a dict: ``job`` (str), ``host`` (str) and ``pid`` (int) where present and
-    well formed; ``{}`` for empty, garbled or foreign content, whatever its JSON type."""
+@dataclass(frozen=True)
+class LockRecord:
+    """What a store's lock holds, local and S3 alike (one JSON object): the writer's job token,
+    host and pid, and when it last wrote the lock (``heartbeat``, seconds since the epoch, for a
+    reader's eyes only: staleness goes by the server's clock, never by this).
+
+    ``ours`` is the record a writer writes (``text``), ``parse`` the one a reader reads back: a
+    field missing or malformed reads as None, so empty, garbled or foreign content, whatever its
+    JSON type, reads as a record that names no one.
+    """
+
+    job: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    heartbeat: float | None = None
+
+    @classmethod
+    def ours(cls, job: str) -> LockRecord:
+        """The record of this process holding the lock as ``job``, written now."""
+        return cls(job=job, host=socket.gethostname(), pid=os.getpid(), heartbeat=time.time())
+
+    def text(self) -> str:
+        """The record as the lock holds it (JSON)."""
+        return json.dumps({"host": self.host, "pid": self.pid, "job": self.job, "heartbeat": self.heartbeat})
+
+    @classmethod
+    def parse(cls, data: bytes | str | None) -> LockRecord:
+        """The record a lock holds; its fields that are missing or malformed as None."""
+        try:
+            record = json.loads(data) if data else None
+        except (ValueError, UnicodeDecodeError):
+            return cls()
+        if not isinstance(record, dict):
+            return cls()
+        job, host, pid, beat = (record.get(key) for key in ("job", "host", "pid", "heartbeat"))
+        return cls(job=job if isinstance(job, str) else None, host=host if isinstance(host, str) else None,
+                   pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < PID_MAX else None,
+                   heartbeat=_seconds(beat))
+
+    @property
+    def anonymous(self) -> bool:
+        """True when the record names no writer (no job, host or pid)."""
+        return self.job is None and self.host is None and self.pid is None
+
+    def holder(self, always_host: bool = True) -> str:
+        """Who holds the lock, for messages: ``pid N on HOST`` (the host only when it is another
+        machine's, unless ``always_host``), or an unknown writer."""
+        if self.pid is None:
+            return "another writer (its lock holds no valid record)"
+        shown = f"pid {self.pid}"
+        if self.host is not None and (always_host or self.host != socket.gethostname()):
+            shown += f" on {printable(self.host)}"
+        return shown
+
+    def process_gone(self) -> bool:
+        """True when the record names a process on this machine that no longer exists."""
+        if self.host != socket.gethostname() or self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # PermissionError: it exists, owned by someone else
+            return False
+        return False
+
+
+def _seconds(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (NaN, infinite, too large, not a number)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
     try:
-        record = json.loads(data) if data else None
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    if not isinstance(record, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for key in ("job", "host"):
-        if isinstance(record.get(key), str):
-            out[key] = record[key]
-    pid = record.get("pid")
-    if isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < PID_MAX:
-        out["pid"] = pid
-    return out
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def printable(text: str, limit: int = 80) -> str:
@@ -88,33 +150,10 @@ def printable(text: str, limit: int = 80) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
-def describe_holder(record: dict[str, Any], always_host: bool = True) -> str:
-    """Who holds a lock, for messages: ``pid N on HOST``, or an unknown writer."""
-    if "pid" not in record:
-        return "another writer (its lock holds no valid record)"
-    host = record.get("host")
-    shown = f"pid {record['pid']}"
-    if isinstance(host, str) and (always_host or host != socket.gethostname()):
-        shown += f" on {printable(host)}"
-    return shown
-
-
-def process_gone(record: dict[str, Any]) -> bool:
-    """True when the record names a process on this machine that no longer exists."""
-    if record.get("host") != socket.gethostname() or "pid" not in record:
-        return False
-    try:
-        os.kill(record["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return False
-    return False
-
-
-def lost_lock(store: str, path: str, record: dict[str, Any] | None) -> StoreError:
-    """The one line of a writer whose lock is no longer its own."""
-    now = "was removed" if record is None else f"now belongs to {describe_holder(record)}"
+def lost_lock(store: str, path: str, record: LockRecord | None) -> StoreError:
+    """The one line of a writer whose lock is no longer its own (``record``: what the lock holds
+    now, None when it is gone)."""
+    now = "was removed" if record is None else f"now belongs to {record.holder()}"
     return StoreError(
         f"store '{store}': this job lost its lock '{path}' (it {now}: another job took the store over while this "
         "one was paused or cut off): it stopped before committing another shard; let the other job finish, "
@@ -131,7 +170,7 @@ def unreadable_lock(store: str, path: str, exc: OSError) -> StoreError:
 def store_lock(target: str | Path, job: str | None = None) -> StoreLock | ObjectStoreLock:
     """The lock of the store at ``target``: an OS file lock for a local path or a ``file://`` URL
     (both name the same ``STORE.lock``), a lock object for anything else (see ``ObjectStoreLock``)."""
-    from .outputs import filesystem, is_url
+    from .storage import filesystem, is_url
 
     if not is_url(target):
         return StoreLock(Path(target), job)
@@ -151,7 +190,7 @@ class StoreLock:
 
     It is an OS file lock, released by the kernel when the holder dies (SIGKILL included), so a
     crashed run never leaves a stale lock behind, and a paused holder keeps it. The file holds
-    the holder's host, pid and job token (JSON), which ``check`` compares.
+    the holder's ``LockRecord``, whose job token ``check`` compares.
     """
 
     def __init__(self, path: Path, job: str | None = None) -> None:
@@ -176,9 +215,9 @@ class StoreLock:
                 fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 self.handle.seek(0)
-                record = parse_record(self.handle.read())
+                record = LockRecord.parse(self.handle.read())
                 self.handle.close()
-                holder = describe_holder(record, always_host=False) if record else "another process"
+                holder = "another process" if record.anonymous else record.holder(always_host=False)
                 raise StoreError(f"store '{self.store}' is being written by {holder}: wait for it to finish, "
                                  "or write another --out") from None
             if self._still_linked():
@@ -186,7 +225,7 @@ class StoreLock:
             self.handle.close()  # the holder deleted this file as it let go: lock the one now there
         self.handle.seek(0)
         self.handle.truncate()
-        self.handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "job": self.job}))
+        self.handle.write(LockRecord.ours(self.job).text())
         self.handle.flush()
         self.held = True
         return self
@@ -201,12 +240,12 @@ class StoreLock:
     def check(self) -> None:
         """Fencing: a StoreError unless the lock file at the store still names this job."""
         try:
-            record = parse_record(self.path.read_bytes())
+            record = LockRecord.parse(self.path.read_bytes())
         except FileNotFoundError:
             raise lost_lock(self.store, str(self.path), None) from None
         except OSError as exc:
             raise unreadable_lock(self.store, str(self.path), exc) from None
-        if record.get("job") != self.job:
+        if record.job != self.job:
             raise lost_lock(self.store, str(self.path), record)
 
     def __exit__(self, *exc: Any) -> None:
@@ -220,8 +259,8 @@ class StoreLock:
 
 
 class ObjectStoreLock:
-    """The lock of a store on S3 (``STORE.lock`` beside it, an object holding the writer's host,
-    pid, job token and last heartbeat).
+    """The lock of a store on S3 (``STORE.lock`` beside it, an object holding the writer's
+    ``LockRecord``: host, pid, job token and last heartbeat).
 
     Every change is a conditional write, so two writers can never both believe they hold it: it
     is created only if absent (``If-None-Match: *``); a thread renews it every
@@ -258,7 +297,7 @@ class ObjectStoreLock:
     def objects(self) -> S3Objects | None:
         """The conditional operations on the lock object, or None on a filesystem without them."""
         if self._objects is None:
-            from .outputs import filesystem
+            from .storage import filesystem
 
             fs, inner = filesystem(self.path)
             if "s3" in _protocols(fs) and hasattr(fs, "_call_s3"):
@@ -266,16 +305,17 @@ class ObjectStoreLock:
         return self._objects
 
     def _record(self) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "job": self.job,
-                           "heartbeat": time.time()}).encode()
+        """This job's lock record, written now (created, renewed or taken over)."""
+        return LockRecord.ours(self.job).text().encode()
 
-    def _stale(self, holder: dict[str, Any], age: float | None) -> bool:
+    def _stale(self, holder: LockRecord, age: float | None) -> bool:
         """True when the lock read is proven old: its process is gone (this machine's), or the
         server last wrote it more than ``STALE_SECONDS`` ago."""
-        return process_gone(holder) or (age is not None and age > self.STALE_SECONDS)
+        return holder.process_gone() or (age is not None and age > self.STALE_SECONDS)
 
     def __enter__(self) -> ObjectStoreLock:
-        from .outputs import filesystem, write_error
+        from .outputs import write_error
+        from .storage import filesystem
 
         objects = self.objects
         if objects is None:
@@ -308,12 +348,12 @@ class ObjectStoreLock:
         if found is None:
             return None  # released between the create and this read: create again
         data, etag, age = found
-        holder = parse_record(data)
-        if holder.get("job") == self.job:
+        holder = LockRecord.parse(data)
+        if holder.job == self.job:
             return etag  # this job's own create, answered "exists" on a retried request
         if not self._stale(holder, age):
             raise StoreError(
-                f"store '{self.store}' is being written by {describe_holder(holder)} (lock '{self.path}'): wait for "
+                f"store '{self.store}' is being written by {holder.holder()} (lock '{self.path}'): wait for "
                 f"it to finish, or write another --out; a lock whose job died is taken over "
                 f"{self.STALE_SECONDS:g} s after its last heartbeat (at once on the machine that ran it)")
         return objects.replace(self._record(), etag)
@@ -333,7 +373,7 @@ class ObjectStoreLock:
                 etag = objects.replace(self._record(), self._etag)
                 if etag is None:
                     found = objects.read()  # a retried renewal answered "changed": it may be this one
-                    if found is not None and parse_record(found[0]).get("job") == self.job:
+                    if found is not None and LockRecord.parse(found[0]).job == self.job:
                         etag = found[1]
             except OSError:
                 continue  # the next beat tries again; a lock that ages out is the worst case
@@ -352,10 +392,10 @@ class ObjectStoreLock:
             found = objects.read()
         except OSError as exc:
             if self.lost:
-                raise lost_lock(self.store, self.path, {}) from None
+                raise lost_lock(self.store, self.path, LockRecord()) from None
             raise unreadable_lock(self.store, self.path, exc) from None
-        holder = parse_record(found[0]) if found is not None else None
-        if self.lost or holder is None or holder.get("job") != self.job:
+        holder = LockRecord.parse(found[0]) if found is not None else None
+        if self.lost or holder is None or holder.job != self.job:
             raise lost_lock(self.store, self.path, holder)
 
     def __exit__(self, *exc: Any) -> None:

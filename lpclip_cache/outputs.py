@@ -2,7 +2,7 @@
 
 ``refuse_output_inside``, ``refuse_shared_outputs`` and ``prepare_output`` are the checks every
 command makes before it writes: an output never lies inside an input, two outputs of one command
-never name one place (compared by ``place``, so ``./p/../p/x`` and ``file:///.../p/x`` are ``p/x``),
+never name one place (compared by ``storage.place``, so ``./p/../p/x`` and ``file:///.../p/x`` are ``p/x``),
 and an existing output is replaced only with ``--overwrite`` and only when this tool wrote it.
 Writing goes to a hidden sibling, renamed into place. A rename within one directory is atomic, so
 a reader, a crash or a full disk never leaves a half-written file at an output path that looks
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, StoreError
+from .storage import filesystem, local_path, open_read, place
 
 DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
@@ -43,48 +44,6 @@ def write_error(what: str, path: str | Path, exc: OSError, then: str = "") -> St
     fix = "free space" if exc.errno in DISK_FULL else "check that you may write there"
     then = then or f"run the same command again (any {what} already there is untouched)"
     return StoreError(f"cannot write {what} '{path}' ({reason}): {fix}, then {then}")
-
-
-def is_url(target: str | Path) -> bool:
-    """True for an fsspec URL (``s3://...``, ``gs://...``, ``file://...``), False for a plain path."""
-    return "://" in str(target)
-
-
-def filesystem(target: str | Path) -> tuple[Any, str]:
-    """The fsspec filesystem of a path or URL, and the path within it; an InputError for a URL
-    whose protocol fsspec does not know or whose package is not installed."""
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(str(target))
-    except (ValueError, ImportError) as exc:
-        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"'{target}' cannot be opened ({why}): give a local path or a URL of an installed "
-                         "fsspec filesystem (s3://, gs://, file://, ...)") from None
-
-
-def local_path(target: str | Path) -> Path | None:
-    """The local path an output or input names: a plain path, or the path of a ``file://`` URL;
-    None for a URL of any other filesystem (object storage)."""
-    if not is_url(target):
-        return Path(target).expanduser()
-    from fsspec.implementations.local import LocalFileSystem
-
-    fs, inner = filesystem(target)
-    return Path(inner) if isinstance(fs, LocalFileSystem) else None
-
-
-def place(target: str | Path) -> str:
-    """One spelling of where a path or URL points, so two names of one place compare equal: a
-    local path (a ``file://`` URL included) absolute and resolved (``./p/../p/x`` is ``p/x``),
-    else ``PROTOCOL://path`` with ``.``, ``..`` and repeated or trailing slashes removed."""
-    import posixpath
-
-    local = local_path(target)
-    if local is not None:
-        return str(local.resolve())
-    fs, inner = filesystem(target)
-    return fs.unstrip_protocol(posixpath.normpath(inner).lstrip("/"))
 
 
 def _within(inner: str, outer: str) -> bool:
@@ -161,14 +120,6 @@ def check_output(out: str | Path, inputs: list[str | Path], overwrite: bool, is_
     one only with ``overwrite`` and only if ours (it is replaced whole when the new one is written)."""
     refuse_output_inside(out, inputs, option)
     prepare_output(out, overwrite, is_ours, what, remove=False, option=option)
-
-
-@contextmanager
-def open_read(path: str | Path) -> Iterator[Any]:
-    """A binary stream of a local file or a URL's object (fsspec), for the checks of what is there."""
-    fs, inner = filesystem(path)
-    with fs.open(inner, "rb") as stream:
-        yield stream
 
 
 def has_hdf5_attribute(path: str | Path, name: str) -> bool:
@@ -371,8 +322,3 @@ def _move_into_place(staging: Path, path: Path, what: str, replace: bool) -> Non
             else:
                 old.unlink(missing_ok=True)
 
-
-def cache_dir() -> Path:
-    """The project's cache (trained teachers, copies of remote shards): ``$LPCLIP_CACHE_DIR`` or
-    ``~/.cache/lpclip-cache``."""
-    return Path(os.environ.get("LPCLIP_CACHE_DIR", Path.home() / ".cache" / "lpclip-cache")).expanduser()

@@ -14,19 +14,24 @@ recipe: one made with another configuration is an error that names the differing
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ExtractConfig, TrainConfig, recipe_keys
 from .errors import InputError
-from .outputs import local_path
+from .storage import local_path
 
 log = logging.getLogger(__name__)
 
@@ -96,39 +101,58 @@ def _check_keys(path: Path, where: str, table: Any, allowed: Any) -> dict[str, A
     return table
 
 
-def _type_name(annotation: str) -> str:
+def _recipe_type(annotation: Any) -> Any:
     """``int | None`` -> ``int``: the type a recipe value must have (TOML has no null)."""
-    return annotation.replace(" | None", "").strip()
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kept = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return functools.reduce(operator.or_, kept)
+    return annotation
 
 
-FIELD_TYPES = {config: {f.name: _type_name(str(f.type)) for f in fields(config)} for config in (ExtractConfig,
-                                                                                                    TrainConfig)}
-OTHER_TYPES = {"report": "bool", "transclip": "bool or list[str]", "clusters": "bool", "neighbors": "bool",
-               "projection": "bool", "views": "bool", "k": "int", "neighbors_k": "int", "seed": "int",
-               "sweep": "list[int]", "role": "str"}
-CHECKS = {
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
-    "str": (lambda v: isinstance(v, str), "a quoted string"),
-    "list[int]": (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
-                  "a list of whole numbers"),
-    "bool or list[str]": (lambda v: isinstance(v, bool) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
-                          "true, false or a list of probe names"),
+def _key_types(keys: dict[str, str] | set[str], config: type | None) -> dict[str, Any]:
+    """The type of each key of a recipe table: its Config field's (``typing.get_type_hints``), or
+    for a key that is no field (``role``, ``[evaluate]``, ``[analyze]``) its ``OTHER_TYPES`` entry."""
+    hints = typing.get_type_hints(config) if config else {}
+    fields_of = keys if isinstance(keys, dict) else {}
+    return {key: _recipe_type(hints[fields_of[key]]) if fields_of.get(key) else OTHER_TYPES[key] for key in keys}
+
+
+OTHER_TYPES = {"report": bool, "transclip": bool | list[str], "clusters": bool, "neighbors": bool,
+               "projection": bool, "views": bool, "k": int, "neighbors_k": int, "seed": int,
+               "sweep": list[int], "role": str}
+# the type of every key of every table a recipe has
+TABLE_TYPES = {"[model]": _key_types(MODEL_KEYS, ExtractConfig), "[views]": _key_types(VIEW_KEYS, ExtractConfig),
+               "[extract]": _key_types(EXTRACT_KEYS, ExtractConfig),
+               "[datasets.NAME]": _key_types(DATASET_KEYS, ExtractConfig),
+               "[train.NAME]": _key_types(TRAIN_KEYS, TrainConfig), "[evaluate]": _key_types(EVALUATE_KEYS, None),
+               "[analyze]": _key_types(ANALYZE_KEYS, None)}
+# how a value of each type is recognised, and how a refusal names it; a type a recipe key has
+# and this table lacks fails the test suite (tests/test_recipes.py), never passes unchecked
+CHECKS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a quoted string"),
+    list[int]: (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+                "a list of whole numbers"),
+    bool | list[str]: (lambda v: isinstance(v, bool) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                       "true, false or a list of probe names"),
 }
 
 
-def _check_types(path: Path, where: str, table: dict[str, Any], keys: dict[str, str] | set[str],
-                 config: type | None) -> None:
-    """Every value of a table has its option's type: ``report = "false"`` or ``epochs = 2.7`` is
-    one line naming the key, before any stage runs (``--dry-run`` included)."""
+def check_of(expected: Any) -> tuple[Callable[[Any], bool], str]:
+    """How a recipe value of type ``expected`` is checked; a TypeError for a type without a check."""
+    if expected not in CHECKS:
+        raise TypeError(f"recipe values of type {expected} have no check: add one to recipe.CHECKS")
+    return CHECKS[expected]
+
+
+def _check_types(path: Path, where: str, table: dict[str, Any], types: dict[str, Any]) -> None:
+    """Every value of a table has its option's type (``types``: one of ``TABLE_TYPES``):
+    ``report = "false"`` or ``epochs = 2.7`` is one line naming the key, before any stage runs
+    (``--dry-run`` included)."""
     for key, value in table.items():
-        field_name = keys.get(key) if isinstance(keys, dict) else None
-        expected = FIELD_TYPES[config].get(field_name or "") if config else None
-        expected = expected or OTHER_TYPES.get(key)
-        if expected not in CHECKS:
-            continue
-        accepts, wanted = CHECKS[expected]
+        accepts, wanted = check_of(types[key])
         if not accepts(value):
             shown = json.dumps(value) if not isinstance(value, str) else repr(value)
             raise _fail(path, where, f"{key} should be {wanted}, got {shown}")
@@ -191,16 +215,41 @@ def _expand(value: Any, unresolved: list[str], where: str) -> Any:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read and check a recipe file; every problem is one InputError naming the file and key."""
+    path = Path(path)
+    doc, unresolved = _read(path, overrides or [])
+    model = _checked(path, "[model]", doc["model"], TABLE_TYPES["[model]"])
+    if "name" not in model:
+        raise _fail(path, "[model]", "needs name (an open_clip model, e.g. ViT-B-32)")
+    views = _checked(path, "[views]", doc.get("views", {}), TABLE_TYPES["[views]"])
+    engine = _checked(path, "[extract]", doc.get("extract", {}), TABLE_TYPES["[extract]"])
+    datasets = _datasets(path, doc["datasets"], views, engine)
+    train = _probes(path, doc["train"])
+    evaluate = _checked(path, "[evaluate]", doc.get("evaluate", {}), TABLE_TYPES["[evaluate]"])
+    chosen = evaluate.get("transclip", False)
+    unknown = [n for n in chosen if n not in train] if isinstance(chosen, list) else []
+    if unknown:
+        raise _fail(path, "[evaluate]", f"transclip names no probe '{unknown[0]}': name tables of [train] "
+                    f"({', '.join(train)}), or write true for all")
+    analyze = _checked(path, "[analyze]", doc.get("analyze", {}), TABLE_TYPES["[analyze]"])
+    for name in list(datasets) + list(train):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise _fail(path, name, "names of datasets and probes become file names: use letters, digits, _ . -")
+    return Recipe(path, str(doc["name"]), str(doc.get("description", "")), str(doc["out"]),
+                  str(doc.get("gpu_wall_time", "")), model, datasets, train, evaluate, analyze, unresolved)
+
+
+def _read(path: Path, overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """A recipe file's TOML with the ``--set`` edits and the environment's variables applied, its
+    top-level keys and ``out`` checked; and the variables it uses that are unset."""
     import tomllib
 
-    path = Path(path)
     if not path.is_file():
         raise InputError(f"recipe '{path}' not found: pass a .toml recipe file (examples in pipelines/)")
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"recipe '{path}' is not valid TOML ({exc}): fix the file") from None
-    apply_overrides(doc, overrides or [], path)
+    apply_overrides(doc, overrides, path)
     _check_keys(path, "top level", doc, TOP_KEYS)
     unresolved: list[str] = []
     doc = _expand(doc, unresolved, "")
@@ -213,20 +262,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if local_path(out) is None:
         raise _fail(path, "out", f"is {out!r}, on object storage: a recipe writes runs, reports and its stamps into "
                     "a local folder; give a local path")
-    model = _check_keys(path, "[model]", doc["model"], MODEL_KEYS)
-    _check_types(path, "[model]", model, MODEL_KEYS, ExtractConfig)
-    if "name" not in model:
-        raise _fail(path, "[model]", "needs name (an open_clip model, e.g. ViT-B-32)")
-    views = _check_keys(path, "[views]", doc.get("views", {}), VIEW_KEYS)
-    _check_types(path, "[views]", views, VIEW_KEYS, ExtractConfig)
-    engine = _check_keys(path, "[extract]", doc.get("extract", {}), EXTRACT_KEYS)
-    _check_types(path, "[extract]", engine, EXTRACT_KEYS, ExtractConfig)
-    datasets_doc = _check_keys(path, "[datasets]", doc["datasets"], set(doc["datasets"]))
+    return doc, unresolved
+
+
+def _checked(path: Path, where: str, table: Any, types: dict[str, Any]) -> dict[str, Any]:
+    """A recipe table whose keys are those of ``types`` (one of ``TABLE_TYPES``), each value of its type."""
+    table = _check_keys(path, where, table, types)
+    _check_types(path, where, table, types)
+    return table
+
+
+def _datasets(path: Path, tables: Any, views: dict[str, Any], engine: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``[datasets]`` of a recipe, checked, each with the ``[views]`` and ``[extract]`` it
+    inherits (a dataset that is evaluated caches no views unless it says so)."""
     datasets: dict[str, dict[str, Any]] = {}
-    for name, table in datasets_doc.items():
+    for name, table in _check_keys(path, "[datasets]", tables, set(tables)).items():
         where = f"[datasets.{name}]"
-        table = _check_keys(path, where, table, DATASET_KEYS)
-        _check_types(path, where, table, DATASET_KEYS, ExtractConfig)
+        table = _checked(path, where, table, TABLE_TYPES["[datasets.NAME]"])
         if table.get("role") not in ROLES:
             raise _fail(path, where, f"role should be one of {', '.join(ROLES)}, got {table.get('role')!r}")
         if not isinstance(table.get("data"), str):
@@ -239,26 +291,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise _fail(path, "[datasets]", f"needs exactly one dataset with role 'adapt', found {roles.count('adapt')}")
     if "test" not in roles:
         raise _fail(path, "[datasets]", "needs at least one dataset with role 'test'")
-    train_doc = _check_keys(path, "[train]", doc["train"], set(doc["train"]))
+    return datasets
+
+
+def _probes(path: Path, tables: Any) -> dict[str, dict[str, Any]]:
+    """The ``[train]`` tables of a recipe, checked: at least one probe."""
+    train_doc = _check_keys(path, "[train]", tables, set(tables))
     if not train_doc:
         raise _fail(path, "[train]", "names no probe: add e.g. [train.lpclip] method = \"lpclip\"")
     train = {name: _check_keys(path, f"[train.{name}]", table, TRAIN_KEYS) for name, table in train_doc.items()}
     for name, table in train.items():
-        _check_types(path, f"[train.{name}]", table, TRAIN_KEYS, TrainConfig)
-    evaluate = _check_keys(path, "[evaluate]", doc.get("evaluate", {}), EVALUATE_KEYS)
-    _check_types(path, "[evaluate]", evaluate, EVALUATE_KEYS, None)
-    chosen = evaluate.get("transclip", False)
-    unknown = [n for n in chosen if n not in train] if isinstance(chosen, list) else []
-    if unknown:
-        raise _fail(path, "[evaluate]", f"transclip names no probe '{unknown[0]}': name tables of [train] "
-                    f"({', '.join(train)}), or write true for all")
-    analyze = _check_keys(path, "[analyze]", doc.get("analyze", {}), ANALYZE_KEYS)
-    _check_types(path, "[analyze]", analyze, ANALYZE_KEYS, None)
-    for name in list(datasets) + list(train):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise _fail(path, name, "names of datasets and probes become file names: use letters, digits, _ . -")
-    return Recipe(path, str(doc["name"]), str(doc.get("description", "")), str(doc["out"]),
-                  str(doc.get("gpu_wall_time", "")), model, datasets, train, evaluate, analyze, unresolved)
+        _check_types(path, f"[train.{name}]", table, TABLE_TYPES["[train.NAME]"])
+    return train
 
 
 def transclip_for(recipe: Recipe, probe: str) -> bool:
@@ -271,7 +315,7 @@ def transclip_for(recipe: Recipe, probe: str) -> bool:
 def transclip_chosen(value: Any, probe: str, where: str) -> bool:
     """Whether a ``transclip`` value (a recipe's, or the Python API's) asks for TransCLIP on
     ``probe``: true, false, or a list of probe names; anything else is one InputError."""
-    accepts, wanted = CHECKS[OTHER_TYPES["transclip"]]
+    accepts, wanted = check_of(OTHER_TYPES["transclip"])
     if not accepts(value):
         shown = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
         raise InputError(f"{where}: transclip should be {wanted}, got {shown}")
@@ -345,8 +389,8 @@ def check_plan(recipe: Recipe, stages: list[Stage]) -> None:
     folder and ``[datasets.a]``), ``[analyze] views`` on an adaptation store without views, and
     TransCLIP on a dataset whose spec says it is too small for its neighbour graph."""
     from .data import known_size
-    from .outputs import place
-    from .transclip import NEIGHBORS
+    from .storage import place
+    from .transclip import check_size
 
     where = [(stage, place(stage.out)) for stage in stages]
     for index, (first, at) in enumerate(where):
@@ -366,11 +410,12 @@ def check_plan(recipe: Recipe, stages: list[Stage]) -> None:
     for stage in stages:
         if stage.kind == "extract" and stage.out in transduced:
             size = known_size(stage.options["data"], stage.options["split"])
-            if size is not None and size <= NEIGHBORS:
-                raise _fail(recipe.path, f"{stage.origin} data", f"'{stage.options['data']}' holds {size} "
-                            f"image(s), and [evaluate] transclip transduces it: TransCLIP needs more than "
-                            f"{NEIGHBORS} (its {NEIGHBORS}-nearest-neighbour graph); give it more images (n=), or "
-                            "leave its probes out of transclip")
+            try:
+                if size is not None:
+                    check_size(size, f"the images of '{stage.options['data']}' (which [evaluate] transclip transduces)")
+            except InputError as exc:
+                raise _fail(recipe.path, f"{stage.origin} data", f"{exc.message}; give it more images (n=), or leave "
+                            "its probes out of transclip") from None
 
 
 def _many(corrupt: str | None) -> bool:

@@ -8,11 +8,14 @@ against severity with a line per method (ensemble members included), and, when o
 stores of the first store's classes were evaluated (shifts), the effective-robustness plot
 (``effective_robustness.png``: accuracy on the first store against accuracy on each shift). Every plot shows the
 probabilities ``evaluate`` scores: a store on its class subset, OOD stores on the first store's.
+
+This module chooses the figures and hands each its data; ``figures`` draws them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,26 +23,6 @@ import numpy as np
 
 from .errors import InputError
 from .evaluation import METHOD_NAMES, Evaluation, StoreOutputs
-from .figures import colour, effective_robustness_figure, pyplot, reliability_panel, save
-
-
-def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage i/N and the error rate among the i most confident samples, for i = 1..N."""
-    order = np.argsort(-probs.max(axis=1), kind="stable")
-    errors = (probs.argmax(axis=1) != labels)[order]
-    counts = np.arange(1, len(errors) + 1)
-    return counts / len(errors), np.cumsum(errors) / counts
-
-
-def roc_curve(id_conf: np.ndarray, ood_conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates (OOD positive, score = -confidence) at every threshold."""
-    scores = np.concatenate([-id_conf, -ood_conf])
-    positive = np.concatenate([np.zeros(len(id_conf)), np.ones(len(ood_conf))])
-    order = np.argsort(-scores, kind="stable")
-    tpr = np.concatenate([[0.0], np.cumsum(positive[order]) / len(ood_conf)])
-    fpr = np.concatenate([[0.0], np.cumsum(1 - positive[order]) / len(id_conf)])
-    return fpr, tpr
-
 
 OPTION_NAMES = {"out": "--out", "report": "--report", "predictions": "--predictions"}  # as refusals name them
 
@@ -55,10 +38,11 @@ def evaluate_into(run: str, stores: list[str], ood: list[str], out: str | None =
     each output (default ``OPTION_NAMES``; a recipe names its key), for the refusals."""
     from . import outputs
     from .evaluation import score
+    from .storage import place
 
     names = {**OPTION_NAMES, **(names or {})}
     run, stores, ood = str(run), [str(s) for s in stores], [str(s) for s in ood]
-    where = [outputs.place(s) for s in stores + ood]
+    where = [place(s) for s in stores + ood]
     same = [given for given, at in zip(stores + ood, where) if where.count(at) > 1]
     if same:  # an OOD set equal to the in-distribution one scores AUROC 0.5 by construction
         raise InputError(f"store '{same[0]}' is given twice (as --store and --ood, or twice as one of them): "
@@ -138,28 +122,45 @@ def write_report_folder(evaluation: Evaluation, folder: Path, replace: bool = Fa
     folder = Path(folder)
     report = {"tool": "lpclip-cache", "version": __version__, **evaluation.report}
     with atomic_dir(folder, "report folder", replace) as staging:
-        first = next(iter(evaluation.stores.values()))
-        methods = list(report.get("methods", METHOD_NAMES))
-        plots = [calibration_figure(first, evaluation.ood, staging / "calibration.png")]
-        for index, (path, store) in enumerate(evaluation.stores.items()):
-            if (store.labels >= 0).any():
-                name = f"{index:03d}-{Path(path).stem}.png"
-                plots.append(reliability_figure(store, report["stores"][path], methods,
-                                                staging / "reliability" / name))
-        if (first.labels >= 0).any():
-            plots.append(risk_coverage_figure(first, methods, staging / "risk_coverage.png"))
-        if evaluation.ood:
-            plots.append(roc_figure(first, evaluation.ood, staging / "roc.png"))
-        if report.get("corruptions"):
-            plots.append(severity_figure(report["corruptions"], staging / "severity.png"))
-        points = robustness_points(evaluation)
-        if points is not None:
-            plots.append(effective_robustness_figure(staging / "effective_robustness.png", *points,
-                                                     line=("teacher", "probe"), title=f"effective robustness of "
-                                                     f"{report['method']} ({Path(report['run']).name})"))
+        plots = draw_figures(evaluation, report, staging)
         (staging / "report.json").write_text(json_text(report) + "\n")
         (staging / "report.md").write_text(markdown(report, plots, staging))
     return [folder / plot.relative_to(staging) for plot in plots]
+
+
+def draw_figures(evaluation: Evaluation, report: dict[str, Any], folder: Path) -> list[Path]:
+    """Draw into ``folder`` the report's figures that the evaluation has data for, each from the
+    outputs ``evaluate`` scored; return their paths."""
+    from .figures import calibration, curves, shift
+
+    first, ood = next(iter(evaluation.stores.values())), evaluation.ood
+    methods = list(report.get("methods", METHOD_NAMES))
+    plots = [calibration.calibration_figure(folder / "calibration.png", probs_of(first, METHOD_NAMES), first.labels,
+                                            first.path, {path: probs_of(o, METHOD_NAMES) for path, o in ood.items()})]
+    for index, (path, store) in enumerate(evaluation.stores.items()):
+        if (store.labels >= 0).any():
+            ece = {m: report["stores"][path][m]["ece"] for m in methods}
+            name = f"{index:03d}-{Path(path).stem}.png"
+            plots.append(calibration.reliability_figure(folder / "reliability" / name, probs_of(store, methods),
+                                                        store.labels, ece, store.path))
+    if (first.labels >= 0).any():
+        plots.append(curves.risk_coverage_figure(folder / "risk_coverage.png", probs_of(first, methods), first.labels))
+    if ood:
+        msp = {path: {m: o.scores[m]["msp"] for m in METHOD_NAMES} for path, o in ood.items()}
+        plots.append(curves.roc_figure(folder / "roc.png", {m: first.scores[m]["msp"] for m in METHOD_NAMES}, msp))
+    if report.get("corruptions"):
+        plots.append(shift.severity_figure(folder / "severity.png", report["corruptions"]))
+    points = robustness_points(evaluation)
+    if points is not None:
+        title = f"effective robustness of {report['method']} ({Path(report['run']).name})"
+        plots.append(shift.effective_robustness_figure(folder / "effective_robustness.png", *points,
+                                                       line=("teacher", "probe"), title=title))
+    return plots
+
+
+def probs_of(store: StoreOutputs, methods: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each method's probabilities on the store's valid rows."""
+    return {method: store.probs(method) for method in methods}
 
 
 def robustness_points(evaluation: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, float]]] | None:
@@ -189,86 +190,6 @@ def robustness_points(evaluation: Evaluation) -> tuple[dict[str, float], dict[st
     if corrupted:
         shifts["corruptions"] = {m: float(np.mean(values)) for m, values in corrupted.items()}
     return (clean, shifts) if shifts else None
-
-
-def calibration_figure(first: StoreOutputs, ood: dict[str, StoreOutputs], path: Path) -> Path:
-    """The teacher's and the probe's reliability on the first store (top) and confidence
-    histograms there and on every OOD store (bottom)."""
-    plt = pyplot()
-    known = first.labels >= 0
-    fig, axes = plt.subplots(2, len(METHOD_NAMES), figsize=(5 * len(METHOD_NAMES), 8), squeeze=False)
-    for col, method in enumerate(METHOD_NAMES):
-        p = first.probs(method)
-        if known.any():
-            reliability_panel(axes[0][col], p[known], first.labels[known], method,
-                              f"{method}: reliability ({Path(first.path).name})")
-        axes[1][col].hist(p.max(axis=1), bins=30, range=(0, 1), color=colour(method), alpha=0.8, label="in-dist.")
-        for ood_path, outputs in ood.items():
-            axes[1][col].hist(outputs.probs(method).max(axis=1), bins=30, range=(0, 1), histtype="step",
-                              linewidth=1.5, label=Path(ood_path).name)
-        axes[1][col].set(xlabel="confidence", ylabel="samples", title=f"{method}: confidence histogram")
-        axes[1][col].legend(fontsize=8)
-    fig.tight_layout()
-    return save(fig, path)
-
-
-def reliability_figure(store: StoreOutputs, entry: dict[str, Any], methods: list[str], path: Path) -> Path:
-    """A reliability diagram per method, side by side, on one store with labels."""
-    plt = pyplot()
-    seen = store.labels >= 0
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
-    for col, method in enumerate(methods):
-        reliability_panel(axes[0][col], store.probs(method)[seen], store.labels[seen], method,
-                          f"{method} (ECE {entry[method]['ece']:.3f})")
-    fig.suptitle(Path(store.path).name)
-    fig.tight_layout()
-    return save(fig, path, dpi=80)
-
-
-def risk_coverage_figure(first: StoreOutputs, methods: list[str], path: Path) -> Path:
-    """Risk against coverage of every method on the first store."""
-    fig, axis = pyplot().subplots(figsize=(5, 4))
-    known = first.labels >= 0
-    for method in methods:
-        coverage, risk = risk_coverage(first.probs(method)[known], first.labels[known])
-        axis.plot(coverage, risk, color=colour(method), label=method,
-                  linewidth=1.0 if method.startswith("member-") else 2.0)
-    axis.set(xlabel="coverage", ylabel="risk (error rate)", title="risk-coverage", xlim=(0, 1), ylim=(0, 1))
-    axis.legend(fontsize=8)
-    fig.tight_layout()
-    return save(fig, path)
-
-
-def roc_figure(first: StoreOutputs, ood: dict[str, StoreOutputs], path: Path) -> Path:
-    """ROC curves of the maximum softmax probability, the first store against each OOD store."""
-    fig, axis = pyplot().subplots(figsize=(5, 4))
-    for ood_path, outputs in ood.items():
-        for method in METHOD_NAMES:
-            fpr, tpr = roc_curve(first.scores[method]["msp"], outputs.scores[method]["msp"])
-            axis.plot(fpr, tpr, color=colour(method), label=f"{method} vs {Path(ood_path).name}")
-    axis.plot([0, 1], [0, 1], ":", color="black")
-    axis.set(xlabel="false-positive rate (ID flagged)", ylabel="true-positive rate (OOD flagged)", title="ROC")
-    axis.legend(fontsize=7)
-    fig.tight_layout()
-    return save(fig, path)
-
-
-def severity_figure(corruptions: dict[str, Any], path: Path) -> Path:
-    """Error (top) and ECE (bottom) against severity, a panel per corruption, a line per method."""
-    names = sorted(next(iter(corruptions.values()))["error"])
-    fig, axes = pyplot().subplots(2, len(names), figsize=(3.2 * len(names), 6), squeeze=False)
-    for col, name in enumerate(names):
-        for row, key in enumerate(("error", "ece")):
-            for method, entry in corruptions.items():
-                severities = sorted(entry[key][name], key=int)
-                axes[row][col].plot([int(s) for s in severities], [entry[key][name][s] for s in severities],
-                                    marker="o", markersize=3, color=colour(method), label=method,
-                                    linewidth=1.0 if method.startswith("member-") else 2.0)
-            axes[row][col].set(title=name.replace("_", " "), xlabel="severity", ylabel=key,
-                               ylim=(0, 1 if key == "error" else None))
-        axes[0][col].legend(fontsize=7)
-    fig.tight_layout()
-    return save(fig, path)
 
 
 def markdown(report: dict[str, Any], plots: list[Path], folder: Path) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError
-from .zeroshot import TeacherScale, softmax
+from .numeric import softmax
+from .zeroshot import TeacherScale
 
 RUN_FORMAT_VERSION = 1
 

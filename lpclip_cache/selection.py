@@ -10,7 +10,7 @@ optimisation that fits the teacher's signal best, not the one that corrects the 
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any
 
 from .config import SelectConfig
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def select(config: SelectConfig) -> dict[str, Any]:
@@ -50,8 +52,8 @@ def select(config: SelectConfig) -> dict[str, Any]:
                              "holdout_agreement": best["teacher_agreement"],
                              "curve": [point["teacher_agreement"] for point in curve]})
                 if config.progress:
-                    sys.stderr.write(f"[select] lr={lr:g} weight_decay={decay:g}: best held-out agreement "
-                                     f"{best['teacher_agreement']:.4f} at epoch {best['epoch']}\n")
+                    log.info(f"[select] lr={lr:g} weight_decay={decay:g}: best held-out agreement "
+                             f"{best['teacher_agreement']:.4f} at epoch {best['epoch']}")
     chosen = max(grid, key=lambda row: (row["holdout_agreement"], -row["best_epoch"]))
     final = replace(template, store=config.store, out=config.out, lr=chosen["lr"],
                     weight_decay=chosen["weight_decay"], epochs=chosen["best_epoch"], holdout=0.0,

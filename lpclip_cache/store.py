@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,9 @@ import zarr
 
 from .errors import StoreError
 from .locks import ObjectStoreLock, StoreLock, new_job, store_lock
-from .outputs import filesystem, is_url, prepare_output, write_error
+from .outputs import prepare_output, write_error
+from .problems import Problem
+from .storage import filesystem, is_url
 
 if TYPE_CHECKING:
     from .zeroshot import TeacherScale
@@ -618,23 +621,46 @@ class FeatureStore:
             self._check_finite(name, data, start)
         return data
 
+    def valid_rows(self, name: str) -> Iterator[np.ndarray]:
+        """The valid rows of a per-sample array, one shard at a time, so no more than a shard of it
+        is ever in memory. NaN or infinity in them is ``read_rows``'s StoreError, counted over the
+        whole array and raised after its last shard."""
+        bad = 0
+        for start, stop in self.spans():
+            data = self.read_rows(name, start, stop, check_finite=False)
+            rows = self._valid_mask()[start:stop]
+            if self.meta.get("complete") and data.dtype.kind == "f":
+                bad += self._nonfinite_rows(data, rows)
+            yield data[rows]
+        if bad:
+            raise self._nonfinite(name, bad)
+
+    def _valid_mask(self) -> np.ndarray:
+        if self._valid is None:
+            self._valid = self.read_rows("valid").astype(bool)
+        return self._valid
+
     def _check_finite(self, name: str, data: np.ndarray, start: int) -> None:
-        if name == "head":
-            rows = np.ones(len(data), bool)
-        else:
-            if self._valid is None:
-                self._valid = self.read_rows("valid").astype(bool)
-            rows = self._valid[start : start + len(data)]
+        rows = np.ones(len(data), bool) if name == "head" else self._valid_mask()[start : start + len(data)]
+        bad = self._nonfinite_rows(data, rows)
+        if bad:
+            raise self._nonfinite(name, bad)
+
+    @staticmethod
+    def _nonfinite_rows(data: np.ndarray, rows: np.ndarray) -> int:
+        """How many of the ``rows`` (a mask) of ``data`` hold NaN or infinity."""
         bad = 0
         for first in range(0, len(data), 4096):  # blocks bound the temporary memory
             block = data[first : first + 4096]
             finite = np.isfinite(block.reshape(len(block), -1)).all(axis=1)
             bad += int((~finite & rows[first : first + 4096]).sum())
-        if bad:
-            raise StoreError(
-                f"store '{self.path}' holds NaN or infinite values in '{name}' ({bad} valid row(s)): it is "
-                f"damaged; see 'lpclip-cache verify {self.path}', then re-extract it"
-            )
+        return bad
+
+    def _nonfinite(self, name: str, bad: int) -> StoreError:
+        return StoreError(
+            f"store '{self.path}' holds NaN or infinite values in '{name}' ({bad} valid row(s)): it is "
+            f"damaged; see 'lpclip-cache verify {self.path}', then re-extract it"
+        )
 
     def head(self) -> np.ndarray:
         """The zero-shot head W_t (C x D float32)."""
@@ -711,10 +737,10 @@ def data_problems(manifest: dict[str, Any], shown: int = 10) -> list[str]:
     if not isinstance(problems, list):
         return []
     lines = []
-    for problem in problems[:shown]:
-        if isinstance(problem, dict):
-            where = f"shard '{problem.get('shard')}'" + (f", sample '{problem['key']}'" if problem.get("key") else "")
-            lines.append(f"{problem.get('severity', '?')}: {where}: {problem.get('problem', '?')}")
+    for record in problems[:shown]:
+        if isinstance(record, dict):
+            problem = Problem.from_record(record)
+            lines.append(f"{problem.severity}: {problem.line()}")
     total = dataset.get("problem_count", len(problems))
     if isinstance(total, int) and total > len(lines):
         lines.append(f"... {total - len(lines)} more (info --json lists {len(problems)})")

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import InputError
 from .knn import nearest_neighbors
-from .zeroshot import TeacherScale, softmax
+from .numeric import softmax
+from .zeroshot import TeacherScale
 
 if TYPE_CHECKING:
     from .progress import Progress
@@ -46,6 +48,15 @@ LAMBDA = 1.0
 CHUNK = 4096
 SIGMA_FLOOR = 1e-6  # σ_d is at least this times its start 1/D (see sigma_step)
 PROGRESS_FROM = 10_000_000  # images x classes from which evaluate shows the rounds' progress (about 10 s)
+
+
+def check_size(n: int, what: str) -> None:
+    """The one check of a set's size before TransCLIP: an InputError unless ``n``, the number of
+    images ``what`` names (a store's valid images, a dataset, an option), is more than
+    ``NEIGHBORS``, the neighbours of each image in its graph (self excluded)."""
+    if n <= NEIGHBORS:
+        raise InputError(f"{what} must be more than {NEIGHBORS}: TransCLIP needs more than {NEIGHBORS} images for "
+                         f"its {NEIGHBORS}-nearest-neighbour graph (got {n})")
 
 
 @dataclass

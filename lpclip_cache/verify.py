@@ -15,45 +15,16 @@ NORM_TOLERANCE = 1e-2  # fp16 rounding moves a unit vector's norm by about 1e-3
 def verify(path: str) -> dict[str, Any]:
     """Completeness, finite unit embeddings, label ranges, manifest consistency, and (format 2) that
     every done shard was written whole by one of the jobs the store lists."""
-    from .store import FeatureStore, cache_key, data_problems
+    from .store import FeatureStore, data_problems
 
     store = FeatureStore(path, require_complete=False)
     layout = store.layout
-    problems: list[str] = []
     done = store.read("done")
-    now = store.state
-    if now.kind != "complete":
-        problems.append(f"incomplete: {now.done} of {now.shards} shards written")
-    elif not done.all():
-        problems.append(f"marked complete but {int((done == 0).sum())} shard(s) are not done")
-    if cache_key(store.manifest) != store.cache_key:
-        problems.append("manifest does not match its cache key (the attributes were edited)")
-    # opening checked the attribute and every array's shape against the layout: what is left to
-    # check is content
-    head = store.read_rows("head", check_finite=False)
-    if not np.isfinite(head).all() or np.abs(np.linalg.norm(head, axis=1) - 1).max() > 1e-4:
-        problems.append("head rows are not finite unit vectors")
-
+    problems = _store_problems(store, done)
     records = ShardRecords(store)
     kinds = [kind for kind in ("clean", "weak", "strong") if layout.views(kind)]
-    counts = {name: dict.fromkeys(kinds, 0)
-              for name in ("nonfinite_rows", "non_unit_rows", "bad_labels", "bad_confidences")}
     valid_all = store.read("valid")
-    for shard, (start, stop) in enumerate(store.spans()):
-        if not done[shard]:
-            continue
-        rows = {name: store.read_rows(name, start, stop, check_finite=False) for name in records.row_arrays}
-        records.check(shard, rows)
-        valid = valid_all[start:stop]
-        for kind in kinds:
-            emb = rows[f"{kind}/emb"][valid].astype(np.float32)
-            label, conf = rows[f"{kind}/label"][valid], rows[f"{kind}/conf"][valid]
-            finite = np.isfinite(emb).all(axis=-1)
-            norms = np.linalg.norm(np.where(np.isfinite(emb), emb, 0), axis=-1)
-            counts["nonfinite_rows"][kind] += int((~finite).sum())
-            counts["non_unit_rows"][kind] += int((finite & (np.abs(norms - 1) > NORM_TOLERANCE)).sum())
-            counts["bad_labels"][kind] += int(((label < 0) | (label >= layout.n_classes)).sum())
-            counts["bad_confidences"][kind] += int((~np.isfinite(conf) | (conf < 0) | (conf > 1 + 1e-6)).sum())
+    counts = _count_rows(store, done, valid_all, records, kinds)
     for kind in kinds:
         for name in counts:
             if counts[name][kind]:
@@ -74,6 +45,52 @@ def verify(path: str) -> dict[str, Any]:
         "counts": counts,
         "data_notes": data_problems(store.manifest, shown=1000),
     }
+
+
+def _store_problems(store: Any, done: np.ndarray) -> list[str]:
+    """What is wrong with the store as a whole: shards not written, a manifest that does not match
+    its cache key, a head whose rows are not finite unit vectors."""
+    from .store import cache_key
+
+    problems: list[str] = []
+    now = store.state
+    if now.kind != "complete":
+        problems.append(f"incomplete: {now.done} of {now.shards} shards written")
+    elif not done.all():
+        problems.append(f"marked complete but {int((done == 0).sum())} shard(s) are not done")
+    if cache_key(store.manifest) != store.cache_key:
+        problems.append("manifest does not match its cache key (the attributes were edited)")
+    # opening checked the attribute and every array's shape against the layout: what is left to
+    # check is content
+    head = store.read_rows("head", check_finite=False)
+    if not np.isfinite(head).all() or np.abs(np.linalg.norm(head, axis=1) - 1).max() > 1e-4:
+        problems.append("head rows are not finite unit vectors")
+    return problems
+
+
+def _count_rows(store: Any, done: np.ndarray, valid_all: np.ndarray, records: ShardRecords,
+                kinds: list[str]) -> dict[str, dict[str, int]]:
+    """The valid rows of the done shards, one shard at a time, that are wrong in each way (name ->
+    kind -> count); each shard is also checked against its record (``records``)."""
+    layout = store.layout
+    counts = {name: dict.fromkeys(kinds, 0)
+              for name in ("nonfinite_rows", "non_unit_rows", "bad_labels", "bad_confidences")}
+    for shard, (start, stop) in enumerate(store.spans()):
+        if not done[shard]:
+            continue
+        rows = {name: store.read_rows(name, start, stop, check_finite=False) for name in records.row_arrays}
+        records.check(shard, rows)
+        valid = valid_all[start:stop]
+        for kind in kinds:
+            emb = rows[f"{kind}/emb"][valid].astype(np.float32)
+            label, conf = rows[f"{kind}/label"][valid], rows[f"{kind}/conf"][valid]
+            finite = np.isfinite(emb).all(axis=-1)
+            norms = np.linalg.norm(np.where(np.isfinite(emb), emb, 0), axis=-1)
+            counts["nonfinite_rows"][kind] += int((~finite).sum())
+            counts["non_unit_rows"][kind] += int((finite & (np.abs(norms - 1) > NORM_TOLERANCE)).sum())
+            counts["bad_labels"][kind] += int(((label < 0) | (label >= layout.n_classes)).sum())
+            counts["bad_confidences"][kind] += int((~np.isfinite(conf) | (conf < 0) | (conf > 1 + 1e-6)).sum())
+    return counts
 
 
 class ShardRecords:

@@ -23,56 +23,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .probe import PROBE_L2, ProbeConvergenceWarning, linear_probe
 
-PROBE_L2 = 1e-4  # the probe's L2 penalty on the weights (the regime's supervised probe uses the same)
-PROBE_MAX_ITER = 500  # L-BFGS iterations at most; a probe stopped there is reported unconverged
 MAX_IMAGES = 10000  # images analysed at most (a seeded sample): enough for every figure's precision
 PROBE_MIN_IMAGES = 4  # labelled images the probe figures need at least: two to fit, two to score
-
-
-class ProbeConvergenceWarning(UserWarning):
-    """``linear_probe``'s L-BFGS stopped at its iteration or evaluation limit before converging."""
-
-
-def linear_probe(train: np.ndarray, labels: np.ndarray, test: np.ndarray, classes: int,
-                 l2: float = PROBE_L2, max_iter: int | None = None) -> np.ndarray:
-    """Predictions on ``test`` of a multinomial logistic regression fitted on ``train`` (L-BFGS,
-    mean cross-entropy plus ``l2`` times the squared weights; the bias is not penalised).
-
-    This is the supervised probe of the CLIP paper on frozen embeddings (L-BFGS logistic
-    regression), with one difference: the paper sweeps the L2 strength over 96 values validated
-    on a held-out split, while here it is fixed (``l2``, default ``PROBE_L2``; scikit-learn's
-    C = 1 / (2 n l2)). ``analyze views`` fits 1 + 2 K probes per store (K view kinds), and its
-    figures compare probes of the same strength with each other, so a sweep would multiply its
-    time by the sweep's length for little change in those ratios. L-BFGS stops at ``max_iter``
-    iterations (default ``PROBE_MAX_ITER``) or 1.25 times as many evaluations; stopping there
-    rather than at its tolerances is a ``ProbeConvergenceWarning``.
-    """
-    import torch
-
-    max_iter = PROBE_MAX_ITER if max_iter is None else max_iter
-    x = torch.from_numpy(np.asarray(train, np.float64))
-    y = torch.from_numpy(np.asarray(labels, np.int64))
-    weight = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
-                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * (weight**2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    state = optimizer.state[weight]
-    limit = optimizer.param_groups[0]["max_eval"]
-    if state["n_iter"] >= max_iter or state["func_evals"] >= limit:
-        warnings.warn(f"the linear probe's L-BFGS stopped unconverged after {state['n_iter']} iterations "
-                      f"({state['func_evals']} evaluations; limits {max_iter} and {limit})",
-                      ProbeConvergenceWarning, stacklevel=2)
-    with torch.no_grad():
-        return (torch.from_numpy(np.asarray(test, np.float64)) @ weight + bias).argmax(1).numpy()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -136,7 +90,8 @@ def view_figures(clean: np.ndarray, views: dict[str, np.ndarray], head: np.ndarr
     teacher's accuracy wherever a row is labelled, and the probe figures where ``probe_halves``
     allows them (else ``probe.undefined`` says why). The probes whose L-BFGS stopped unconverged
     are listed in ``probe.unconverged``."""
-    from .zeroshot import softmax, teacher_logits
+    from .numeric import softmax
+    from .zeroshot import teacher_logits
 
     clean = _unit(clean)
     n, classes = len(clean), len(head)

@@ -19,24 +19,26 @@ modification time, asked for on every run), so a shard replaced remotely is copi
 is written under a private name and renamed into place, so a process never reads another's
 half-written copy.
 
-Nothing is dropped or renumbered in silence. What the index finds wrong is a ``Problem``:
+Nothing is dropped or renumbered in silence. What the index finds wrong is a ``Problem``
+(``problems.Problem``, the one record of why a sample is refused or invalid):
 ``refuse`` (a shard cut short, without its end-of-archive blocks or unreadable, a key repeated,
 a member name with control characters or not in UTF-8, which would otherwise shift, mix or
 misname samples), ``invalid`` (a sample without an image or with a ``cls`` that is not a class
 index) or ``warning`` (members of a key not adjacent, skipped files, a shard count that
 disagrees with ``nshards.txt``). ``admit`` turns the first refusal or invalid sample into one
 line, or with ``--skip-bad`` keeps the complete samples, makes invalid samples invalid rows with
-their reason, and records every problem in the store's manifest, where ``info`` and ``verify``
-show them (docs/reliability.md lists the cases).
+their problem's text as reason, records every problem in the store's manifest, where ``info`` and
+``verify`` show them (docs/reliability.md lists the cases), and logs the warnings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import BadImage, DataUnavailable, InputError
+from .problems import Problem, labels_outside
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # a sample's image: the first present, as CLIP_benchmark takes it
 OPEN_SHARDS = 16  # files a process keeps open at once
@@ -53,21 +56,7 @@ LARGEST_LABEL = 2**31 - 1  # labels are stored as int32
 NOT_CLASSIFICATION = ("retrieval", "multilabel")  # dataset_type.txt values CLIP_benchmark reads otherwise
 NON_SHARDS = "hidden files, AppleDouble '._' files and files not ending in .tar"
 
-
-@dataclass(frozen=True)
-class Problem:
-    """Something wrong in the data, where it is (``key`` None for a whole shard), and what
-    ``--skip-bad`` does with it (``refuse``: the samples concerned are left out; ``invalid``: the
-    sample is an invalid row; ``warning``: nothing is left out)."""
-
-    severity: str
-    shard: str
-    key: str | None
-    problem: str
-
-    def line(self) -> str:
-        where = f"shard '{self.shard}'" + (f", sample '{self.key}'" if self.key is not None else "")
-        return f"{where}: {self.problem}"
+log = logging.getLogger(__name__)
 
 
 def shown(name: str) -> str:
@@ -122,8 +111,8 @@ def clip_benchmark_root(
     when ``root`` is not one (no ``classnames.txt``). Its class names are read as CLIP_benchmark
     reads them, one per line (``prompts.classnames_from_text``), its templates through the same
     loader as ``--templates`` files."""
-    from .outputs import filesystem
     from .prompts import classnames_from_text, templates_from_text
+    from .storage import filesystem
 
     fs, inner = filesystem(root)
     if not fs.isfile(f"{inner}/classnames.txt"):
@@ -165,7 +154,7 @@ def clip_benchmark_root(
 def shard_list(spec: str, rest: str) -> tuple[list[str], list[Problem]]:
     """The shards a SPEC names (a brace pattern, a folder of ``.tar`` files, or one file, local
     or URL) and a warning counting the files of a folder that are not shards."""
-    from .outputs import filesystem, is_url
+    from .storage import filesystem, is_url
 
     if "{" in rest or "}" in rest:
         return expand_braces(spec, rest), []
@@ -309,7 +298,7 @@ class WdsSource:
         keys: list[str] = []
         labels: list[int] = []
         self._entries: list[Entry | None] = []
-        self._invalid: dict[int, str] = {}
+        self._invalid: dict[int, Problem] = {}
         for number, sample in found:
             shard = self.shards[number]
             copies = seen[sample.key]
@@ -339,25 +328,31 @@ class WdsSource:
             member = sample.members.get(image) if image else None
             self._entries.append(Entry(number, member, image) if member else None)
             if reason is not None:
-                self._invalid[row] = reason
-                self.problems.append(Problem("invalid", shard, sample.key, reason))
+                self._invalidate(row, shard, sample.key, reason)
         self.keys = keys
         self.labels = np.asarray(labels, np.int32)
+
+    def _invalidate(self, row: int, shard: str, key: str, reason: str) -> None:
+        """Make the row invalid for ``reason``: one ``Problem``, which the manifest lists and whose
+        text the row's ``reason`` is (``image`` raises it)."""
+        problem = Problem("invalid", shard, key, reason)
+        self._invalid[row] = problem
+        self.problems.append(problem)
 
     def check_labels(self, classes: int) -> None:
         """Make every label at or above ``classes`` an invalid sample (called once the class
         names are known)."""
-        for row in np.flatnonzero(self.labels >= classes).tolist():
+        for row in labels_outside(self.labels, classes).tolist():
             reason = f"its .cls holds {int(self.labels[row])}, outside the {classes} classes [0, {classes})"
             entry = self._entries[row]
-            self._invalid[row] = reason
             self.labels[row] = -1
-            self.problems.append(Problem("invalid", self.shards[entry.shard] if entry else "?", self.keys[row], reason))
+            self._invalidate(row, self.shards[entry.shard] if entry else "?", self.keys[row], reason)
 
     def admit(self, classes: int, skip_bad: bool) -> list[str]:
         """Check the labels against ``classes``, then either raise the first problem that loses or
         invalidates data as one line, or (``skip_bad``, or when there is none) record every problem
-        in the identity and return the lines to show: one per warning, one counting the rest."""
+        in the identity and report them: a warning each (the first 20), and a line counting the
+        rest. Returns those lines as the command line shows them."""
         self.check_labels(classes)
         bad = [p for p in self.problems if p.severity != "warning"]
         if bad and not skip_bad:
@@ -369,13 +364,17 @@ class WdsSource:
                              + (f" ({len(self.problems)} problem(s), first: {self.problems[0].line()})"
                                 if self.problems else ""))
         if self.problems:
-            self.identity["problems"] = [asdict(p) for p in self.problems[:RECORDED_PROBLEMS]]
+            self.identity["problems"] = [p.record() for p in self.problems[:RECORDED_PROBLEMS]]
             self.identity["problem_count"] = len(self.problems)
-        lines = [f"warning: {p.line()}" for p in self.problems if p.severity == "warning"][:20]
+        warned = [p.line() for p in self.problems if p.severity == "warning"][:20]
+        for line in warned:
+            log.warning(line)
+        lines = [f"warning: {line}" for line in warned]
         if bad:
             counted = {s: sum(p.severity == s for p in bad) for s in ("refuse", "invalid")}
             lines.append(f"--skip-bad: {counted['refuse']} problem(s) left samples out and {counted['invalid']} "
                          f"sample(s) are invalid rows (first: {bad[0].line()}); the store's manifest lists them")
+            log.info(lines[-1])
         return lines
 
     def __len__(self) -> int:
@@ -420,8 +419,10 @@ class WdsSource:
         import io
 
         entry = self._entries[index]
-        if index in self._invalid or entry is None:
-            raise BadImage(self._invalid.get(index, "no image"))
+        if index in self._invalid:
+            raise self._invalid[index].invalid_row()
+        if entry is None:
+            raise BadImage("no image")
         shard = self.shards[entry.shard]
         data = self._read(entry.shard, entry.member)
         try:
@@ -486,7 +487,7 @@ def remote_copy(url: str) -> str:
     import secrets
     import shutil
 
-    from .outputs import cache_dir, filesystem
+    from .storage import cache_dir, filesystem
 
     fs, inner = filesystem(url)
     info = _remote_info(fs, inner, url)

@@ -1,4 +1,4 @@
-"""The zero-shot teacher's maths on plain arrays: logits, softmax, pseudo-labels and confidences.
+"""The zero-shot teacher's maths on plain arrays: logits, probabilities, pseudo-labels and confidences.
 
 Extraction writes the teacher's outputs with these; training and evaluation recompute its
 probabilities with them. ``TeacherScale`` owns the teacher's logit scale and temperature: the
@@ -12,13 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-    """Row-wise softmax, stable for large logits (float64 keeps tiny probabilities for NLL)."""
-    shifted = logits.astype(dtype) - logits.max(axis=-1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=-1, keepdims=True)
-    return shifted
+from .numeric import softmax
 
 
 def teacher_logits(emb: np.ndarray, head: np.ndarray, scale: float, temperature: float = 1.0) -> np.ndarray:

@@ -212,3 +212,24 @@ def test_the_package_has_no_import_cycle():
         if module not in state_of:
             visit(module, [module])
     assert not cycles, cycles
+
+
+def test_matplotlib_is_imported_only_by_the_figures_package_and_only_inside_functions():
+    """Every figure has one home: ``lpclip_cache.figures``. Matplotlib is imported there alone, and
+    lazily (inside a function), so importing the package never loads it."""
+    package = ROOT / "lpclip_cache"
+    home = package / "figures"
+    found = []
+    for file in sorted(package.rglob("*.py")):
+        tree = ast.parse(file.read_text())
+        in_functions = {id(node) for function in ast.walk(tree)
+                        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for node in ast.walk(function)}
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(name == "matplotlib" or name.startswith("matplotlib.") for name in names):
+                found.append((file.relative_to(package).as_posix(), node.lineno, id(node) in in_functions))
+    assert found, "the figures package imports matplotlib somewhere"
+    assert [(where, line) for where, line, _ in found if not (package / where).is_relative_to(home)] == []
+    assert [(where, line) for where, line, lazy in found if not lazy] == []

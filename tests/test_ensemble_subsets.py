@@ -268,7 +268,7 @@ def test_ood_stores_are_scored_in_the_reference_class_space(trained, tmp_path):
     assert abs(sklearn_auroc(expected["probe"][0]["msp"], mixed) - entry["probe"]["auroc"]) > 0.1
     # the report folder plots what evaluate scored: its ROC area is the reported AUROC
     from lpclip_cache.evaluation import score
-    from lpclip_cache.report import roc_curve
+    from lpclip_cache.figures.curves import roc_curve
 
     folder = tmp_path / "report"
     result = CliRunner().invoke(main, ["evaluate", "--run", str(t["run"]), "--store", str(t["subset"]), "--ood",

@@ -78,6 +78,75 @@ def test_store_of_another_embedding_size_is_refused(world, tmp_path):
         evaluate(str(world["run"]), [str(world["test"])], [str(other)])
 
 
+def test_evaluate_reads_a_shard_at_a_time_and_scores_as_the_whole_store_would(tmp_path, monkeypatch):
+    """``evaluate`` reads the clean embeddings one shard at a time (no read longer than a shard),
+    and its report and probabilities equal, bit for bit, those computed from every embedding read
+    at once: the store spans three blocks of logits, with invalid rows (NaN) and a short last
+    shard. (A product per shard, this size, takes another BLAS kernel: its logits would differ.)"""
+    import zarr
+
+    from lpclip_cache import evaluation
+    from lpclip_cache.store import FeatureStore
+
+    rng = np.random.default_rng(5)
+    dim, classes, shard = 512, 10, 1000
+    centres, labels, clean, views = clustered_embeddings(300, classes, dim, spread=0.3, seed=0, views=2)
+    teacher = unit(centres + 0.2 * rng.normal(size=centres.shape))
+    adapt = write_store(tmp_path / "adapt.zarr", clean, teacher, labels, views[:, :1], views[:, 1:], scale=30)
+    train(TrainConfig(store=str(adapt), out=str(tmp_path / "run"), epochs=1, ensemble=2, progress=False))
+    n = 4 * evaluation.BLOCK_MULTIPLY_ADDS // (dim * classes)  # 10% invalid: three blocks of logits
+    _, labels, clean, _ = clustered_embeddings(n, classes, dim, spread=0.3, seed=4, centres=centres)
+    big = write_store(tmp_path / "big.zarr", clean, teacher, labels, scale=30, shard_size=shard)
+    group = zarr.open_group(str(big), mode="r+")
+    invalid = rng.choice(n, n // 10, replace=False)
+    valid = group["valid"][:]
+    valid[invalid] = False
+    group["valid"][:] = valid
+    emb = group["clean/emb"][:]
+    emb[invalid] = np.nan
+    group["clean/emb"][:] = emb
+    ood = write_store(tmp_path / "ood.zarr", unit(rng.normal(size=(2500, dim))), teacher, np.full(2500, -1),
+                      scale=30, shard_size=shard)
+    stores = [str(big), str(ood)]
+
+    reads: list[tuple[str, int]] = []
+    read_rows = FeatureStore.read_rows
+
+    def counted(self, name, start=0, stop=None, check_finite=True):
+        data = read_rows(self, name, start, stop, check_finite)
+        if name == "clean/emb":
+            reads.append((str(self.path), len(data)))
+        return data
+
+    monkeypatch.setattr(FeatureStore, "read_rows", counted)
+    streamed = evaluation.score(str(tmp_path / "run"), stores[:1], stores[1:])
+    for path in stores:
+        spans = FeatureStore(path).spans()
+        assert len(spans) > 1 and [rows for where, rows in reads if where == path] == [b - a for a, b in spans]
+    assert max(rows for _, rows in reads) == shard
+    monkeypatch.setattr(FeatureStore, "spans", lambda self, n=None: [(0, self.layout.n)])  # the whole store at once
+    reads.clear()
+    whole = evaluation.score(str(tmp_path / "run"), stores[:1], stores[1:])
+    assert max(rows for _, rows in reads) == n
+    assert streamed.report == whole.report
+    for scored, reference in ((streamed.stores, whole.stores), (streamed.ood, whole.ood)):
+        for path, outputs in scored.items():
+            for method in streamed.report["methods"]:
+                assert np.array_equal(outputs.probs(method), reference[path].probs(method))
+    assert streamed.report["stores"][str(big)]["samples"] == n - n // 10
+
+
+@pytest.mark.parametrize("sizes,least", [([5, 0, 7, 3, 9, 1], 6), ([2, 2], 10), ([], 3), ([0, 0], 2), ([4] * 9, 4)])
+def test_blocks_join_parts_into_blocks_of_at_least_the_least_rows(sizes, least):
+    from lpclip_cache.evaluation import blocks
+
+    parts = [np.arange(sum(sizes[:i]), sum(sizes[: i + 1])) for i in range(len(sizes))]
+    joined = list(blocks(parts, sum(sizes), least))
+    assert np.array_equal(np.concatenate(joined) if joined else np.arange(0), np.arange(sum(sizes)))
+    if len(joined) > 1:
+        assert min(len(block) for block in joined) >= least
+
+
 def test_spherical_kmeans_recovers_well_separated_clusters():
     from sklearn.metrics import adjusted_rand_score
 
@@ -311,7 +380,7 @@ def test_report_folder_has_markdown_and_plots(world, tmp_path):
     from PIL import Image
 
     from lpclip_cache.cli import main
-    from lpclip_cache.report import risk_coverage, roc_curve
+    from lpclip_cache.figures.curves import risk_coverage, roc_curve
 
     folder = tmp_path / "report"
     result = CliRunner().invoke(main, ["evaluate", "--run", str(world["run"]), "--store", str(world["test"]),

@@ -239,8 +239,8 @@ def test_corrupt_option_corrupts_each_shard_on_the_device_before_encoding(cifar_
     from PIL import Image
 
     from lpclip_cache.corruptions import corrupt_batch, corruption_seed
-    from lpclip_cache.data import resize_to_model
     from lpclip_cache.errors import InputError
+    from lpclip_cache.preprocess import resize_to_model
 
     store = build(tmp_path / "c.zarr", cifar_root, tiny_checkpoint, weak_views=0, strong_views=0,
                   corrupt="motion_blur:4", shard_size=64)
@@ -298,3 +298,64 @@ def test_corrupt_all_severities_writes_one_store_each_and_resumes(image_folder, 
     assert summary["written"] == 5 * 12
     again = extract_corruptions(config)  # every store is complete: nothing is recomputed
     assert again["written"] == 0
+
+
+class OnlyTheProtocol:
+    """A source with what ``data.Source`` asks for and nothing more: no templates, nothing to
+    admit, no pixel array."""
+
+    def __init__(self, n: int = 6) -> None:
+        self.pixels_of = np.random.default_rng(0).integers(0, 256, (n, 40, 40, 3), dtype=np.uint8)
+        self.keys = [f"m/{i}" for i in range(n)]
+        self.labels = (np.arange(n) % 3).astype(np.int32)
+        self.classnames = ["circle", "square", "triangle"]
+        self.identity = {"kind": "shapes", "spec": "minimal"}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, index: int):
+        from PIL import Image
+
+        return Image.fromarray(self.pixels_of[index])
+
+    def fingerprint(self) -> str:
+        return "minimal"
+
+
+class WithCapabilities(OnlyTheProtocol):
+    """The same images with templates of its own and problems to admit once the classes are known."""
+
+    templates = ["a drawing of a {}.", "the {}."]
+
+    def admit(self, classes: int, skip_bad: bool) -> list[str]:
+        self.admitted = (classes, skip_bad)
+        return []
+
+
+def test_a_sources_optional_capabilities_are_protocols_extraction_checks(tiny_checkpoint, tmp_path, monkeypatch):
+    """Extraction reaches templates, admit and pixels only through their protocols: a source with
+    none of them extracts, one with templates and admit has both used, and the real sources say
+    which they offer."""
+    import lpclip_cache.extraction as extraction
+    from lpclip_cache.data import AdmitsRows, ArraySource, FolderSource, HasPixels, HasTemplates
+    from lpclip_cache.prompts import load_templates
+
+    minimal, capable = OnlyTheProtocol(), WithCapabilities()
+    assert not isinstance(minimal, (HasTemplates, AdmitsRows, HasPixels))
+    assert isinstance(capable, HasTemplates) and isinstance(capable, AdmitsRows) and not isinstance(capable, HasPixels)
+    array = ArraySource(minimal.pixels_of, minimal.keys, minimal.labels, None, {})
+    folder = FolderSource(tmp_path, minimal.keys, minimal.labels, minimal.classnames, {})
+    assert isinstance(array, HasPixels) and not isinstance(array, (HasTemplates, AdmitsRows))
+    assert not isinstance(folder, (HasTemplates, AdmitsRows, HasPixels))
+
+    for name, source in (("minimal", minimal), ("capable", capable)):
+        monkeypatch.setattr(extraction, "open_source", lambda *args, source=source: source)
+        store = build(tmp_path / f"{name}.zarr", tmp_path / "data", tiny_checkpoint, split=None, weak_views=0,
+                      strong_views=1, shard_size=4, templates=None)
+        assert store.read("valid").all() and store.classnames == minimal.classnames
+        assert sorted(store.read("keys").tolist()) == sorted(minimal.keys)
+    assert FeatureStore(tmp_path / "minimal.zarr").manifest["templates"] == load_templates("shapes")
+    assert store.manifest["templates"] == WithCapabilities.templates and capable.admitted == (3, False)
+    config = ExtractConfig(data="minimal", out=str(tmp_path / "x.zarr"), templates="simple")
+    assert extraction.open_with_names(config)[2] == load_templates("simple")  # --templates wins

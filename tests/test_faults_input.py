@@ -27,7 +27,8 @@ from conftest import SCRIPT, UNPRIVILEGED, clustered_embeddings, run_cli, write_
 from PIL import Image
 
 from lpclip_cache.cli import main
-from lpclip_cache.data import DecodedDataset, FolderSource
+from lpclip_cache.data import FolderSource
+from lpclip_cache.decode import DecodedDataset
 
 SIZE = (32, 32)  # test-tiny's input size
 
@@ -657,7 +658,7 @@ def test_an_image_that_cannot_be_read_stops_the_run_even_with_skip_bad(image_fol
     """An I/O error is no property of the image: it stops the run in one line, nothing invalid is
     recorded, and the same command run again (the file back) finishes the store whole. Here the
     file vanishes between the scan and its decoding (moved away once the decoding dataset is made)."""
-    import lpclip_cache.data as data
+    import lpclip_cache.decode as decode
 
     victim = image_folder / "class_2" / "img_3.png"
 
@@ -666,12 +667,12 @@ def test_an_image_that_cannot_be_read_stops_the_run_even_with_skip_bad(image_fol
             super().__init__(*args, **kwargs)
             victim.rename(tmp_path / "aside.png")
 
-    monkeypatch.setattr(data, "DecodedDataset", LosingAFile)
+    monkeypatch.setattr(decode, "DecodedDataset", LosingAFile)
     out = tmp_path / "s.zarr"
     assert_error(invoke("extract", "--data", image_folder, *extract_args, "--skip-bad", "--out", out), 3,
                  "cannot read image 'class_2/img_3.png'", "No such file", "run the same command again")
     assert not zarr.open_group(str(out), mode="r").attrs["lpclip_cache"].get("complete")
-    monkeypatch.setattr(data, "DecodedDataset", DecodedDataset)
+    monkeypatch.setattr(decode, "DecodedDataset", DecodedDataset)
     (tmp_path / "aside.png").rename(victim)
     done = invoke("extract", "--data", image_folder, *extract_args, "--skip-bad", "--out", out)
     assert done.exit_code == 0, done.stderr

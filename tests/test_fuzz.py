@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lpclip_cache.cli import main
-from lpclip_cache.data import IMAGE_SUFFIXES, DecodedDataset, FolderSource
+from lpclip_cache.data import IMAGE_SUFFIXES, FolderSource
+from lpclip_cache.decode import DecodedDataset
 from lpclip_cache.errors import LpclipError
 from lpclip_cache.store import ATTR, FeatureStore
 from lpclip_cache.verify import check_ok, format_verify, verify

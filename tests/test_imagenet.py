@@ -65,10 +65,10 @@ def test_unknown_class_folders_are_named(cifar_root, tmp_path, folder, message):
 def test_a_class_subset_is_scored_on_its_own_classes(cifar_root, tiny_checkpoint, tmp_path):
     from lpclip_cache.evaluation import evaluate
     from lpclip_cache.extraction import ExtractConfig, extract
+    from lpclip_cache.numeric import softmax
     from lpclip_cache.runs import load_run
     from lpclip_cache.store import FeatureStore
     from lpclip_cache.training import TrainConfig, train
-    from lpclip_cache.zeroshot import softmax
 
     root = imagenet_like(tmp_path / "data", cifar_root)
     store_path = str(tmp_path / "in.zarr")

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lpclip_cache.augment import ViewMaker, load_policy
-from lpclip_cache.data import DecodedDataset, FolderSource
+from lpclip_cache.data import FolderSource
+from lpclip_cache.decode import DecodedDataset
 from lpclip_cache.models import model_config  # noqa: F401  (registers the project's model configs)
 
 SIZES = [(500, 375), (640, 427), (1000, 667), (333, 500), (17, 999), (32, 32), (999, 17), (224, 224), (225, 224),

@@ -136,6 +136,27 @@ def test_bad_recipes_are_one_clear_error(tmp_path, text, message):
         load_recipe(write(tmp_path, text))
 
 
+def test_every_recipe_key_has_a_type_the_checker_handles():
+    """Each key's type comes from its Config field (``typing.get_type_hints``): a type the recipe
+    checker does not know fails here, instead of passing unchecked."""
+    from dataclasses import fields
+
+    from lpclip_cache.config import ExtractConfig, TrainConfig
+    from lpclip_cache.recipe import TABLE_TYPES, check_of
+
+    for types in TABLE_TYPES.values():
+        for expected in types.values():
+            check_of(expected)  # a TypeError names a type without a check
+    with pytest.raises(TypeError, match="no check"):
+        check_of(dict[str, int])
+    # and every field a recipe may set is in one of those tables
+    sections = {"model", "views", "extract", "dataset", "train"}
+    for config in (ExtractConfig, TrainConfig):
+        for spec in fields(config):
+            if spec.metadata.get("recipe"):
+                assert spec.metadata["recipe"].split(".")[0] in sections, spec.name
+
+
 def test_cli_errors_for_recipes_are_one_line(tmp_path):
     missing = run_cli("run", str(tmp_path / "nope.toml"))
     assert missing.returncode == 3 and "not found" in missing.stderr and "Traceback" not in missing.stderr

@@ -183,6 +183,22 @@ def test_a_local_path_and_its_file_url_exclude_each_other(tmp_path):
     assert not Path(f"{store}.lock").exists()
 
 
+def test_local_and_s3_locks_hold_the_same_record(s3, tmp_path):  # noqa: F811
+    """One record for both kinds of lock (``locks.LockRecord``): the same fields, read back whole."""
+    from lpclip_cache.locks import LockRecord
+
+    store = tmp_path / "record.zarr"
+    with StoreLock(store) as local:
+        on_disk = Path(f"{store}.lock").read_bytes()
+    with lock_of(s3.url("record.zarr"), stale=ObjectStoreLock.STALE_SECONDS) as remote:
+        in_s3 = s3.fs.cat_file(f"{BUCKET}/record.zarr.lock")
+    assert set(json.loads(on_disk)) == set(json.loads(in_s3)) == {"host", "pid", "job", "heartbeat"}
+    for data, lock in ((on_disk, local), (in_s3, remote)):
+        record = LockRecord.parse(data)
+        assert (record.job, record.host, record.pid) == (lock.job, socket.gethostname(), os.getpid())
+        assert record.heartbeat is not None and abs(record.heartbeat - time.time()) < 600
+
+
 def test_a_filesystem_without_atomic_create_gets_the_warning_and_no_lock(caplog):
     """fsspec's generic ``mode="create"`` checks, then writes: not a lock (memory:// here)."""
     caplog.set_level(logging.INFO, logger="lpclip_cache")
@@ -247,7 +263,7 @@ def test_a_lock_of_any_content_is_taken_over_once_old(s3, aged_locks, case):  # 
 def test_a_live_lock_hidden_by_a_warm_listing_cache_is_not_taken(s3):  # noqa: F811
     """s3fs answers 'no such file' from a listing cached before the lock existed: only a fresh
     read of the object decides."""
-    from lpclip_cache.outputs import filesystem
+    from lpclip_cache.storage import filesystem
 
     url = s3.url("cached/s.zarr")
     s3.fs.pipe_file(f"{BUCKET}/cached/other", b"x")

@@ -10,8 +10,9 @@ import pytest
 from conftest import clustered_embeddings, write_store
 
 from lpclip_cache.errors import StoreError
+from lpclip_cache.probe import weighted_cross_entropy
 from lpclip_cache.runs import load_run
-from lpclip_cache.training import TrainConfig, train, weighted_cross_entropy
+from lpclip_cache.training import TrainConfig, train
 
 
 def test_weighted_cross_entropy_matches_its_formula_by_hand():
@@ -177,19 +178,19 @@ def test_denormals_are_flushed_only_while_training(flushing_before, tmp_path, mo
     the setting, so it is read from its effect on a denormal, as training itself reads it."""
     import torch
 
-    from lpclip_cache import training
+    from lpclip_cache import probe, training
 
     centres, labels, clean, views = clustered_embeddings(256, 4, 16, 0.2, views=2)
     store = write_store(tmp_path / "s.zarr", clean, centres, labels, weak=views, strong=views)
     tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal
     seen_in_training = []
-    real_step = training.probe_step
+    real_step = probe.probe_step
 
     def watched_step(*args, **kwargs):
         seen_in_training.append(float(tiny * 1.0) == 0.0)
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "probe_step", watched_step)
+    monkeypatch.setattr(probe, "probe_step", watched_step)
     if not torch.set_flush_denormal(flushing_before):
         pytest.skip("this CPU cannot flush denormal floats")
     try:
@@ -200,3 +201,66 @@ def test_denormals_are_flushed_only_while_training(flushing_before, tmp_path, mo
         torch.set_flush_denormal(False)  # this process's default, for the tests that follow
     assert seen_in_training and all(seen_in_training)
     assert after is flushing_before
+
+
+def fitted(store, **params):
+    """A LinearProbe fitted on a store's weak/strong pairs, as ``train`` feeds them."""
+    from lpclip_cache.probe import LinearProbe
+    from lpclip_cache.sampling import PairSource
+    from lpclip_cache.store import FeatureStore
+
+    probe = LinearProbe(**params)
+    return probe.fit(PairSource(FeatureStore(store), "weak", "strong", **probe.pair_needs()))
+
+
+def test_the_probe_is_an_estimator_and_train_fits_it(separable, tmp_path):
+    """LinearProbe in scikit-learn's manner: its parameters are train's options with their defaults
+    (and tol), get_params round-trips through set_params, fit on a store's pairs is the probe
+    train saves, bit for bit, and predict_proba's rows are the run's probabilities, summing to 1."""
+    from dataclasses import fields
+
+    from lpclip_cache.probe import LinearProbe
+
+    defaults = LinearProbe().get_params()
+    shared = {spec.name: spec.default for spec in fields(TrainConfig) if spec.name in defaults}
+    assert shared == {name: value for name, value in defaults.items() if name != "tol"}
+    params = dict(epochs=3, lr=1e-2, init="random", ensemble=2, seed=4)
+    probe = LinearProbe().set_params(**params)
+    assert probe.get_params() == {**defaults, **params}
+    assert LinearProbe(**probe.get_params()).get_params() == probe.get_params()
+    with pytest.raises(ValueError, match="no parameter learning_rate"):
+        probe.set_params(learning_rate=1.0)
+    with pytest.raises(ValueError, match="not fitted"):
+        probe.predict_proba(separable["test_clean"])
+
+    store = separable["train_bad_teacher"]
+    probe = fitted(store, tol=None, **params)
+    train(TrainConfig(store=str(store), out=str(tmp_path / "run"), progress=False, **params))
+    run = load_run(tmp_path / "run")
+    np.testing.assert_array_equal(probe.coef_, run.weight)
+    np.testing.assert_array_equal(probe.intercept_, run.bias)
+    assert probe.coef_.shape == (2, 8, 32) and probe.n_iter_ == 3 and probe.history_ == run.info["curve"]
+    probs = probe.predict_proba(separable["test_clean"])
+    assert probs.shape == (400, 8)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(probs, run.probe_probs(separable["test_clean"]))
+    np.testing.assert_array_equal(probe.predict(separable["test_clean"]), probs.argmax(1))
+
+
+def test_the_probe_warns_when_its_loss_has_not_stopped_falling(separable):
+    """ProbeConvergenceWarning: one epoch leaves nothing to judge, and a last epoch that still lowers
+    the loss by more than tol has not converged; a probe whose loss stopped falling (a perfect
+    teacher: zero loss), or one fitted with tol None (as train fits it), says nothing."""
+    import warnings
+
+    from lpclip_cache.probe import ProbeConvergenceWarning
+
+    bad = separable["train_bad_teacher"]
+    with pytest.warns(ProbeConvergenceWarning, match="after 1 epoch"):
+        fitted(bad, epochs=1)
+    with pytest.warns(ProbeConvergenceWarning, match="last epoch still lowered the loss"):
+        fitted(bad, epochs=3, init="random", lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted(bad, epochs=3, init="random", lr=1e-2, tol=None)
+        assert fitted(separable["train_good"], epochs=3).history_[-1]["loss"] == 0.0

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import clustered_embeddings, unit, write_store
 
+from lpclip_cache.probe import member_batches, soft_cross_entropy
 from lpclip_cache.runs import load_run
 from lpclip_cache.sampling import Buffer
-from lpclip_cache.training import TrainConfig, member_batches, soft_cross_entropy, train
+from lpclip_cache.training import TrainConfig, train
 from lpclip_cache.zeroshot import TeacherScale
 
 
@@ -51,10 +52,10 @@ def test_device_path_run_on_the_cpu_trains_the_cpu_paths_probe(stores, members, 
     with ``block_rows`` set as a GPU sets it, draws the same pairs in the same order and trains the
     same probe to 1e-4 (float32, summation order apart), streamed or held whole, for hard and soft
     targets, an ensemble, and both logit layouts."""
-    import lpclip_cache.training as training
+    import lpclip_cache.probe as probe
 
     if not classes_major:
-        monkeypatch.setattr(training, "CLASSES_MAJOR_UP_TO", 0)
+        monkeypatch.setattr(probe, "CLASSES_MAJOR_UP_TO", 0)
     base = stores["base"] / f"device-{members}-{targets}-{classes_major}"
     common = dict(store=str(stores["store"]), epochs=4, lr=1e-2, progress=False, seed=2, ensemble=members,
                   targets=targets, batch_size=200, device="cpu")
@@ -262,11 +263,11 @@ def test_every_lpclip_variant_is_blind_to_true_labels(stores, options):
 def test_closed_form_step_equals_autograd_of_the_loss(soft, classes_major, monkeypatch):
     import torch
 
-    from lpclip_cache import training
-    from lpclip_cache.training import probe_step, weighted_cross_entropy
+    from lpclip_cache import probe
+    from lpclip_cache.probe import probe_step, weighted_cross_entropy
 
     # both layouts of the logits (classes x rows for few classes, rows x classes for many)
-    monkeypatch.setattr(training, "CLASSES_MAJOR_UP_TO", 1000 if classes_major else 0)
+    monkeypatch.setattr(probe, "CLASSES_MAJOR_UP_TO", 1000 if classes_major else 0)
 
     generator = torch.Generator().manual_seed(0)
     members, batch, classes, dim = 2, 7, 4, 5

@@ -12,7 +12,8 @@ import pytest
 from conftest import clustered_embeddings
 
 from lpclip_cache import transclip as T
-from lpclip_cache.zeroshot import TeacherScale, softmax
+from lpclip_cache.numeric import softmax
+from lpclip_cache.zeroshot import TeacherScale
 
 CLIP = TeacherScale(100.0)  # pretrained CLIP's scale, the paper's setting
 

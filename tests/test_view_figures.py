@@ -9,7 +9,8 @@ import pytest
 from conftest import clustered_embeddings, run_cli, unit, write_store
 
 from lpclip_cache.errors import InputError
-from lpclip_cache.viewcheck import PROBE_L2, halves, linear_probe, view_figures
+from lpclip_cache.probe import PROBE_L2, linear_probe
+from lpclip_cache.viewcheck import halves, view_figures
 
 
 @pytest.fixture(scope="module")
@@ -220,15 +221,16 @@ def test_fewer_than_four_labelled_images_keep_the_teachers_accuracy(tmp_path):
 def test_an_unconverged_probe_is_reported(world, monkeypatch):
     """L-BFGS stopped at its iteration limit says so: a ProbeConvergenceWarning from linear_probe,
     and in analyze views' report the probes that stopped unconverged (a warning line in its text)."""
-    from lpclip_cache import viewcheck
-    from lpclip_cache.viewcheck import ProbeConvergenceWarning, format_views
+    from lpclip_cache import probe
+    from lpclip_cache.probe import ProbeConvergenceWarning
+    from lpclip_cache.viewcheck import format_views
 
     head, labels, clean, views = world
     with pytest.warns(ProbeConvergenceWarning, match="L-BFGS stopped unconverged after"):
         linear_probe(clean[:300], labels[:300], clean[300:], 12, max_iter=2)
     report = view_figures(clean[:200], {"weak": views["weak"][:200]}, head, 100.0, labels=labels[:200])
     assert report["probe"]["unconverged"] == []
-    monkeypatch.setattr(viewcheck, "PROBE_MAX_ITER", 2)
+    monkeypatch.setattr(probe, "PROBE_MAX_ITER", 2)
     report = view_figures(clean[:200], {"weak": views["weak"][:200]}, head, 100.0, labels=labels[:200])
     assert report["probe"]["unconverged"] == ["clean", "ceiling on weak views"]
     assert "warning: L-BFGS stopped unconverged for the probe(s): clean, ceiling on weak views" in format_views(report)

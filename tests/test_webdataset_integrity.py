@@ -249,6 +249,24 @@ def test_a_sample_without_an_image_names_shard_and_key(tiny_checkpoint, tmp_path
     assert dict(zip(store.read("keys").tolist(), store.read("valid").tolist())) == {"a": True, "b": False, "c": True}
 
 
+def test_an_invalid_rows_reason_is_the_problem_the_manifest_lists(tmp_path):
+    """One record says why a row is invalid: the reason its image gives (the store's ``reason``
+    and ``invalid``) is the text of the problem the manifest lists, for a sample without an image
+    and for a label beyond the classes alike."""
+    from lpclip_cache.data import open_source
+    from lpclip_cache.decode import DecodedDataset
+
+    tar_of(tmp_path / "s" / "0.tar", samples(["a"], [1]) + [("b.cls", b"0"), ("b.txt", b"x")] + samples(["c"], [7]))
+    source = open_source(f"wds:{tmp_path / 's'}")
+    source.admit(3, skip_bad=True)
+    recorded = {p["key"]: p["problem"] for p in source.identity["problems"] if p["severity"] == "invalid"}
+    assert set(recorded) == {"b", "c"} and "outside the 3 classes" in recorded["c"]
+    decoded = DecodedDataset(source, (32, 32), "shortest", "bicubic")
+    for row, key in enumerate(source.keys):
+        _, _, ok, reason = decoded[row]
+        assert (ok, reason) == ((True, "") if key == "a" else (False, recorded[key]))
+
+
 # 3. Labels are checked where they are read
 
 
@@ -516,7 +534,8 @@ def test_sparse_members_of_gnu_tar_are_read_through_their_map(fmt, tmp_path):
     read as the compacted data plus the next headers), and the members after it are read right."""
     import subprocess
 
-    from lpclip_cache.data import DecodedDataset, FolderSource, open_source
+    from lpclip_cache.data import FolderSource, open_source
+    from lpclip_cache.decode import DecodedDataset
 
     version = subprocess.run(["tar", "--version"], capture_output=True, text=True).stdout
     if "GNU tar" not in version:

@@ -31,7 +31,7 @@ def test_two_processes_copying_one_shard_never_see_a_partial_file(s3, tmp_path, 
     its download when the first has finished. The first indexes a whole file, and so does the
     second once done: every key with its label, in both."""
     from lpclip_cache.data import open_source
-    from lpclip_cache.outputs import filesystem
+    from lpclip_cache.storage import filesystem
 
     monkeypatch.setenv("LPCLIP_CACHE_DIR", str(tmp_path / "cache"))
     keys, labels = [f"k{n}" for n in range(6)], [5, 4, 3, 2, 1, 0]

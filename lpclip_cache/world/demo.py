@@ -83,7 +83,7 @@ def check_config(config: DemoConfig) -> None:
     """Reject impossible sizes and unknown worlds before anything is written."""
     from ..config import check_choices
     from ..errors import InputError
-    from ..transclip import NEIGHBORS
+    from ..transclip import check_size
     from .teacher import TeacherConfig
 
     check_choices(config)
@@ -94,9 +94,7 @@ def check_config(config: DemoConfig) -> None:
                          "at least 1, --seeds at least 2 (a spread needs two), --lr > 0")
     if not config.severities or any(s != int(s) or not 1 <= s <= 5 for s in config.severities):
         raise InputError(f"--severities must be whole numbers 1-5, got {','.join(f'{s:g}' for s in config.severities)}")
-    if min(config.test_n, config.corrupt_n) <= NEIGHBORS:
-        raise InputError(f"--test-n and --corrupt-n must be more than {NEIGHBORS}: TransCLIP's "
-                         f"{NEIGHBORS}-nearest-neighbour graph is built on each test set")
+    check_size(min(config.test_n, config.corrupt_n), "--test-n and --corrupt-n")  # TransCLIP runs on each test set
     if config.teacher_pool < TeacherConfig.batch_size:
         raise InputError(f"--teacher-pool must be at least the teacher's batch size ({TeacherConfig.batch_size})")
 
@@ -372,20 +370,34 @@ def robustness_points(results: dict[str, Any]) -> tuple[dict[str, float], dict[s
     return clean, shifts
 
 
+def reliability_inputs(first: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The reliability plot's inputs on the first seed's test store: the teacher's, LP-CLIP's and
+    the supervised probe's probabilities, and the labels."""
+    from ..evaluation import labels_in, outputs_in
+    from ..runs import load_run
+    from ..store import FeatureStore
+
+    store = FeatureStore(first["stores"]["test"])
+    lpclip = outputs_in(load_run(first["runs"]["lpclip"]), store, None)
+    probs = {"teacher": lpclip["teacher"].probs, "lpclip": lpclip["probe"].probs,
+             "supervised": outputs_in(load_run(first["runs"]["supervised"]), store, None)["probe"].probs}
+    return probs, labels_in(store, None)
+
+
 def write_outputs(out: Path, results: dict[str, Any], first: dict[str, Any]) -> None:
     """results.json, results.md and the plots (from the first seed), each written whole or not at
     all (results.json last)."""
-    from ..figures import effective_robustness_figure
+    from ..figures import DEMO_LABELS
+    from ..figures.calibration import demo_reliability_figure
+    from ..figures.shift import demo_severity_figure, effective_robustness_figure
     from ..outputs import write_json_atomic, write_text_atomic
-    from .plots import LABELS, accuracy_by_severity, reliability_diagrams
 
     plots = {
-        "reliability": reliability_diagrams(out / "reliability.png", first["runs"]["lpclip"],
-                                            first["runs"]["supervised"], first["stores"]["test"]),
-        "severity": accuracy_by_severity(out / "severity.png", first["reports"], first["stores"]["test"]),
+        "reliability": demo_reliability_figure(out / "reliability.png", *reliability_inputs(first)),
+        "severity": demo_severity_figure(out / "severity.png", first["reports"], first["stores"]["test"]),
         "effective_robustness": effective_robustness_figure(
             out / "effective_robustness.png", *robustness_points(results), line=("teacher", "supervised"),
-            names=LABELS, title=f"effective robustness, {results['world']} world (mean over seeds)", whole=True),
+            names=DEMO_LABELS, title=f"effective robustness, {results['world']} world (mean over seeds)", whole=True),
     }
     results["plots"] = {k: str(v) for k, v in plots.items()}
     write_text_atomic(out / "results.md", results_markdown(results), "demo results")

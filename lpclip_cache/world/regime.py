@@ -79,8 +79,9 @@ def measure(checkpoint: str | Path, seed: int = 0, train_n: int = 4000, test_n: 
     ``progress`` shows its steps (embeddings, probes, views) with their rate and ETA."""
     from .. import metrics
     from ..models import load_model, zero_shot_head
+    from ..probe import linear_probe
     from ..prompts import load_templates
-    from ..viewcheck import linear_probe, view_figures
+    from ..viewcheck import view_figures
     from ..zeroshot import TeacherScale
     from .shapes import (
         DEFAULT_WORLD,

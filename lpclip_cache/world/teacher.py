@@ -86,21 +86,17 @@ def world_teacher(world: str, **changes: Any) -> TeacherConfig:
 
 def checkpoint_path(config: TeacherConfig) -> Path:
     """The cache file of a configuration's weights."""
-    from ..outputs import cache_dir
+    from ..storage import cache_dir
 
     return cache_dir() / "teachers" / f"{MODEL_NAME}-{config.key()}.safetensors"
 
 
 def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train the small CLIP contrastively on generated image-caption pairs; save and describe it."""
-    import open_clip
     import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
 
     from ..models import load_model
-    from ..outputs import atomic_file, rust_io_error, write_json_atomic
-    from .shapes import WORLDS, captions, render, sample_attributes, split_rng
+    from .shapes import split_rng
 
     torch.manual_seed(config.seed)
     previous_threads = torch.get_num_threads()
@@ -109,47 +105,8 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
         loaded = load_model(MODEL_NAME, "none", device="cpu")
         model = loaded.model.train()
         rng = split_rng(config.seed, "pretrain")
-        attrs = sample_attributes(config.pool, rng, WORLDS[config.world].pretraining())
-        images = torch.from_numpy(render(attrs)).permute(0, 3, 1, 2).contiguous()
-        tokenizer = loaded.tokenizer
-        texts = torch.stack([tokenizer(captions(attrs, rng, WORLDS[config.world]))
-                             for _ in range(config.captions_per_image)], dim=1)
-        mean = torch.tensor(loaded.preprocess["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(loaded.preprocess["std"]).view(1, 3, 1, 1)
-        loss_fn = open_clip.ClipLoss()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr,
-        )
-
-        def lr_at(step: int) -> float:
-            if step < config.warmup:
-                return config.lr * (step + 1) / config.warmup
-            done = (step - config.warmup) / max(1, config.steps - config.warmup)
-            return config.lr * 0.5 * (1 + np.cos(np.pi * done))
-
-        bar = Progress(config.steps, "train teacher", "steps", enabled=progress)
-        started = time.perf_counter()
-        losses = []
-        for step in range(config.steps):
-            rows = torch.from_numpy(rng.choice(config.pool, config.batch_size, replace=False))
-            variant = torch.from_numpy(rng.integers(0, config.captions_per_image, config.batch_size))
-            batch = (images[rows].float() / 255.0 - mean) / std
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-            image_features = model.encode_image(batch, normalize=True)
-            text_features = model.encode_text(texts[rows, variant], normalize=True)
-            loss = loss_fn(image_features, text_features, model.logit_scale.exp())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, np.log(100))
-            losses.append(loss.item())
-            bar.update()
-        seconds = time.perf_counter() - started
+        pairs = _pairs(config, loaded, rng)
+        losses, seconds = _fit(model, pairs, rng, config, progress)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -164,7 +121,80 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
         "loss_last": float(np.mean(losses[-10:])),
         "logit_scale": float(model.logit_scale.detach().exp()),
     }
-    # the description first, the checkpoint (what ensure_teacher looks for) last; each whole or absent
+    _save(model, config, path, record)
+    return record
+
+
+def _pairs(config: TeacherConfig, loaded: Any, rng: np.random.Generator) -> tuple[Any, Any, Any, Any]:
+    """The training pool: its images (uint8, N x 3 x H x W), ``captions_per_image`` tokenised
+    captions of each (N x captions x tokens), and the model's normalisation mean and std."""
+    import torch
+
+    from .shapes import WORLDS, captions, render, sample_attributes
+
+    attrs = sample_attributes(config.pool, rng, WORLDS[config.world].pretraining())
+    images = torch.from_numpy(render(attrs)).permute(0, 3, 1, 2).contiguous()
+    tokenizer = loaded.tokenizer
+    texts = torch.stack([tokenizer(captions(attrs, rng, WORLDS[config.world]))
+                         for _ in range(config.captions_per_image)], dim=1)
+    mean = torch.tensor(loaded.preprocess["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.preprocess["std"]).view(1, 3, 1, 1)
+    return images, texts, mean, std
+
+
+def _learning_rate(config: TeacherConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine decay to 0 at ``steps``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    done = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + np.cos(np.pi * done))
+
+
+def _fit(model: Any, pairs: tuple[Any, Any, Any, Any], rng: np.random.Generator, config: TeacherConfig,
+         progress: bool) -> tuple[list[float], float]:
+    """``config.steps`` steps of open_clip's contrastive loss with AdamW (weight decay on the
+    matrices only), the logit scale clamped to at most 100; each step's loss, and the seconds taken."""
+    import open_clip
+    import torch
+
+    images, texts, mean, std = pairs
+    loss_fn = open_clip.ClipLoss()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    bar = Progress(config.steps, "train teacher", "steps", enabled=progress)
+    started = time.perf_counter()
+    losses = []
+    for step in range(config.steps):
+        rows = torch.from_numpy(rng.choice(config.pool, config.batch_size, replace=False))
+        variant = torch.from_numpy(rng.integers(0, config.captions_per_image, config.batch_size))
+        batch = (images[rows].float() / 255.0 - mean) / std
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        image_features = model.encode_image(batch, normalize=True)
+        text_features = model.encode_text(texts[rows, variant], normalize=True)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        losses.append(loss.item())
+        bar.update()
+    return losses, time.perf_counter() - started
+
+
+def _save(model: Any, config: TeacherConfig, path: Path, record: dict[str, Any]) -> None:
+    """Write the teacher's description, then its checkpoint (what ``ensure_teacher`` looks for),
+    each whole or absent."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    from ..outputs import atomic_file, rust_io_error, write_json_atomic
+
     write_json_atomic(path.with_suffix(".json"), record, "teacher description")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_file(path, "teacher checkpoint") as staging:
@@ -172,7 +202,6 @@ def train_teacher(config: TeacherConfig, out: Path | None = None, progress: bool
             save_file(state, str(staging), metadata={"model": MODEL_NAME, "config": json.dumps(asdict(config))})
         except SafetensorError as exc:  # how the Rust writer reports an I/O error, a full disk included
             raise rust_io_error(exc) from exc
-    return record
 
 
 def shipped_path(config: TeacherConfig) -> Path:
