@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import json
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -233,3 +235,54 @@ def test_matplotlib_is_imported_only_by_the_figures_package_and_only_inside_func
     assert found, "the figures package imports matplotlib somewhere"
     assert [(where, line) for where, line, _ in found if not (package / where).is_relative_to(home)] == []
     assert [(where, line) for where, line, lazy in found if not lazy] == []
+
+
+def package_functions():
+    """Every function and method of the package: (file, qualified name, lines, docstring)."""
+    package = ROOT / "lpclip_cache"
+    for file in sorted(package.rglob("*.py")):
+        tree = ast.parse(file.read_text())
+        stack: list[tuple[ast.AST, str]] = [(tree, "")]
+        while stack:
+            node, prefix = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    name = f"{prefix}{child.name}"
+                    if not isinstance(child, ast.ClassDef):
+                        yield (file.relative_to(package).as_posix(), name, child.end_lineno - child.lineno + 1,
+                               ast.get_docstring(child) or "")
+                    stack.append((child, f"{name}."))
+
+
+LONG_FUNCTION = 60  # lines; a longer function says why in its docstring ("long because ...")
+
+
+def test_no_function_is_longer_than_a_screen_without_saying_why():
+    long = [(file, name, lines) for file, name, lines, doc in package_functions()
+            if lines > LONG_FUNCTION and "long because" not in " ".join(doc.split()).lower()]
+    assert long == []
+
+
+def test_only_the_command_line_writes_to_stderr():
+    """The library reports through ``logging`` and ``warnings`` (and progress through tqdm), so a
+    Python caller can silence or redirect it; the command line alone configures where it goes."""
+    package = ROOT / "lpclip_cache"
+    writes = []
+    for file in sorted(package.rglob("*.py")):
+        if file.name == "cli.py" or file.name == "progress.py":  # progress bars: tqdm on stderr, its own default
+            continue
+        for node in ast.walk(ast.parse(file.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in {"stderr", "stdout"}
+                    and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+                writes.append((file.relative_to(package).as_posix(), node.lineno))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                writes.append((file.relative_to(package).as_posix(), node.lineno))
+    assert writes == []
+
+
+def test_the_troubleshooting_page_lists_every_message_the_code_raises():
+    """docs/troubleshooting.md is generated from the error classes' raise sites: its one owner is
+    the code, and this checks the page was regenerated after a message moved or changed."""
+    result = subprocess.run([sys.executable, str(ROOT / "docs" / "build_troubleshooting.py"), "--check"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
