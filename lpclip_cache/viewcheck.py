@@ -17,6 +17,8 @@ The world's regime (``world/regime.py``) reuses ``view_figures`` on views it mak
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from typing import Any
 
@@ -24,6 +26,8 @@ import numpy as np
 
 from .errors import InputError
 from .probe import PROBE_L2, ProbeConvergenceWarning, linear_probe
+
+log = logging.getLogger(__name__)
 
 MAX_IMAGES = 10000  # images analysed at most (a seeded sample): enough for every figure's precision
 PROBE_MIN_IMAGES = 4  # labelled images the probe figures need at least: two to fit, two to score
@@ -62,10 +66,14 @@ def probe_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray,
 
 def fitted_probe(unconverged: list[str], name: str, train: np.ndarray, labels: np.ndarray, test: np.ndarray,
                  classes: int) -> np.ndarray:
-    """``linear_probe``, with ``name`` added to ``unconverged`` when its L-BFGS stopped unconverged."""
+    """``linear_probe``, with ``name`` added to ``unconverged`` when its L-BFGS stopped unconverged
+    (each fit, seconds long on a large store, logs a line as it starts and as it ends)."""
+    log.info(f"[views] probe {name}: fitting on {len(train):,} embeddings, scoring {len(test):,}")
+    start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProbeConvergenceWarning)
         predicted = linear_probe(train, labels, test, classes)
+    log.info(f"[views] probe {name}: done in {time.perf_counter() - start:.1f}s")
     for caught_warning in caught:  # any other warning goes on as it came
         if issubclass(caught_warning.category, ProbeConvergenceWarning):
             unconverged.append(name)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
-import json
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
