@@ -28,6 +28,7 @@ from .errors import InputError
 from .probe import PROBE_L2, ProbeConvergenceWarning, linear_probe
 
 log = logging.getLogger(__name__)
+SHOW_FITS_FROM = 1000  # embeddings: smaller fits take well under a second and pass unannounced
 
 MAX_IMAGES = 10000  # images analysed at most (a seeded sample): enough for every figure's precision
 PROBE_MIN_IMAGES = 4  # labelled images the probe figures need at least: two to fit, two to score
@@ -67,13 +68,16 @@ def probe_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray,
 def fitted_probe(unconverged: list[str], name: str, train: np.ndarray, labels: np.ndarray, test: np.ndarray,
                  classes: int) -> np.ndarray:
     """``linear_probe``, with ``name`` added to ``unconverged`` when its L-BFGS stopped unconverged
-    (each fit, seconds long on a large store, logs a line as it starts and as it ends)."""
-    log.info(f"[views] probe {name}: fitting on {len(train):,} embeddings, scoring {len(test):,}")
+    (a fit of ``SHOW_FITS_FROM`` embeddings or more, seconds long, logs a line as it starts and as it ends)."""
+    shown = len(train) >= SHOW_FITS_FROM
+    if shown:
+        log.info(f"[views] probe {name}: fitting on {len(train):,} embeddings, scoring {len(test):,}")
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ProbeConvergenceWarning)
         predicted = linear_probe(train, labels, test, classes)
-    log.info(f"[views] probe {name}: done in {time.perf_counter() - start:.1f}s")
+    if shown:
+        log.info(f"[views] probe {name}: done in {time.perf_counter() - start:.1f}s")
     for caught_warning in caught:  # any other warning goes on as it came
         if issubclass(caught_warning.category, ProbeConvergenceWarning):
             unconverged.append(name)

@@ -234,3 +234,20 @@ def test_an_unconverged_probe_is_reported(world, monkeypatch):
     report = view_figures(clean[:200], {"weak": views["weak"][:200]}, head, 100.0, labels=labels[:200])
     assert report["probe"]["unconverged"] == ["clean", "ceiling on weak views"]
     assert "warning: L-BFGS stopped unconverged for the probe(s): clean, ceiling on weak views" in format_views(report)
+
+
+def test_a_probe_fit_of_seconds_says_so_and_a_small_one_stays_quiet(caplog):
+    """``analyze views`` fits its probes silently for seconds on a large store: such a fit logs a
+    line as it starts and as it ends; the small fits of a small store add nothing to its output."""
+    import logging
+
+    from lpclip_cache.viewcheck import SHOW_FITS_FROM, fitted_probe
+
+    caplog.set_level(logging.INFO, logger="lpclip_cache")
+    rng = np.random.default_rng(0)
+    for n in (SHOW_FITS_FROM - 1, SHOW_FITS_FROM):
+        train = rng.normal(size=(n, 8))
+        fitted_probe([], f"n{n}", train, np.arange(n) % 3, train[:5], 3)
+    lines = [record.getMessage() for record in caplog.records if record.name == "lpclip_cache.viewcheck"]
+    assert [line.split(":")[0] for line in lines] == [f"[views] probe n{SHOW_FITS_FROM}"] * 2
+    assert f"fitting on {SHOW_FITS_FROM:,} embeddings, scoring 5" in lines[0] and "done in" in lines[1]
