@@ -10,11 +10,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile $(TORCH_PINS)
-	$(BIN)/pip install -q --no-compile -e '.[test]'
-	@# bytecode for every installed module on every core at once (pip's own pass is one core);
-	@# a few files written for newer Pythons do not compile, which only means no bytecode for them
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 test: setup
