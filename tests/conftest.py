@@ -24,21 +24,6 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# The slowest test files, slowest first (`pytest -n 2 --dist loadfile --durations=0`, summed per
-# file, docs/performance.md). Two workers take files in collection order, so starting these first
-# keeps one worker from finishing a long file alone at the end; every other file keeps its place.
-SLOWEST_FILES = ("test_object_store.py", "test_world.py", "test_docs.py", "test_store_locks.py", "test_webdataset.py",
-                 "test_extract_scale.py", "test_json_output.py", "test_recipes.py", "test_faults_runtime.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return SLOWEST_FILES.index(name) if name in SLOWEST_FILES else len(SLOWEST_FILES)
-
-    items.sort(key=rank)  # stable: the tests of a file keep their order
-
-
 @pytest.fixture(autouse=True)
 def package_logger_as_a_caller_finds_it() -> None:
     """Each test starts with the package's logger as a Python caller finds it: without the handler
