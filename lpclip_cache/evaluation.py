@@ -184,7 +184,7 @@ def outputs_in(run: Any, store: Any, classes: list[int] | None, transclip: bool 
         from .transclip import OUTER_ITERATIONS, PROGRESS_FROM, check_size
         from .transclip import transclip as solve
 
-        emb = store.read("clean/emb")[store.read("valid")]  # TransCLIP's graph spans the whole set
+        emb = store.read("clean/emb")[store.valid_mask()]  # TransCLIP's graph spans the whole set
         try:
             check_size(len(emb), f"the valid images of store '{store.path}' (for --transclip)")
         except InputError as exc:  # the store is too small: its error (exit 5)
@@ -208,7 +208,7 @@ def logits_in(run: Any, store: Any, head: np.ndarray, classes: list[int] | None)
     the kernel it would for one product over the whole set, whose rows do not depend on the others,
     so the logits equal, to the last bit, those of the whole set read at once.
     """
-    total = int(np.count_nonzero(store.read("valid")))
+    total = int(np.count_nonzero(store.valid_mask()))
     teacher = np.empty((1, total, len(head)))
     members = np.empty((run.members, total, len(head)))
     least = -(-BLOCK_MULTIPLY_ADDS // (store.layout.dim * max(1, len(head))))
@@ -239,7 +239,7 @@ def blocks(parts: Iterable[np.ndarray], total: int, least: int) -> Iterator[np.n
 def labels_in(store: Any, classes: list[int] | None) -> np.ndarray:
     """The labels of a store's valid rows as positions in ``classes`` (None: unchanged; -1 stays
     unknown); a label outside ``classes`` is a StoreError naming the store."""
-    labels = store.labels()[store.read("valid")].astype(np.int64)
+    labels = store.labels()[store.valid_mask()].astype(np.int64)
     if classes is None:
         return labels
     names = store.classnames

@@ -628,20 +628,21 @@ class FeatureStore:
         bad = 0
         for start, stop in self.spans():
             data = self.read_rows(name, start, stop, check_finite=False)
-            rows = self._valid_mask()[start:stop]
+            rows = self.valid_mask()[start:stop]
             if self.meta.get("complete") and data.dtype.kind == "f":
                 bad += self._nonfinite_rows(data, rows)
             yield data[rows]
         if bad:
             raise self._nonfinite(name, bad)
 
-    def _valid_mask(self) -> np.ndarray:
+    def valid_mask(self) -> np.ndarray:
+        """Which rows are valid (N bools), read once per store object."""
         if self._valid is None:
             self._valid = self.read_rows("valid").astype(bool)
         return self._valid
 
     def _check_finite(self, name: str, data: np.ndarray, start: int) -> None:
-        rows = np.ones(len(data), bool) if name == "head" else self._valid_mask()[start : start + len(data)]
+        rows = np.ones(len(data), bool) if name == "head" else self.valid_mask()[start : start + len(data)]
         bad = self._nonfinite_rows(data, rows)
         if bad:
             raise self._nonfinite(name, bad)
